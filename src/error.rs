@@ -1,0 +1,183 @@
+//! Errors weir itself produces: one kind each, mapped in one place to a status,
+//! OpenAI's error envelope, `Retry-After` and `x-weir-queue`.
+
+use bytes::Bytes;
+use pingora_http::ResponseHeader;
+use std::fmt;
+
+/// What went wrong, as a client sees it (SPEC's error table).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    InvalidRequest,
+    PayloadTooLarge,
+    NotFound,
+    Authentication,
+    Permission,
+    ModelNotFound,
+    RateLimited,
+    QueueFull,
+    QueueTimeout,
+    CircuitOpen,
+    Upstream,
+    UpstreamTimeout,
+    Plugin,
+}
+
+impl ErrorKind {
+    /// HTTP status for this kind.
+    pub fn status(self) -> u16 {
+        match self {
+            ErrorKind::InvalidRequest => 400,
+            ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::NotFound => 404,
+            ErrorKind::Authentication => 401,
+            ErrorKind::Permission => 403,
+            ErrorKind::ModelNotFound => 404,
+            ErrorKind::RateLimited => 429,
+            ErrorKind::QueueFull | ErrorKind::QueueTimeout | ErrorKind::CircuitOpen => 503,
+            ErrorKind::Upstream => 502,
+            ErrorKind::UpstreamTimeout => 504,
+            ErrorKind::Plugin => 500,
+        }
+    }
+
+    /// The envelope's `type` (and `code`).
+    pub fn type_name(self) -> &'static str {
+        match self {
+            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::NotFound => {
+                "invalid_request_error"
+            }
+            ErrorKind::Authentication => "authentication_error",
+            ErrorKind::Permission => "permission_error",
+            ErrorKind::ModelNotFound => "model_not_found",
+            ErrorKind::RateLimited => "rate_limit_exceeded",
+            ErrorKind::QueueFull => "queue_full",
+            ErrorKind::QueueTimeout => "queue_timeout",
+            ErrorKind::CircuitOpen => "circuit_open",
+            ErrorKind::Upstream => "upstream_error",
+            ErrorKind::UpstreamTimeout => "upstream_timeout",
+            ErrorKind::Plugin => "plugin_error",
+        }
+    }
+
+    fn code(self) -> &'static str {
+        match self {
+            ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::NotFound => "route_not_found",
+            ErrorKind::InvalidRequest => "invalid_request",
+            ErrorKind::Authentication => "invalid_api_key",
+            other => other.type_name(),
+        }
+    }
+}
+
+/// An error answered by weir, not by a provider.
+#[derive(Debug, Clone)]
+pub struct WeirError {
+    pub kind: ErrorKind,
+    pub message: String,
+    /// The queue or limit that refused (`x-weir-queue`).
+    pub queue: Option<String>,
+    /// Seconds for `Retry-After` (429 and 503 only; at least 1).
+    pub retry_after: Option<u64>,
+    /// The envelope's `param`.
+    pub param: Option<&'static str>,
+}
+
+impl WeirError {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        WeirError {
+            kind,
+            message: message.into(),
+            queue: None,
+            retry_after: None,
+            param: None,
+        }
+    }
+
+    pub fn with_queue(mut self, queue: impl Into<String>, retry_after_secs: u64) -> Self {
+        self.queue = Some(queue.into());
+        self.retry_after = Some(retry_after_secs.max(1));
+        self
+    }
+
+    pub fn with_param(mut self, param: &'static str) -> Self {
+        self.param = Some(param);
+        self
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Self {
+        Self::new(ErrorKind::InvalidRequest, message)
+    }
+
+    pub fn status(&self) -> u16 {
+        self.kind.status()
+    }
+
+    /// OpenAI's error envelope as JSON bytes.
+    pub fn body(&self) -> Bytes {
+        let v = serde_json::json!({
+            "error": {
+                "message": self.message,
+                "type": self.kind.type_name(),
+                "code": self.kind.code(),
+                "param": self.param,
+            }
+        });
+        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+    }
+
+    /// Response header for this error, body length set.
+    pub fn response_header(&self, body_len: usize, request_id: &str) -> ResponseHeader {
+        let mut h = ResponseHeader::build(self.status(), Some(6)).expect("valid status");
+        let _ = h.insert_header("content-type", "application/json");
+        let _ = h.insert_header("content-length", body_len.to_string());
+        if !request_id.is_empty() {
+            let _ = h.insert_header("x-request-id", request_id);
+        }
+        if let Some(q) = &self.queue {
+            let _ = h.insert_header("x-weir-queue", q.as_str());
+        }
+        let status = self.status();
+        if status == 429 || status == 503 {
+            let secs = self.retry_after.unwrap_or(1).max(1);
+            let _ = h.insert_header("retry-after", secs.to_string());
+        }
+        h
+    }
+}
+
+impl fmt::Display for WeirError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.kind.type_name(), self.message)
+    }
+}
+
+impl std::error::Error for WeirError {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn envelope_and_headers() {
+        let e = WeirError::new(ErrorKind::QueueFull, "queue 'provider:a' is full")
+            .with_queue("provider:a", 0);
+        let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(v["error"]["type"], "queue_full");
+        assert_eq!(v["error"]["code"], "queue_full");
+        assert!(v["error"]["param"].is_null());
+        let h = e.response_header(10, "rid");
+        assert_eq!(h.status.as_u16(), 503);
+        assert_eq!(h.headers.get("retry-after").unwrap(), "1");
+        assert_eq!(h.headers.get("x-weir-queue").unwrap(), "provider:a");
+    }
+
+    #[test]
+    fn no_retry_after_on_400() {
+        let e = WeirError::invalid("bad");
+        let h = e.response_header(1, "");
+        assert!(h.headers.get("retry-after").is_none());
+        assert_eq!(h.status.as_u16(), 400);
+    }
+}

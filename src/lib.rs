@@ -1,0 +1,31 @@
+//! weir: a programmable edge proxy for LLM providers, built on Pingora.
+//!
+//! Where things live:
+//! - `config/`   the YAML schema, `${VAR}` expansion, located errors
+//! - `runtime`   one built value per config generation, swapped whole; reload
+//! - `server`    Pingora server wiring for `weir serve`
+//! - `proxy`     Pingora's phases mapped onto weir's pipeline
+//! - `pipeline`  the `Plugin` trait (phases in run order) and per-request state
+//! - `bulkhead`  bounded concurrency + bounded FIFO wait queue
+//! - `provider`, `upstream`  where providers live and one exchange with them
+//! - `plugins/`  built-in plugins
+//! - `llm`       OpenAI request head, model rewrite, usage in JSON and SSE
+//! - `error`     error kinds -> status, envelope, Retry-After
+//! - `metrics`, `admin`  Prometheus metrics and the admin API
+//! - `mock`, `demo`      the mock provider and `weir demo`
+
+pub mod admin;
+pub mod bulkhead;
+pub mod config;
+// pub mod demo;
+pub mod error;
+pub mod llm;
+pub mod metrics;
+// pub mod mock;
+pub mod pipeline;
+pub mod plugins;
+pub mod provider;
+pub mod proxy;
+pub mod runtime;
+pub mod server;
+pub mod upstream;

@@ -1,0 +1,195 @@
+//! The LLM wire format: the OpenAI request head (model, stream, max_tokens),
+//! rewriting the model in place, and reading `usage` from JSON and SSE answers.
+
+use bytes::{Bytes, BytesMut};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// What weir needs from an OpenAI request body, parsed once.
+#[derive(Debug, Clone)]
+pub struct RequestHead {
+    pub model: String,
+    /// Byte range of the model's JSON string in the body (quotes included).
+    pub model_span: std::ops::Range<usize>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub max_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct Head<'a> {
+    #[serde(borrow)]
+    model: Option<&'a RawValue>,
+    #[serde(default)]
+    stream: Option<bool>,
+    #[serde(default)]
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    max_tokens: Option<u64>,
+    #[serde(default)]
+    max_completion_tokens: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: Option<bool>,
+}
+
+/// Parse the head of a JSON request body. Errors are client-facing messages.
+pub fn parse_head(body: &[u8]) -> Result<RequestHead, String> {
+    if body.is_empty() {
+        return Err("request body is empty; expected a JSON object".into());
+    }
+    let head: Head = serde_json::from_slice(body).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            format!("request body is not a valid OpenAI request: {e}")
+        } else {
+            format!("request body is not valid JSON: {e}")
+        }
+    })?;
+    let raw = head.model.ok_or("request body has no `model`")?;
+    let model: String = serde_json::from_str(raw.get()).map_err(|_| "`model` must be a string")?;
+    if model.is_empty() {
+        return Err("`model` is empty".into());
+    }
+    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    Ok(RequestHead {
+        model,
+        model_span: start..start + raw.get().len(),
+        stream: head.stream.unwrap_or(false),
+        include_usage: head.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        max_tokens: head.max_completion_tokens.or(head.max_tokens),
+    })
+}
+
+/// The body with the model's value replaced, every other byte unchanged.
+pub fn rewrite_model(body: &Bytes, head: &RequestHead, new_model: &str) -> Bytes {
+    if new_model == head.model {
+        return body.clone();
+    }
+    let quoted = serde_json::to_string(new_model).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(body.len() + quoted.len());
+    out.extend_from_slice(&body[..head.model_span.start]);
+    out.extend_from_slice(quoted.as_bytes());
+    out.extend_from_slice(&body[head.model_span.end..]);
+    out.freeze()
+}
+
+/// Token counts a provider reported.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub struct Usage {
+    #[serde(default)]
+    pub prompt_tokens: u64,
+    #[serde(default)]
+    pub completion_tokens: u64,
+}
+
+#[derive(Deserialize)]
+struct WithUsage {
+    #[serde(default)]
+    usage: Option<Usage>,
+}
+
+/// `usage` of a complete JSON answer.
+pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
+    serde_json::from_slice::<WithUsage>(body).ok()?.usage
+}
+
+/// Finds `usage` in a server-sent event stream fed chunk by chunk. Keeps only
+/// the unfinished tail line, so memory stays bounded whatever the stream's length.
+#[derive(Debug, Default)]
+pub struct SseUsageScanner {
+    partial: Vec<u8>,
+    pub usage: Option<Usage>,
+}
+
+/// Lines longer than this are not usage lines worth buffering.
+const MAX_SSE_LINE: usize = 64 * 1024;
+
+impl SseUsageScanner {
+    pub fn feed(&mut self, chunk: &[u8]) {
+        let mut rest = chunk;
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            let line_end = &rest[..nl];
+            if self.partial.is_empty() {
+                self.line(line_end);
+            } else {
+                self.partial.extend_from_slice(line_end);
+                let line = std::mem::take(&mut self.partial);
+                self.line(&line);
+                self.partial = line;
+                self.partial.clear();
+            }
+            rest = &rest[nl + 1..];
+        }
+        if self.partial.len() + rest.len() <= MAX_SSE_LINE {
+            self.partial.extend_from_slice(rest);
+        } else {
+            self.partial.clear();
+        }
+    }
+
+    fn line(&mut self, line: &[u8]) {
+        let Some(data) = line.strip_prefix(b"data:") else { return };
+        // Cheap filter before parsing: only the usage chunk mentions it.
+        if !data.windows(7).any(|w| w == b"\"usage\"") {
+            return;
+        }
+        if let Some(u) = usage_of_json(data.trim_ascii()) {
+            self.usage = Some(u);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_and_rewrite_keep_other_bytes() {
+        let body = Bytes::from_static(br#"{ "messages": [{"role":"user","content":"hi"}],  "model" : "fast", "stream":true, "max_tokens": 7 }"#);
+        let h = parse_head(&body).unwrap();
+        assert_eq!(h.model, "fast");
+        assert!(h.stream);
+        assert_eq!(h.max_tokens, Some(7));
+        let out = rewrite_model(&body, &h, "gpt-4o-mini");
+        let expected = String::from_utf8(body.to_vec()).unwrap().replace("\"fast\"", "\"gpt-4o-mini\"");
+        assert_eq!(out, Bytes::from(expected));
+    }
+
+    #[test]
+    fn head_errors() {
+        assert!(parse_head(b"{not json").unwrap_err().contains("not valid JSON"));
+        assert!(parse_head(br#"{"messages":[]}"#).unwrap_err().contains("no `model`"));
+        assert!(parse_head(br#"{"model": 3}"#).unwrap_err().contains("must be a string"));
+        assert!(parse_head(b"[1,2]").is_err());
+        assert!(parse_head(b"").is_err());
+    }
+
+    #[test]
+    fn escaped_model_rewrites() {
+        let body = Bytes::from_static(br#"{"model":"a\"b"}"#);
+        let h = parse_head(&body).unwrap();
+        assert_eq!(h.model, "a\"b");
+        assert_eq!(rewrite_model(&body, &h, "x"), Bytes::from_static(br#"{"model":"x"}"#));
+    }
+
+    #[test]
+    fn usage_from_sse_split_across_chunks() {
+        let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"hi\"}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":5,\"completion_tokens\":9,\"total_tokens\":14}}\n\ndata: [DONE]\n\n";
+        for split in [1, 7, 40, 80, stream.len() - 3] {
+            let mut s = SseUsageScanner::default();
+            s.feed(&stream[..split]);
+            s.feed(&stream[split..]);
+            assert_eq!(s.usage, Some(Usage { prompt_tokens: 5, completion_tokens: 9 }), "split {split}");
+        }
+    }
+
+    #[test]
+    fn usage_from_json() {
+        let u = usage_of_json(br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#);
+        assert_eq!(u, Some(Usage { prompt_tokens: 3, completion_tokens: 4 }));
+        assert_eq!(usage_of_json(b"{}"), None);
+    }
+}

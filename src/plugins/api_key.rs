@@ -1,0 +1,206 @@
+//! `api_key`: clients present a key (`Authorization: Bearer …`, `api-key` or
+//! `x-api-key`); the keys file holds only SHA-256 digests, each with a name
+//! and optional allowed models and routes. Comparison is constant-time.
+
+use crate::config::{BulkheadConf, Checker, Config};
+use crate::error::{ErrorKind, WeirError};
+use crate::pipeline::{Flow, Identity, Plugin, RequestCtx};
+use async_trait::async_trait;
+use pingora_http::RequestHeader;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use subtle::ConstantTimeEq;
+
+/// Plugin settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeyConf {
+    pub keys_file: PathBuf,
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConf>,
+}
+
+/// The keys file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeysFile {
+    keys: Vec<KeyEntry>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyEntry {
+    name: String,
+    /// Hex SHA-256 of the key.
+    sha256: String,
+    #[serde(default)]
+    models: Option<Vec<String>>,
+    #[serde(default)]
+    routes: Option<Vec<String>>,
+}
+
+struct Key {
+    digest: [u8; 32],
+    identity: Identity,
+    routes: Option<Vec<String>>,
+}
+
+/// The loaded keys, bucketed by a digest prefix so a lookup compares only a
+/// few full digests, each in constant time.
+pub struct ApiKeys {
+    buckets: HashMap<u64, Vec<Key>>,
+}
+
+fn parse_keys_file(path: &Path) -> Result<KeysFile, String> {
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
+    let file: KeysFile = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    for (i, k) in file.keys.iter().enumerate() {
+        let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
+        if !ok {
+            return Err(format!("{}: keys[{i}] ({}): sha256 must be 64 hex digits", path.display(), k.name));
+        }
+    }
+    Ok(file)
+}
+
+/// Config-time checks.
+pub fn check(c: &ApiKeyConf, at: &str, ck: &mut Checker) {
+    if let Err(e) = parse_keys_file(&ck.resolve(&c.keys_file)) {
+        ck.error(format!("{at}.keys_file"), e);
+    }
+}
+
+/// SHA-256 hex of a key, as the keys file stores it.
+pub fn digest_hex(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+impl ApiKeys {
+    pub fn load(c: &ApiKeyConf, config: &Config) -> Result<ApiKeys, String> {
+        let path = crate::config::resolve_relative(&config.source, &c.keys_file);
+        let file = parse_keys_file(&path)?;
+        let mut buckets: HashMap<u64, Vec<Key>> = HashMap::new();
+        for k in file.keys {
+            let mut digest = [0u8; 32];
+            hex::decode_to_slice(&k.sha256, &mut digest).map_err(|e| format!("{}: {e}", k.name))?;
+            let key = Key {
+                digest,
+                identity: Identity { name: k.name.into(), models: k.models.map(Arc::from) },
+                routes: k.routes,
+            };
+            buckets.entry(prefix(&digest)).or_default().push(key);
+        }
+        Ok(ApiKeys { buckets })
+    }
+
+    fn find(&self, presented: &str) -> Option<&Key> {
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let bucket = self.buckets.get(&prefix(&digest))?;
+        bucket.iter().find(|k| bool::from(k.digest.ct_eq(&digest)))
+    }
+}
+
+fn prefix(d: &[u8; 32]) -> u64 {
+    u64::from_le_bytes(d[..8].try_into().expect("8 bytes"))
+}
+
+/// The key a client presented, from the usual headers.
+fn presented_key(req: &RequestHeader) -> Option<&str> {
+    if let Some(v) = req.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+        let v = v.trim();
+        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+            return Some(k.trim());
+        }
+    }
+    for h in ["api-key", "x-api-key"] {
+        if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
+            return Some(v.trim());
+        }
+    }
+    None
+}
+
+#[async_trait]
+impl Plugin for ApiKeys {
+    async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        let Some(presented) = presented_key(req) else {
+            return Err(WeirError::new(
+                ErrorKind::Authentication,
+                "missing API key: send 'Authorization: Bearer <key>'",
+            ));
+        };
+        let Some(key) = self.find(presented) else {
+            return Err(WeirError::new(ErrorKind::Authentication, "unknown API key"));
+        };
+        if let (Some(routes), Some(route)) = (&key.routes, ctx.route()) {
+            if !routes.iter().any(|r| r == &route.name) {
+                return Err(WeirError::new(
+                    ErrorKind::Permission,
+                    format!("key '{}' may not use route '{}'", key.identity.name, route.name),
+                ));
+            }
+        }
+        ctx.identity = Some(key.identity.clone());
+        Ok(Flow::Continue)
+    }
+
+    async fn request_body(&self, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        if let (Some(id), Some(head)) = (&ctx.identity, &ctx.head) {
+            if let Some(models) = &id.models {
+                if !models.iter().any(|m| m == &head.model) {
+                    return Err(WeirError::new(
+                        ErrorKind::Permission,
+                        format!("key '{}' may not use model '{}'", id.name, head.model),
+                    )
+                    .with_param("model"));
+                }
+            }
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_key_by_digest_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        std::fs::write(
+            &path,
+            format!("keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n", digest_hex("sk-alice")),
+        )
+        .unwrap();
+        let conf = ApiKeyConf { keys_file: path.clone(), bulkhead: None };
+        let cfg_text = "server: {listen: ['127.0.0.1:1']}\nproviders: {}\nroutes: []\n";
+        let mut config: Config = serde_yaml_ng::from_str(cfg_text).unwrap();
+        config.source = dir.path().join("weir.yaml");
+        let keys = ApiKeys::load(&conf, &config).unwrap();
+        assert_eq!(&*keys.find("sk-alice").unwrap().identity.name, "alice");
+        assert!(keys.find("sk-bob").is_none());
+        assert!(keys.find("").is_none());
+    }
+
+    #[test]
+    fn bad_digest_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        std::fs::write(&path, "keys:\n  - name: a\n    sha256: xyz\n").unwrap();
+        assert!(parse_keys_file(&path).unwrap_err().contains("64 hex digits"));
+    }
+
+    #[test]
+    fn presented_key_headers() {
+        let mut r = RequestHeader::build("POST", b"/v1/x", None).unwrap();
+        assert_eq!(presented_key(&r), None);
+        r.insert_header("x-api-key", "k1").unwrap();
+        assert_eq!(presented_key(&r), Some("k1"));
+        r.insert_header("authorization", "Bearer k2").unwrap();
+        assert_eq!(presented_key(&r), Some("k2"));
+    }
+}

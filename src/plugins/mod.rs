@@ -1,0 +1,54 @@
+//! Built-in plugins and the instance wrapper that gives each its bulkhead.
+
+pub mod api_key;
+
+use crate::bulkhead::Bulkhead;
+use crate::config::{Checker, Config, PluginConf};
+use crate::pipeline::Plugin;
+use std::sync::Arc;
+
+/// A configured plugin: its code, its settings and its own bulkhead.
+pub struct PluginInstance {
+    pub name: String,
+    pub conf: PluginConf,
+    pub plugin: Arc<dyn Plugin>,
+    pub bulkhead: Arc<Bulkhead>,
+}
+
+/// Checks of a plugin's settings beyond their types (files exist, values sane).
+pub fn check(conf: &PluginConf, at: &str, ck: &mut Checker) {
+    match conf {
+        PluginConf::ApiKey(c) => api_key::check(c, at, ck),
+    }
+}
+
+/// Build a plugin instance. An unchanged instance from the previous
+/// generation is reused whole, so its state carries over.
+pub fn build(
+    name: &str,
+    conf: &PluginConf,
+    config: &Config,
+    previous: Option<&Arc<PluginInstance>>,
+) -> Result<Arc<PluginInstance>, String> {
+    if let Some(p) = previous {
+        if &p.conf == conf && !p.depends_on_files() {
+            return Ok(p.clone());
+        }
+    }
+    let plugin: Arc<dyn Plugin> = match conf {
+        PluginConf::ApiKey(c) => Arc::new(api_key::ApiKeys::load(c, config)?),
+    };
+    let limits = conf.bulkhead().limits();
+    let bulkhead = match previous {
+        Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
+        _ => Bulkhead::new(format!("plugin:{name}"), limits),
+    };
+    Ok(Arc::new(PluginInstance { name: name.to_string(), conf: conf.clone(), plugin, bulkhead }))
+}
+
+impl PluginInstance {
+    /// Plugins that read files are rebuilt on every reload (the file may have changed).
+    fn depends_on_files(&self) -> bool {
+        matches!(self.conf, PluginConf::ApiKey(_))
+    }
+}

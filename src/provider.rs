@@ -1,0 +1,174 @@
+//! Providers: where an upstream lives (address, TLS, base path), the key weir
+//! adds, the models it serves, and the bulkhead in front of it.
+
+use crate::bulkhead::{Bulkhead, Limits};
+use crate::config::{BulkheadConf, ProviderConf};
+use crate::metrics;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::utils::tls::WrappedX509;
+use prometheus::IntGauge;
+use std::collections::HashMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A provider's URL, split and resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Endpoint {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix the client's path after `/v1` is appended to (no trailing `/`).
+    pub base_path: String,
+}
+
+impl Endpoint {
+    /// Parse `http(s)://host[:port][/path]`.
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let uri: http::Uri = url.parse().map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let tls = match uri.scheme_str() {
+            Some("https") => true,
+            Some("http") => false,
+            _ => return Err(format!("'{url}' must start with http:// or https://")),
+        };
+        let host = uri.host().ok_or_else(|| format!("'{url}' has no host"))?;
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
+        let base_path = uri.path().trim_end_matches('/').to_string();
+        Ok(Endpoint { tls, host, port, base_path })
+    }
+
+    /// Resolve the host once (never on the request path).
+    pub fn resolve(&self) -> Result<SocketAddr, String> {
+        (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve '{}': {e}", self.host))?
+            .next()
+            .ok_or_else(|| format!("'{}' resolves to no address", self.host))
+    }
+
+    /// Value of the `Host` header sent upstream.
+    pub fn authority(&self) -> String {
+        let default = if self.tls { 443 } else { 80 };
+        let host = if self.host.contains(':') { format!("[{}]", self.host) } else { self.host.clone() };
+        if self.port == default {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+
+    /// The upstream path for a client path: `/v1/chat/completions` ->
+    /// `{base}/chat/completions`. Paths outside `/v1` are appended whole.
+    pub fn upstream_path(&self, client_path_and_query: &str) -> String {
+        let rest = client_path_and_query
+            .strip_prefix("/v1")
+            .filter(|r| r.is_empty() || r.starts_with('/') || r.starts_with('?'))
+            .unwrap_or(client_path_and_query);
+        format!("{}{}", self.base_path, rest)
+    }
+}
+
+/// Read PEM CA certificates.
+pub fn load_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
+    let data = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let mut certs = Vec::new();
+    for item in rustls_pemfile::certs(&mut data.as_slice()) {
+        let der = item.map_err(|e| format!("bad PEM in {}: {e}", path.display()))?;
+        x509_parser::parse_x509_certificate(der.as_ref())
+            .map_err(|e| format!("bad certificate in {}: {e}", path.display()))?;
+        certs.push(der.as_ref().to_vec());
+    }
+    if certs.is_empty() {
+        return Err(format!("no certificate found in {}", path.display()));
+    }
+    Ok(certs)
+}
+
+/// A provider as it serves requests. State that must outlive a config
+/// generation (the bulkhead) is shared through `Arc`s.
+pub struct Provider {
+    pub name: String,
+    pub conf: ProviderConf,
+    pub endpoint: Endpoint,
+    /// Connection description, shared by all requests (pooled by Pingora).
+    pub peer: HttpPeer,
+    /// `Authorization` value weir sends, if the provider has a key.
+    pub authorization: Option<String>,
+    /// public model name -> upstream model name
+    pub models: HashMap<String, String>,
+    pub bulkhead: Arc<Bulkhead>,
+    pub in_flight: IntGauge,
+}
+
+impl Provider {
+    /// Build a provider; `ca` is the already loaded CA list, if any.
+    pub fn build(
+        name: &str,
+        conf: &ProviderConf,
+        ca: Option<Vec<Vec<u8>>>,
+        previous: Option<&Provider>,
+    ) -> Result<Provider, String> {
+        let endpoint = Endpoint::parse(&conf.url)?;
+        let addr = endpoint.resolve()?;
+        let sni = conf.tls.sni.clone().unwrap_or_else(|| endpoint.host.clone());
+        let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
+        let t = &conf.timeouts;
+        peer.options.connection_timeout = Some(t.connect.0);
+        peer.options.total_connection_timeout = Some(t.connect.0 + Duration::from_secs(1));
+        peer.options.idle_timeout = Some(Duration::from_secs(60));
+        if endpoint.tls {
+            peer.options.verify_cert = !conf.tls.insecure_skip_verify;
+            peer.options.verify_hostname = !conf.tls.insecure_skip_verify;
+            if let Some(ca) = ca {
+                let list: Vec<WrappedX509> = ca
+                    .into_iter()
+                    .map(|der| WrappedX509::new(der, pingora_core::utils::tls::parse_x509))
+                    .collect();
+                peer.options.ca = Some(Arc::from(list.into_boxed_slice()));
+            }
+        }
+        let limits: Limits = conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT).limits();
+        // Keep the bulkhead (and its queue) when its limits are unchanged.
+        let bulkhead = match previous {
+            Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
+            _ => Bulkhead::new(format!("provider:{name}"), limits),
+        };
+        Ok(Provider {
+            name: name.to_string(),
+            conf: conf.clone(),
+            authorization: conf.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            models: conf.models.pairs().into_iter().collect(),
+            in_flight: metrics::UPSTREAM_IN_FLIGHT.with_label_values(&[name]),
+            endpoint,
+            peer,
+            bulkhead,
+        })
+    }
+
+    /// The upstream name of a public model, if this provider serves it.
+    pub fn upstream_model(&self, public: &str) -> Option<&str> {
+        self.models.get(public).map(String::as_str)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoint_parse_and_paths() {
+        let e = Endpoint::parse("https://api.openai.com/v1").unwrap();
+        assert!(e.tls);
+        assert_eq!(e.port, 443);
+        assert_eq!(e.authority(), "api.openai.com");
+        assert_eq!(e.upstream_path("/v1/chat/completions"), "/v1/chat/completions");
+        let e = Endpoint::parse("http://127.0.0.1:9000/openai/v1/").unwrap();
+        assert_eq!(e.authority(), "127.0.0.1:9000");
+        assert_eq!(e.upstream_path("/v1/models?x=1"), "/openai/v1/models?x=1");
+        assert_eq!(e.upstream_path("/health"), "/openai/v1/health");
+        assert!(Endpoint::parse("ftp://x").is_err());
+        assert!(Endpoint::parse("not a url").is_err());
+    }
+}
