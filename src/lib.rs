@@ -17,11 +17,11 @@
 pub mod admin;
 pub mod bulkhead;
 pub mod config;
-// pub mod demo;
+pub mod demo;
 pub mod error;
 pub mod llm;
 pub mod metrics;
-// pub mod mock;
+pub mod mock;
 pub mod pipeline;
 pub mod plugins;
 pub mod provider;

@@ -31,8 +31,8 @@ enum Command {
         #[arg(short, long, default_value = "conf/demo.yaml")]
         config: PathBuf,
     },
-    // A mock OpenAI-compatible provider
-    //Mock(weir::mock::MockOptions),
+    /// A mock OpenAI-compatible provider
+    Mock(weir::mock::MockOptions),
 }
 
 fn main() -> ExitCode {
@@ -47,8 +47,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve { config, upgrade } => weir::server::run(&config, upgrade, Vec::new()),
         Command::Check { config } => check(&config),
-        Command::Demo { config } => Err(format!("{config:?}")),
-        //Command::Mock(opts) => weir::mock::run(opts),
+        Command::Demo { config } => weir::demo::run(&config),
+        Command::Mock(opts) => weir::mock::run(opts),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -72,8 +72,27 @@ pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
     reg(IntGauge::new("weir_config_generation", "Generation of the config now serving.").unwrap())
 });
 
+/// Register every metric, so each appears on `/metrics` from the start.
+pub fn init() {
+    Lazy::force(&REQUESTS);
+    Lazy::force(&REQUEST_DURATION);
+    Lazy::force(&UPSTREAM_TTFB);
+    Lazy::force(&UPSTREAM_IN_FLIGHT);
+    Lazy::force(&QUEUE_DEPTH);
+    Lazy::force(&QUEUE_CAPACITY);
+    Lazy::force(&QUEUE_WAIT);
+    Lazy::force(&QUEUE_OLDEST_WAIT);
+    Lazy::force(&QUEUE_REJECTED);
+    Lazy::force(&LLM_TOKENS);
+    Lazy::force(&PLUGIN_ERRORS);
+    CONFIG_RELOADS.with_label_values(&["ok"]);
+    CONFIG_RELOADS.with_label_values(&["error"]);
+    Lazy::force(&CONFIG_GENERATION);
+}
+
 /// Prometheus text exposition of every registered metric.
 pub fn render() -> Vec<u8> {
+    init();
     let mut out = Vec::with_capacity(16 * 1024);
     let _ = TextEncoder::new().encode(&REGISTRY.gather(), &mut out);
     out

@@ -1,0 +1,237 @@
+//! Shared helpers for end-to-end tests: spawn the real `weir` binary (as a
+//! gateway or as `weir mock`), pick free loopback ports, wait for readiness,
+//! and speak HTTP to them.
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Wait until something accepts connections on `port`.
+pub fn wait_port(port: u16, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("{what} did not listen on port {port} within 20s");
+}
+
+/// A running `weir mock`.
+pub struct Mock {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Mock {
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/v1", self.port)
+    }
+
+    /// `GET /mock/stats` as JSON.
+    pub fn stats(&self) -> serde_json::Value {
+        let r = get(&format!("http://127.0.0.1:{}/mock/stats", self.port), &[]);
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    /// Requests the mock has received.
+    pub fn requests(&self) -> u64 {
+        self.stats()["requests"].as_u64().unwrap()
+    }
+}
+
+/// Start `weir mock` with extra arguments.
+pub fn spawn_mock(args: &[&str]) -> Mock {
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let child = Command::new(WEIR)
+        .args(["mock", "--listen", &listen])
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weir mock");
+    let proc = Proc { child, name: format!("mock {listen}") };
+    wait_port(port, "weir mock");
+    Mock { port, proc }
+}
+
+/// A running gateway.
+pub struct Weir {
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub proc: Proc,
+}
+
+impl Weir {
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    pub fn admin(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+    pub fn metrics(&self) -> String {
+        get(&self.admin("/metrics"), &[]).body
+    }
+}
+
+/// Write `config` (with `{PORT}` and `{ADMIN}` replaced) to a temp dir, plus
+/// any `files` beside it, and start `weir serve` on it.
+pub fn spawn_weir(config: &str, files: &[(&str, &str)]) -> Weir {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    let (port, admin_port) = (free_port(), free_port());
+    let text = config.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, text).unwrap();
+    let child = Command::new(WEIR)
+        .args(["serve", "-c"])
+        .arg(&path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn weir serve");
+    let proc = Proc { child, name: "weir".into() };
+    wait_port(port, "weir");
+    wait_port(admin_port, "weir admin");
+    Weir { port, admin_port, dir, config: path, proc }
+}
+
+/// A response, whatever its status.
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+    /// The OpenAI error envelope's `type`.
+    pub fn error_type(&self) -> String {
+        self.json()["error"]["type"].as_str().unwrap_or_default().to_string()
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
+}
+
+fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
+    let r = match r {
+        Ok(r) => r,
+        Err(ureq::Error::Status(_, r)) => r,
+        Err(e) => panic!("request failed: {e}"),
+    };
+    let status = r.status();
+    let headers = r.headers_names().iter().map(|n| (n.clone(), r.header(n).unwrap_or("").to_string())).collect();
+    let mut body = String::new();
+    r.into_reader().read_to_string(&mut body).unwrap();
+    Resp { status, headers, body }
+}
+
+pub fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent().get(url);
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    into_resp(req.call())
+}
+
+pub fn post(url: &str, body: &[u8], headers: &[(&str, &str)]) -> Resp {
+    let mut req = agent().post(url).set("content-type", "application/json");
+    for (k, v) in headers {
+        req = req.set(k, v);
+    }
+    into_resp(req.send_bytes(body))
+}
+
+/// A chat request body for `model`.
+pub fn chat(model: &str, stream: bool) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": model,
+        "stream": stream,
+        "messages": [{"role": "user", "content": "hello there"}]
+    }))
+    .unwrap()
+}
+
+/// Send a raw HTTP/1.1 request and return the connection (for tests that
+/// read slowly or disconnect).
+pub fn raw_request(port: u16, method: &str, path: &str, body: &[u8]) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(body).unwrap();
+    s
+}
+
+/// The value of a metric sample, e.g. `metric(&m, "weir_queue_depth", &[("queue", "provider:a")])`.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines().filter(|l| !l.starts_with('#')).find_map(|l| {
+        let (series, value) = l.rsplit_once(' ')?;
+        let (n, rest) = series.split_once('{').unwrap_or((series, ""));
+        if n != name {
+            return None;
+        }
+        if labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+            value.parse().ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Poll `f` until it holds or `timeout` passes.
+pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    f()
+}
+
+/// The repository root (for conf/ files).
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
