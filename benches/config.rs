@@ -5,7 +5,9 @@ use std::path::Path;
 
 fn bench(c: &mut Criterion) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("conf/demo.yaml");
-    c.bench_function("config load+check (conf/demo.yaml)", |b| b.iter(|| weir::config::load(&path).unwrap()));
+    c.bench_function("config load+check (conf/demo.yaml)", |b| {
+        b.iter(|| weir::config::load(&path).unwrap())
+    });
     c.bench_function("config load+check+compile (conf/demo.yaml)", |b| {
         b.iter(|| {
             let (cfg, index) = weir::config::load(&path).unwrap();

@@ -24,7 +24,11 @@ fn reply(status: u16, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
 }
 
 fn json_reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
-    reply(status, "application/json", serde_json::to_vec_pretty(&v).unwrap_or_default())
+    reply(
+        status,
+        "application/json",
+        serde_json::to_vec_pretty(&v).unwrap_or_default(),
+    )
 }
 
 impl Admin {
@@ -38,9 +42,15 @@ impl Admin {
             .chain(rt.plugins.values().map(|p| &p.bulkhead));
         for b in queues {
             let s = b.snapshot();
-            metrics::QUEUE_DEPTH.with_label_values(&[b.name()]).set(s.waiting as i64);
-            metrics::QUEUE_OLDEST_WAIT.with_label_values(&[b.name()]).set(s.oldest_wait.as_secs_f64());
-            metrics::QUEUE_CAPACITY.with_label_values(&[b.name()]).set(b.limits().queue as i64);
+            metrics::QUEUE_DEPTH
+                .with_label_values(&[b.name()])
+                .set(s.waiting as i64);
+            metrics::QUEUE_OLDEST_WAIT
+                .with_label_values(&[b.name()])
+                .set(s.oldest_wait.as_secs_f64());
+            metrics::QUEUE_CAPACITY
+                .with_label_values(&[b.name()])
+                .set(b.limits().queue as i64);
         }
         metrics::render()
     }
@@ -132,7 +142,10 @@ impl ServeHttp for Admin {
             ("GET", "/status") => json_reply(200, self.status()),
             ("GET", "/config") => {
                 let rt = self.gateway.current();
-                json_reply(200, serde_json::to_value(rt.config.as_ref()).unwrap_or_default())
+                json_reply(
+                    200,
+                    serde_json::to_value(rt.config.as_ref()).unwrap_or_default(),
+                )
             }
             ("POST", "/reload") => {
                 if !self.authorized(session) {
@@ -149,7 +162,10 @@ impl ServeHttp for Admin {
                     Err(e) => json_reply(500, json!({"error": e.to_string()})),
                 }
             }
-            _ => json_reply(404, json!({"error": format!("no admin endpoint {method} {path}")})),
+            _ => json_reply(
+                404,
+                json!({"error": format!("no admin endpoint {method} {path}")}),
+            ),
         }
     }
 }

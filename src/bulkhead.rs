@@ -106,28 +106,44 @@ impl Bulkhead {
             let mut st = self.state.lock().unwrap();
             if st.in_flight < self.limits.max_concurrent && st.waiters.is_empty() {
                 st.in_flight += 1;
-                return Ok(Permit { bulkhead: self.clone() });
+                return Ok(Permit {
+                    bulkhead: self.clone(),
+                });
             }
             if st.waiters.len() >= self.limits.queue {
                 let waiting = st.waiters.len();
                 let retry_after = self.retry_after_locked(&st);
                 drop(st);
                 self.counters.rejected_full.inc();
-                return Err(Refusal::Full { waiting, retry_after });
+                return Err(Refusal::Full {
+                    waiting,
+                    retry_after,
+                });
             }
             let (tx, rx) = oneshot::channel();
             let id = st.next_id;
             st.next_id += 1;
-            st.waiters.push_back(Waiter { id, since: Instant::now(), tx });
+            st.waiters.push_back(Waiter {
+                id,
+                since: Instant::now(),
+                tx,
+            });
             (id, rx)
         };
         let started = Instant::now();
-        let mut guard = WaitGuard { bulkhead: self, id, rx, armed: true };
+        let mut guard = WaitGuard {
+            bulkhead: self,
+            id,
+            rx,
+            armed: true,
+        };
         match tokio::time::timeout(self.limits.queue_timeout, &mut guard.rx).await {
             Ok(Ok(())) => {
                 guard.armed = false;
                 self.counters.wait.observe(started.elapsed().as_secs_f64());
-                Ok(Permit { bulkhead: self.clone() })
+                Ok(Permit {
+                    bulkhead: self.clone(),
+                })
             }
             _ => {
                 guard.armed = false;
@@ -138,10 +154,15 @@ impl Bulkhead {
                     drop(st);
                     self.counters.rejected_timeout.inc();
                     self.counters.wait.observe(started.elapsed().as_secs_f64());
-                    Err(Refusal::Timeout { waited: started.elapsed(), retry_after })
+                    Err(Refusal::Timeout {
+                        waited: started.elapsed(),
+                        retry_after,
+                    })
                 } else {
                     // A slot was handed to us as the timer fired: keep it.
-                    Ok(Permit { bulkhead: self.clone() })
+                    Ok(Permit {
+                        bulkhead: self.clone(),
+                    })
                 }
             }
         }
@@ -153,7 +174,11 @@ impl Bulkhead {
         Snapshot {
             in_flight: st.in_flight,
             waiting: st.waiters.len(),
-            oldest_wait: st.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
+            oldest_wait: st
+                .waiters
+                .front()
+                .map(|w| w.since.elapsed())
+                .unwrap_or_default(),
         }
     }
 
@@ -239,7 +264,11 @@ mod tests {
     fn bh(max: usize, queue: usize, timeout_ms: u64) -> Arc<Bulkhead> {
         Bulkhead::new(
             format!("test:{max}-{queue}-{timeout_ms}-{}", rand::random::<u32>()),
-            Limits { max_concurrent: max, queue, queue_timeout: Duration::from_millis(timeout_ms) },
+            Limits {
+                max_concurrent: max,
+                queue,
+                queue_timeout: Duration::from_millis(timeout_ms),
+            },
         )
     }
 
@@ -253,7 +282,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(b.snapshot().waiting, 1);
         match b.acquire().await {
-            Err(Refusal::Full { waiting: 1, retry_after }) => assert!(retry_after >= 1),
+            Err(Refusal::Full {
+                waiting: 1,
+                retry_after,
+            }) => assert!(retry_after >= 1),
             other => panic!("expected Full, got {:?}", other.map(|_| ())),
         }
         drop(p1);
@@ -324,6 +356,13 @@ mod tests {
         }
         assert_eq!(b.snapshot().in_flight, 3);
         ps.clear();
-        assert_eq!(b.snapshot(), Snapshot { in_flight: 0, waiting: 0, oldest_wait: Duration::ZERO });
+        assert_eq!(
+            b.snapshot(),
+            Snapshot {
+                in_flight: 0,
+                waiting: 0,
+                oldest_wait: Duration::ZERO
+            }
+        );
     }
 }

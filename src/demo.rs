@@ -34,15 +34,23 @@ pub fn run(path: &Path) -> Result<(), String> {
         extra.push(Box::new(mock_service(opts)?));
     }
     let listen = cfg.server.listen[0].replace("0.0.0.0", "127.0.0.1");
-    let model = cfg.providers.values().next().and_then(|p| p.models.pairs().into_iter().next()).map(|(m, _)| m);
+    let model = cfg
+        .providers
+        .values()
+        .next()
+        .and_then(|p| p.models.pairs().into_iter().next())
+        .map(|(m, _)| m);
     let model = model.unwrap_or_default();
     let auth = if cfg.plugins.values().any(|p| p.type_name() == "api_key") {
         " -H 'Authorization: Bearer sk-demo'"
     } else {
         ""
     };
-    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}]}}"#);
-    let stream_body = format!(r#"{{"model":"{model}","stream":true,"messages":[{{"role":"user","content":"Say hello"}}]}}"#);
+    let body =
+        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}]}}"#);
+    let stream_body = format!(
+        r#"{{"model":"{model}","stream":true,"messages":[{{"role":"user","content":"Say hello"}}]}}"#
+    );
     println!("\nweir demo: gateway on http://{listen}\n\nTry:\n");
     println!("curl -s http://{listen}/v1/models{auth}");
     println!("curl -s http://{listen}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{body}'");

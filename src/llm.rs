@@ -58,7 +58,10 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, String> {
         model,
         model_span: start..start + raw.get().len(),
         stream: head.stream.unwrap_or(false),
-        include_usage: head.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
+        include_usage: head
+            .stream_options
+            .and_then(|o| o.include_usage)
+            .unwrap_or(false),
         max_tokens: head.max_completion_tokens.or(head.max_tokens),
     })
 }
@@ -131,7 +134,9 @@ impl SseUsageScanner {
     }
 
     fn line(&mut self, line: &[u8]) {
-        let Some(data) = line.strip_prefix(b"data:") else { return };
+        let Some(data) = line.strip_prefix(b"data:") else {
+            return;
+        };
         // Cheap filter before parsing: only the usage chunk mentions it.
         if !data.windows(7).any(|w| w == b"\"usage\"") {
             return;
@@ -154,15 +159,23 @@ mod tests {
         assert!(h.stream);
         assert_eq!(h.max_tokens, Some(7));
         let out = rewrite_model(&body, &h, "gpt-4o-mini");
-        let expected = String::from_utf8(body.to_vec()).unwrap().replace("\"fast\"", "\"gpt-4o-mini\"");
+        let expected = String::from_utf8(body.to_vec())
+            .unwrap()
+            .replace("\"fast\"", "\"gpt-4o-mini\"");
         assert_eq!(out, Bytes::from(expected));
     }
 
     #[test]
     fn head_errors() {
-        assert!(parse_head(b"{not json").unwrap_err().contains("not valid JSON"));
-        assert!(parse_head(br#"{"messages":[]}"#).unwrap_err().contains("no `model`"));
-        assert!(parse_head(br#"{"model": 3}"#).unwrap_err().contains("must be a string"));
+        assert!(parse_head(b"{not json")
+            .unwrap_err()
+            .contains("not valid JSON"));
+        assert!(parse_head(br#"{"messages":[]}"#)
+            .unwrap_err()
+            .contains("no `model`"));
+        assert!(parse_head(br#"{"model": 3}"#)
+            .unwrap_err()
+            .contains("must be a string"));
         assert!(parse_head(b"[1,2]").is_err());
         assert!(parse_head(b"").is_err());
     }
@@ -172,7 +185,10 @@ mod tests {
         let body = Bytes::from_static(br#"{"model":"a\"b"}"#);
         let h = parse_head(&body).unwrap();
         assert_eq!(h.model, "a\"b");
-        assert_eq!(rewrite_model(&body, &h, "x"), Bytes::from_static(br#"{"model":"x"}"#));
+        assert_eq!(
+            rewrite_model(&body, &h, "x"),
+            Bytes::from_static(br#"{"model":"x"}"#)
+        );
     }
 
     #[test]
@@ -182,14 +198,27 @@ mod tests {
             let mut s = SseUsageScanner::default();
             s.feed(&stream[..split]);
             s.feed(&stream[split..]);
-            assert_eq!(s.usage, Some(Usage { prompt_tokens: 5, completion_tokens: 9 }), "split {split}");
+            assert_eq!(
+                s.usage,
+                Some(Usage {
+                    prompt_tokens: 5,
+                    completion_tokens: 9
+                }),
+                "split {split}"
+            );
         }
     }
 
     #[test]
     fn usage_from_json() {
         let u = usage_of_json(br#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#);
-        assert_eq!(u, Some(Usage { prompt_tokens: 3, completion_tokens: 4 }));
+        assert_eq!(
+            u,
+            Some(Usage {
+                prompt_tokens: 3,
+                completion_tokens: 4
+            })
+        );
         assert_eq!(usage_of_json(b"{}"), None);
     }
 }

@@ -12,7 +12,9 @@ use prometheus::{
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
-    REGISTRY.register(Box::new(m.clone())).expect("metric registered once");
+    REGISTRY
+        .register(Box::new(m.clone()))
+        .expect("metric registered once");
     m
 }
 
@@ -25,51 +27,114 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    reg(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).unwrap())
+    reg(HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+    .unwrap())
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
 ];
 
 pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter("weir_requests_total", "Requests answered, by route, provider and status.", &["route", "provider", "status"])
+    counter(
+        "weir_requests_total",
+        "Requests answered, by route, provider and status.",
+        &["route", "provider", "status"],
+    )
 });
 pub static REQUEST_DURATION: Lazy<HistogramVec> = Lazy::new(|| {
-    histogram("weir_request_duration_seconds", "Time from request to last response byte.", &["route", "provider"], LATENCY_BUCKETS)
+    histogram(
+        "weir_request_duration_seconds",
+        "Time from request to last response byte.",
+        &["route", "provider"],
+        LATENCY_BUCKETS,
+    )
 });
 pub static UPSTREAM_TTFB: Lazy<HistogramVec> = Lazy::new(|| {
-    histogram("weir_upstream_time_to_first_byte_seconds", "Time from sending upstream to the response header.", &["provider"], LATENCY_BUCKETS)
+    histogram(
+        "weir_upstream_time_to_first_byte_seconds",
+        "Time from sending upstream to the response header.",
+        &["provider"],
+        LATENCY_BUCKETS,
+    )
 });
-pub static UPSTREAM_IN_FLIGHT: Lazy<IntGaugeVec> =
-    Lazy::new(|| gauge("weir_upstream_in_flight", "Requests in progress at a provider.", &["provider"]));
-pub static QUEUE_DEPTH: Lazy<IntGaugeVec> =
-    Lazy::new(|| gauge("weir_queue_depth", "Requests waiting in a bulkhead queue.", &["queue"]));
-pub static QUEUE_CAPACITY: Lazy<IntGaugeVec> =
-    Lazy::new(|| gauge("weir_queue_capacity", "Size of a bulkhead's wait queue.", &["queue"]));
+pub static UPSTREAM_IN_FLIGHT: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_upstream_in_flight",
+        "Requests in progress at a provider.",
+        &["provider"],
+    )
+});
+pub static QUEUE_DEPTH: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_queue_depth",
+        "Requests waiting in a bulkhead queue.",
+        &["queue"],
+    )
+});
+pub static QUEUE_CAPACITY: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_queue_capacity",
+        "Size of a bulkhead's wait queue.",
+        &["queue"],
+    )
+});
 pub static QUEUE_WAIT: Lazy<HistogramVec> = Lazy::new(|| {
-    histogram("weir_queue_wait_seconds", "Time spent waiting in a bulkhead queue.", &["queue"], LATENCY_BUCKETS)
+    histogram(
+        "weir_queue_wait_seconds",
+        "Time spent waiting in a bulkhead queue.",
+        &["queue"],
+        LATENCY_BUCKETS,
+    )
 });
 pub static QUEUE_OLDEST_WAIT: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
     reg(prometheus::GaugeVec::new(
-        Opts::new("weir_queue_oldest_wait_seconds", "Age of the oldest waiter in a queue now."),
+        Opts::new(
+            "weir_queue_oldest_wait_seconds",
+            "Age of the oldest waiter in a queue now.",
+        ),
         &["queue"],
     )
     .unwrap())
 });
 pub static QUEUE_REJECTED: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter("weir_queue_rejected_total", "Requests a bulkhead refused, by reason (full, timeout).", &["queue", "reason"])
+    counter(
+        "weir_queue_rejected_total",
+        "Requests a bulkhead refused, by reason (full, timeout).",
+        &["queue", "reason"],
+    )
 });
 pub static LLM_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter("weir_llm_tokens_total", "LLM tokens reported by providers.", &["provider", "model", "kind"])
+    counter(
+        "weir_llm_tokens_total",
+        "LLM tokens reported by providers.",
+        &["provider", "model", "kind"],
+    )
 });
 pub static PLUGIN_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter("weir_plugin_errors_total", "Plugin failures, by kind (trap, timeout, error).", &["plugin", "kind"])
+    counter(
+        "weir_plugin_errors_total",
+        "Plugin failures, by kind (trap, timeout, error).",
+        &["plugin", "kind"],
+    )
 });
-pub static CONFIG_RELOADS: Lazy<IntCounterVec> =
-    Lazy::new(|| counter("weir_config_reloads_total", "Config reloads, by result.", &["result"]));
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_config_reloads_total",
+        "Config reloads, by result.",
+        &["result"],
+    )
+});
 pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
-    reg(IntGauge::new("weir_config_generation", "Generation of the config now serving.").unwrap())
+    reg(IntGauge::new(
+        "weir_config_generation",
+        "Generation of the config now serving.",
+    )
+    .unwrap())
 });
 
 /// Register every metric, so each appears on `/metrics` from the start.

@@ -45,7 +45,11 @@ pub enum Flow {
 pub trait Plugin: Send + Sync {
     /// 1. Request headers, before the body is read. May change the header
     ///    sent upstream, refuse (`Err`), or answer locally.
-    async fn request_headers(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+    async fn request_headers(
+        &self,
+        _req: &mut RequestHeader,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Flow, WeirError> {
         Ok(Flow::Continue)
     }
 

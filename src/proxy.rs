@@ -69,17 +69,28 @@ const CLIENT_KEYS: &[&str] = &["authorization", "api-key", "x-api-key"];
 
 /// LLM endpoints whose body must be an OpenAI JSON request.
 fn is_llm_endpoint(path: &str) -> bool {
-    path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/embeddings")
+    path.ends_with("/chat/completions")
+        || path.ends_with("/completions")
+        || path.ends_with("/embeddings")
 }
 
 fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
     match r {
-        Refusal::Full { waiting, retry_after } => WeirError::new(
+        Refusal::Full {
+            waiting,
+            retry_after,
+        } => WeirError::new(
             ErrorKind::QueueFull,
-            format!("queue '{}' is full ({waiting} waiting); retry in {retry_after}s", b.name()),
+            format!(
+                "queue '{}' is full ({waiting} waiting); retry in {retry_after}s",
+                b.name()
+            ),
         )
         .with_queue(b.name(), retry_after),
-        Refusal::Timeout { waited, retry_after } => WeirError::new(
+        Refusal::Timeout {
+            waited,
+            retry_after,
+        } => WeirError::new(
             ErrorKind::QueueTimeout,
             format!(
                 "waited {}ms in queue '{}' without a free slot; retry in {retry_after}s",
@@ -93,9 +104,16 @@ fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
 
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes away.
 /// `watch_client` only when the request body has been read completely.
-async fn acquire(session: &mut Session, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
+async fn acquire(
+    session: &mut Session,
+    b: &Arc<Bulkhead>,
+    watch_client: bool,
+) -> Result<Permit, Failure> {
     if !watch_client {
-        return b.acquire().await.map_err(|r| Failure::Refuse(refusal_error(r, b)));
+        return b
+            .acquire()
+            .await
+            .map_err(|r| Failure::Refuse(refusal_error(r, b)));
     }
     tokio::select! {
         r = b.acquire() => r.map_err(|r| Failure::Refuse(refusal_error(r, b))),
@@ -104,15 +122,26 @@ async fn acquire(session: &mut Session, b: &Arc<Bulkhead>, watch_client: bool) -
 }
 
 fn request_id(req: &RequestHeader) -> String {
-    match req.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
-        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
+    match req
+        .headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        Some(id)
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
+        {
+            id.to_string()
+        }
         _ => uuid::Uuid::new_v4().to_string(),
     }
 }
 
 impl WeirProxy {
     pub fn new(gateway: Arc<Gateway>) -> Self {
-        WeirProxy { gateway, upstream: Upstream::default() }
+        WeirProxy {
+            gateway,
+            upstream: Upstream::default(),
+        }
     }
 
     /// The whole request, start to finish. See the module doc for the order.
@@ -121,7 +150,11 @@ impl WeirProxy {
         let Some(ri) = rt.route_for(session.req_header()) else {
             return Err(WeirError::new(
                 ErrorKind::NotFound,
-                format!("no route for {} {}", session.req_header().method, session.req_header().uri.path()),
+                format!(
+                    "no route for {} {}",
+                    session.req_header().method,
+                    session.req_header().uri.path()
+                ),
             )
             .into());
         };
@@ -134,7 +167,11 @@ impl WeirProxy {
         for p in &route.plugins {
             let permit = acquire(session, &p.bulkhead, no_body).await?;
             ctx.plugin_permits.push(permit);
-            match p.plugin.request_headers(session.req_header_mut(), ctx).await? {
+            match p
+                .plugin
+                .request_headers(session.req_header_mut(), ctx)
+                .await?
+            {
                 Flow::Continue => {}
                 Flow::Respond(r) => return self.respond_local(session, ctx, r).await,
             }
@@ -162,7 +199,11 @@ impl WeirProxy {
             None => route.providers.clone(),
         };
         if ctx.candidates.is_empty() {
-            let model = ctx.head.as_ref().map(|h| h.model.as_str()).unwrap_or_default();
+            let model = ctx
+                .head
+                .as_ref()
+                .map(|h| h.model.as_str())
+                .unwrap_or_default();
             return Err(WeirError::new(
                 ErrorKind::ModelNotFound,
                 format!("model '{model}' is not served on route '{}'", route.name),
@@ -204,7 +245,10 @@ impl WeirProxy {
                 Err(f) => return Err(f),
             };
             let req = self.upstream_request(session.req_header(), &provider, ctx);
-            let body = match (&ctx.head, provider.upstream_model(ctx.head.as_ref().map_or("", |h| h.model.as_str()))) {
+            let body = match (
+                &ctx.head,
+                provider.upstream_model(ctx.head.as_ref().map_or("", |h| h.model.as_str())),
+            ) {
                 (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
                 _ => ctx.body.clone(),
             };
@@ -230,7 +274,11 @@ impl WeirProxy {
             let retryable = status == 429 || status >= 500;
             if retryable && i + 1 < attempts {
                 provider.in_flight.dec();
-                log::warn!("request {}: provider '{}' answered {status}; trying another", ctx.request_id, provider.name);
+                log::warn!(
+                    "request {}: provider '{}' answered {status}; trying another",
+                    ctx.request_id,
+                    provider.name
+                );
                 ex.abort().await;
                 continue;
             }
@@ -240,17 +288,13 @@ impl WeirProxy {
             drop(permit);
             return r;
         }
-        Err(last_err.unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered")).into())
+        Err(last_err
+            .unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered"))
+            .into())
     }
 
     /// Read the request body up to `max` bytes.
     async fn read_body(&self, session: &mut Session, max: usize) -> Result<Bytes, Failure> {
-        let too_large = || {
-            WeirError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("request body is larger than max_request_body ({max} bytes)"),
-            )
-        };
         let declared = session
             .req_header()
             .headers
@@ -258,14 +302,16 @@ impl WeirProxy {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<usize>().ok());
         if declared.is_some_and(|n| n > max) {
-            return Err(too_large().into());
+            return Err(self.refuse_large_body(session, max, 0).await);
         }
         let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
         loop {
             match session.downstream_session.read_request_body().await {
                 Ok(Some(chunk)) => {
                     if buf.len() + chunk.len() > max {
-                        return Err(too_large().into());
+                        let seen = buf.len() + chunk.len();
+                        drop(buf);
+                        return Err(self.refuse_large_body(session, max, seen).await);
                     }
                     buf.extend_from_slice(&chunk);
                 }
@@ -275,14 +321,58 @@ impl WeirProxy {
         }
     }
 
+    /// A body over `max`: most clients send the whole body before reading the
+    /// answer, so discard it (bounded in bytes and time, never buffered) to let
+    /// them see the 413; past the bound the connection is simply closed.
+    async fn refuse_large_body(
+        &self,
+        session: &mut Session,
+        max: usize,
+        mut seen: usize,
+    ) -> Failure {
+        const DRAIN_LIMIT: usize = 64 << 20;
+        let expects_continue = session
+            .req_header()
+            .headers
+            .get("expect")
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if !expects_continue {
+            let drain = async {
+                while seen <= DRAIN_LIMIT.max(2 * max) {
+                    match session.downstream_session.read_request_body().await {
+                        Ok(Some(c)) => seen += c.len(),
+                        _ => break,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+        }
+        Failure::Refuse(WeirError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than max_request_body ({max} bytes)"),
+        ))
+    }
+
     /// The request header as the provider gets it.
-    fn upstream_request(&self, client: &RequestHeader, p: &Provider, ctx: &RequestCtx) -> RequestHeader {
-        let path = p.endpoint.upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
-        let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
-            .expect("method and path come from a valid request");
+    fn upstream_request(
+        &self,
+        client: &RequestHeader,
+        p: &Provider,
+        ctx: &RequestCtx,
+    ) -> RequestHeader {
+        let path = p
+            .endpoint
+            .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+        let mut req = RequestHeader::build(
+            client.method.clone(),
+            path.as_bytes(),
+            Some(client.headers.len() + 4),
+        )
+        .expect("method and path come from a valid request");
         for (name, value) in client.headers.iter() {
             let n = name.as_str();
-            if HOP_BY_HOP.contains(&n) || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n)) {
+            if HOP_BY_HOP.contains(&n) || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n))
+            {
                 continue;
             }
             let _ = req.append_header(name.clone(), value.clone());
@@ -292,8 +382,14 @@ impl WeirProxy {
         if let Some(auth) = &p.authorization {
             let _ = req.insert_header("authorization", auth.as_str());
         }
-        let body_len = match (&ctx.head, ctx.head.as_ref().and_then(|h| p.upstream_model(&h.model))) {
-            (Some(h), Some(up)) => ctx.body.len() - h.model_span.len() + serde_json::to_string(up).map_or(0, |s| s.len()),
+        let body_len = match (
+            &ctx.head,
+            ctx.head.as_ref().and_then(|h| p.upstream_model(&h.model)),
+        ) {
+            (Some(h), Some(up)) => {
+                ctx.body.len() - h.model_span.len()
+                    + serde_json::to_string(up).map_or(0, |s| s.len())
+            }
             _ => ctx.body.len(),
         };
         if body_len > 0 || client.method != http::Method::GET {
@@ -303,11 +399,18 @@ impl WeirProxy {
     }
 
     /// Stream the provider's response to the client, chunk by chunk.
-    async fn relay(&self, session: &mut Session, ctx: &mut RequestCtx, p: &Arc<Provider>, mut ex: Exchange) -> Result<(), Failure> {
+    async fn relay(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        p: &Arc<Provider>,
+        mut ex: Exchange,
+    ) -> Result<(), Failure> {
         let route = ctx.runtime.clone().expect("set");
         let route = &route.routes[ctx.route.expect("set")];
         let up = ex.header();
-        let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
+        let mut resp =
+            ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
         for (name, value) in up.headers.iter() {
             if matches!(name.as_str(), "connection" | "keep-alive") {
                 continue;
@@ -316,13 +419,20 @@ impl WeirProxy {
         }
         let _ = resp.insert_header("x-weir-provider", p.name.as_str());
         let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
-        let is_sse = resp.headers.get("content-type").is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let is_sse = resp
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let collect_json = !is_sse && resp.status.as_u16() == 200 && ctx.head.is_some();
         for pl in &route.plugins {
             pl.plugin.response_headers(&mut resp, ctx);
         }
         ctx.status = resp.status.as_u16();
-        if session.write_response_header(Box::new(resp), false).await.is_err() {
+        if session
+            .write_response_header(Box::new(resp), false)
+            .await
+            .is_err()
+        {
             ex.abort().await;
             return Err(Failure::ClientGone);
         }
@@ -364,13 +474,22 @@ impl WeirProxy {
                 break;
             }
         }
-        ctx.usage = if is_sse { scanner.usage } else { llm::usage_of_json(&json) };
+        ctx.usage = if is_sse {
+            scanner.usage
+        } else {
+            llm::usage_of_json(&json)
+        };
         self.upstream.finish(ex, p).await;
         Ok(())
     }
 
     /// `GET /v1/models`: the models this route (and this key) may use.
-    async fn list_models(&self, session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -> Result<(), Failure> {
+    async fn list_models(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        rt: &Runtime,
+    ) -> Result<(), Failure> {
         let route = &rt.routes[ctx.route.expect("set")];
         let allowed = ctx.identity.as_ref().and_then(|i| i.models.clone());
         let data: Vec<serde_json::Value> = route
@@ -379,24 +498,52 @@ impl WeirProxy {
             .filter(|(m, _)| allowed.as_ref().is_none_or(|a| a.contains(m)))
             .map(|(m, provider)| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": provider}))
             .collect();
-        let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
+        let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
+            .unwrap_or_default();
         let mut h = ResponseHeader::build(200, Some(3)).expect("200");
         let _ = h.insert_header("content-type", "application/json");
-        self.respond_local(session, ctx, LocalResponse { header: h, body: body.into() }).await
+        self.respond_local(
+            session,
+            ctx,
+            LocalResponse {
+                header: h,
+                body: body.into(),
+            },
+        )
+        .await
     }
 
-    async fn respond_local(&self, session: &mut Session, ctx: &mut RequestCtx, mut r: LocalResponse) -> Result<(), Failure> {
+    async fn respond_local(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        mut r: LocalResponse,
+    ) -> Result<(), Failure> {
         ctx.plugin_permits.clear();
-        let _ = r.header.insert_header("content-length", r.body.len().to_string());
-        let _ = r.header.insert_header("x-request-id", ctx.request_id.as_str());
-        if let Some(route) = ctx.runtime.clone().and_then(|rt| ctx.route.map(|i| (rt, i))) {
+        let _ = r
+            .header
+            .insert_header("content-length", r.body.len().to_string());
+        let _ = r
+            .header
+            .insert_header("x-request-id", ctx.request_id.as_str());
+        if let Some(route) = ctx
+            .runtime
+            .clone()
+            .and_then(|rt| ctx.route.map(|i| (rt, i)))
+        {
             for pl in &route.0.routes[route.1].plugins {
                 pl.plugin.response_headers(&mut r.header, ctx);
             }
         }
         ctx.status = r.header.status.as_u16();
-        session.write_response_header(Box::new(r.header), false).await.map_err(|_| Failure::ClientGone)?;
-        session.write_response_body(Some(r.body), true).await.map_err(|_| Failure::ClientGone)
+        session
+            .write_response_header(Box::new(r.header), false)
+            .await
+            .map_err(|_| Failure::ClientGone)?;
+        session
+            .write_response_body(Some(r.body), true)
+            .await
+            .map_err(|_| Failure::ClientGone)
     }
 
     /// Answer with weir's error envelope.
@@ -404,7 +551,11 @@ impl WeirProxy {
         ctx.plugin_permits.clear();
         // Refusing must stay cheap: don't drain a large unread body, close instead.
         if !session.downstream_session.is_body_done() {
-            let declared = session.req_header().headers.get("content-length").and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+            let declared = session
+                .req_header()
+                .headers
+                .get("content-length")
+                .and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
             if declared.is_none_or(|n| n > 64 * 1024) {
                 session.set_keepalive(None);
             }
@@ -413,7 +564,11 @@ impl WeirProxy {
         let h = e.response_header(body.len(), &ctx.request_id);
         ctx.status = e.status();
         ctx.error = Some(e);
-        if session.write_response_header(Box::new(h), false).await.is_ok() {
+        if session
+            .write_response_header(Box::new(h), false)
+            .await
+            .is_ok()
+        {
             let _ = session.write_response_body(Some(body), true).await;
         }
     }
@@ -456,14 +611,26 @@ impl ProxyHttp for WeirProxy {
         }
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        _ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         // Never reached: request_filter answers every request.
         Error::e_explain(ErrorType::InternalError, "weir drives upstreams itself")
     }
 
-    async fn fail_to_proxy(&self, _session: &mut Session, _e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+    async fn fail_to_proxy(
+        &self,
+        _session: &mut Session,
+        _e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
         // The response (if any) was already handled; just don't reuse the connection.
-        FailToProxy { error_code: ctx.status, can_reuse_downstream: false }
+        FailToProxy {
+            error_code: ctx.status,
+            can_reuse_downstream: false,
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, _ctx: &RequestCtx, _error: &Error) -> bool {
@@ -472,7 +639,9 @@ impl ProxyHttp for WeirProxy {
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         ctx.plugin_permits.clear();
-        let Some(rt) = ctx.runtime.clone() else { return };
+        let Some(rt) = ctx.runtime.clone() else {
+            return;
+        };
         let route_name = ctx.route.map_or("", |i| rt.routes[i].name.as_str());
         if let Some(i) = ctx.route {
             for p in &rt.routes[i].plugins {
@@ -481,16 +650,24 @@ impl ProxyHttp for WeirProxy {
         }
         let provider = ctx.provider.as_ref().map_or("", |p| p.name.as_str());
         let mut status_buf = itoa_status(ctx.status);
-        metrics::REQUESTS.with_label_values(&[route_name, provider, status_str(&mut status_buf)]).inc();
+        metrics::REQUESTS
+            .with_label_values(&[route_name, provider, status_str(&mut status_buf)])
+            .inc();
         metrics::REQUEST_DURATION
             .with_label_values(&[route_name, provider])
             .observe(ctx.started.elapsed().as_secs_f64());
         if let Some(t) = ctx.upstream_ttfb {
-            metrics::UPSTREAM_TTFB.with_label_values(&[provider]).observe(t.as_secs_f64());
+            metrics::UPSTREAM_TTFB
+                .with_label_values(&[provider])
+                .observe(t.as_secs_f64());
         }
         if let (Some(u), Some(h)) = (ctx.usage, &ctx.head) {
-            metrics::LLM_TOKENS.with_label_values(&[provider, &h.model, "prompt"]).inc_by(u.prompt_tokens);
-            metrics::LLM_TOKENS.with_label_values(&[provider, &h.model, "completion"]).inc_by(u.completion_tokens);
+            metrics::LLM_TOKENS
+                .with_label_values(&[provider, &h.model, "prompt"])
+                .inc_by(u.prompt_tokens);
+            metrics::LLM_TOKENS
+                .with_label_values(&[provider, &h.model, "completion"])
+                .inc_by(u.completion_tokens);
         }
         log::debug!(
             "{} route={route_name} provider={provider} status={} ms={}",
@@ -503,7 +680,11 @@ impl ProxyHttp for WeirProxy {
 
 fn itoa_status(s: u16) -> [u8; 3] {
     let s = s.min(999);
-    [b'0' + (s / 100) as u8, b'0' + (s / 10 % 10) as u8, b'0' + (s % 10) as u8]
+    [
+        b'0' + (s / 100) as u8,
+        b'0' + (s / 10 % 10) as u8,
+        b'0' + (s % 10) as u8,
+    ]
 }
 
 fn status_str(b: &mut [u8; 3]) -> &str {

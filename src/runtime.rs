@@ -42,15 +42,20 @@ impl Route {
         if !self.methods.is_empty() && !self.methods.contains(&req.method) {
             return false;
         }
-        self.matcher
-            .headers
-            .iter()
-            .all(|(k, v)| req.headers.get(k.as_str()).is_some_and(|h| h.as_bytes() == v.as_bytes()))
+        self.matcher.headers.iter().all(|(k, v)| {
+            req.headers
+                .get(k.as_str())
+                .is_some_and(|h| h.as_bytes() == v.as_bytes())
+        })
     }
 
     /// Providers that serve `model`, in route order.
     pub fn candidates(&self, model: &str) -> Vec<Arc<Provider>> {
-        self.providers.iter().filter(|p| p.upstream_model(model).is_some()).cloned().collect()
+        self.providers
+            .iter()
+            .filter(|p| p.upstream_model(model).is_some())
+            .cloned()
+            .collect()
     }
 }
 
@@ -86,7 +91,9 @@ impl Runtime {
                 },
                 None => None,
             };
-            let prev = previous.and_then(|p| p.providers.get(name)).map(|p| p.as_ref());
+            let prev = previous
+                .and_then(|p| p.providers.get(name))
+                .map(|p| p.as_ref());
             match Provider::build(name, conf, ca, prev) {
                 Ok(p) => {
                     providers.insert(name.clone(), Arc::new(p));
@@ -111,7 +118,8 @@ impl Runtime {
             .routes
             .iter()
             .map(|r| {
-                let providers: Vec<Arc<Provider>> = r.providers.iter().map(|p| providers[p].clone()).collect();
+                let providers: Vec<Arc<Provider>> =
+                    r.providers.iter().map(|p| providers[p].clone()).collect();
                 let mut models: Vec<(String, String)> = Vec::new();
                 for p in &providers {
                     for (public, _) in p.conf.models.pairs() {
@@ -122,7 +130,12 @@ impl Runtime {
                 }
                 Route {
                     name: r.name.clone(),
-                    methods: r.matcher.methods.iter().filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok()).collect(),
+                    methods: r
+                        .matcher
+                        .methods
+                        .iter()
+                        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                        .collect(),
                     matcher: r.matcher.clone(),
                     plugins: r.plugins.iter().map(|p| plugins[p].clone()).collect(),
                     providers,
@@ -184,13 +197,17 @@ impl Gateway {
                 let g = rt.generation;
                 self.generation.store(g, Ordering::SeqCst);
                 self.current.store(Arc::new(rt));
-                crate::metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
+                crate::metrics::CONFIG_RELOADS
+                    .with_label_values(&["ok"])
+                    .inc();
                 crate::metrics::CONFIG_GENERATION.set(g as i64);
                 log::info!("config reloaded: generation {g}");
                 Ok(g)
             }
             Err(e) => {
-                crate::metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
+                crate::metrics::CONFIG_RELOADS
+                    .with_label_values(&["error"])
+                    .inc();
                 log::error!("config reload failed, still serving the old config:\n{e}");
                 Err(e)
             }

@@ -14,12 +14,19 @@ use std::sync::Arc;
 
 /// Start the gateway for `config` and run until stopped; extra services (the
 /// demo's mock providers) run in the same server.
-pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependents>>) -> Result<(), String> {
+pub fn run(
+    config: &Path,
+    upgrade: bool,
+    extra: Vec<Box<dyn ServiceWithDependents>>,
+) -> Result<(), String> {
     let gateway = Gateway::start(config).map_err(|e| e.to_string())?;
     let rt = gateway.current();
     let server_conf = &rt.config.server;
     // Socket and pid paths are per listen address, so several weirs can share a host.
-    let tag: String = server_conf.listen[0].chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let tag: String = server_conf.listen[0]
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
     let conf = ServerConf {
         threads: server_conf.threads,
         pid_file: format!("/tmp/weir_{tag}.pid"),
@@ -28,7 +35,10 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
         graceful_shutdown_timeout_seconds: Some(10),
         ..ServerConf::default()
     };
-    let opt = Opt { upgrade, ..Opt::default() };
+    let opt = Opt {
+        upgrade,
+        ..Opt::default()
+    };
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
@@ -43,7 +53,12 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     server.add_service(proxy);
 
     if let Some(admin_conf) = &rt.config.admin {
-        let mut admin = Service::new("weir admin".to_string(), HttpServer::new_app(Admin { gateway: gateway.clone() }));
+        let mut admin = Service::new(
+            "weir admin".to_string(),
+            HttpServer::new_app(Admin {
+                gateway: gateway.clone(),
+            }),
+        );
         admin.add_tcp(&admin_conf.listen);
         admin.threads = Some(1);
         server.add_service(admin);

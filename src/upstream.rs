@@ -21,7 +21,9 @@ pub struct Upstream {
 
 impl Default for Upstream {
     fn default() -> Self {
-        Upstream { connector: Connector::new(Some(ConnectorOptions::new(1024))) }
+        Upstream {
+            connector: Connector::new(Some(ConnectorOptions::new(1024))),
+        }
     }
 }
 
@@ -35,15 +37,25 @@ pub struct Exchange {
 
 fn classify(e: &pingora_error::Error, provider: &str, during: &str) -> WeirError {
     let kind = match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => ErrorKind::UpstreamTimeout,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            ErrorKind::UpstreamTimeout
+        }
         _ => ErrorKind::Upstream,
     };
-    WeirError::new(kind, format!("provider '{provider}' {during}: {}", e.etype().as_str()))
+    WeirError::new(
+        kind,
+        format!("provider '{provider}' {during}: {}", e.etype().as_str()),
+    )
 }
 
 impl Upstream {
     /// Send a request and wait for the response header.
-    pub async fn send(&self, p: &Provider, req: &RequestHeader, body: &Bytes) -> Result<Exchange, WeirError> {
+    pub async fn send(
+        &self,
+        p: &Provider,
+        req: &RequestHeader,
+        body: &Bytes,
+    ) -> Result<Exchange, WeirError> {
         // A pooled connection may have been closed by the provider; retry once on a new one.
         let mut attempts = 0;
         loop {
@@ -54,7 +66,13 @@ impl Upstream {
                 .await
                 .map_err(|e| classify(&e, &p.name, "could not be reached"))?;
             match self.exchange(&mut s, p, req, body).await {
-                Ok(ttfb) => return Ok(Exchange { session: s, idle: p.conf.timeouts.idle.0, ttfb }),
+                Ok(ttfb) => {
+                    return Ok(Exchange {
+                        session: s,
+                        idle: p.conf.timeouts.idle.0,
+                        ttfb,
+                    })
+                }
                 Err((e, sent_fully)) => {
                     if reused && attempts < 2 && !sent_fully && e.kind == ErrorKind::Upstream {
                         continue;
@@ -82,14 +100,18 @@ impl Upstream {
             }
             s.finish_request_body().await
         };
-        send.await.map_err(|e| (classify(&e, &p.name, "failed while sending"), false))?;
+        send.await
+            .map_err(|e| (classify(&e, &p.name, "failed while sending"), false))?;
         match tokio::time::timeout(t.first_byte.0, s.read_response_header()).await {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(e)) => Err((classify(&e, &p.name, "failed before answering"), false)),
             Err(_) => Err((
                 WeirError::new(
                     ErrorKind::UpstreamTimeout,
-                    format!("provider '{}' sent no response within {}", p.name, p.conf.timeouts.first_byte),
+                    format!(
+                        "provider '{}' sent no response within {}",
+                        p.name, p.conf.timeouts.first_byte
+                    ),
                 ),
                 true,
             )),
@@ -99,7 +121,9 @@ impl Upstream {
     /// Return a finished exchange's connection to the pool, or close it.
     pub async fn finish(&self, mut ex: Exchange, p: &Provider) {
         if ex.session.response_done() {
-            self.connector.release_http_session(ex.session, &p.peer, p.peer.options.idle_timeout).await;
+            self.connector
+                .release_http_session(ex.session, &p.peer, p.peer.options.idle_timeout)
+                .await;
         } else {
             ex.session.shutdown().await;
         }
@@ -108,7 +132,9 @@ impl Upstream {
 
 impl Exchange {
     pub fn header(&self) -> &ResponseHeader {
-        self.session.response_header().expect("read before Exchange exists")
+        self.session
+            .response_header()
+            .expect("read before Exchange exists")
     }
 
     /// The next body chunk, `None` at the end.

@@ -24,9 +24,18 @@ fn check(text: &str) -> (i32, String) {
     std::fs::write(dir.path().join("keys.yaml"), "keys: []\n").unwrap();
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, text).unwrap();
-    let out = Command::new(WEIR).args(["check", "-c"]).arg(&path).env_remove("WEIR_UNSET_FOR_TEST").output().unwrap();
-    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
-    (out.status.code().unwrap(), text.replace(&dir.path().display().to_string(), "DIR"))
+    let out = Command::new(WEIR)
+        .args(["check", "-c"])
+        .arg(&path)
+        .env_remove("WEIR_UNSET_FOR_TEST")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    (
+        out.status.code().unwrap(),
+        text.replace(&dir.path().display().to_string(), "DIR"),
+    )
 }
 
 #[test]
@@ -46,18 +55,24 @@ fn broken_configs_name_line_and_field() {
         ("bad duration", GOOD.replace("queue_timeout: 2s", "queue_timeout: 2 fortnights"), "DIR/weir.yaml:7: providers.m.bulkhead.queue_timeout: invalid duration"),
         ("duplicate provider", GOOD.replace("plugins:\n", "  m:\n    url: http://127.0.0.1:1/v1\n    models: [b]\nplugins:\n"), "DIR/weir.yaml:8: providers.m: duplicate name (first defined at line 4)"),
         ("duplicate route", GOOD.to_string() + "  - name: chat\n    providers: [m]\n", "DIR/weir.yaml:14: routes[1].name: duplicate name 'chat'"),
-        ("unknown plugin type", GOOD.replace("type: api_key", "type: magic"), "DIR/weir.yaml:9: plugins.keys: unknown variant `magic`"),
+        ("unknown plugin type", GOOD.replace("type: api_key", "type: magic"), "DIR/weir.yaml:9: plugins.keys.type: unknown variant `magic`"),
         ("missing keys file", GOOD.replace("keys_file: keys.yaml", "keys_file: nope.yaml"), "DIR/weir.yaml:9: plugins.keys.keys_file: cannot read keys file"),
     ];
     for (what, text, expected) in cases {
         let (code, out) = check(text);
         assert_eq!(code, 1, "{what}: exit code; output:\n{out}");
-        assert!(out.contains(expected), "{what}: expected '{expected}' in:\n{out}");
+        assert!(
+            out.contains(expected),
+            "{what}: expected '{expected}' in:\n{out}"
+        );
     }
 }
 
 #[test]
 fn usage_error_exits_2() {
-    let out = Command::new(WEIR).args(["serve", "--no-such-flag"]).output().unwrap();
+    let out = Command::new(WEIR)
+        .args(["serve", "--no-such-flag"])
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -43,7 +43,10 @@ fn chat_completion_rewrites_alias_injects_key_and_keeps_request_id() {
     let r = post(
         &weir.url("/v1/chat/completions"),
         &chat("fast", false),
-        &[("authorization", "Bearer client-secret"), ("x-request-id", "req-abc-123")],
+        &[
+            ("authorization", "Bearer client-secret"),
+            ("x-request-id", "req-abc-123"),
+        ],
     );
     assert_eq!(r.status, 200, "{}", r.body);
     let v = r.json();
@@ -53,24 +56,54 @@ fn chat_completion_rewrites_alias_injects_key_and_keeps_request_id() {
     assert_eq!(r.header("x-weir-provider"), Some("m"));
     assert_eq!(r.header("x-request-id"), Some("req-abc-123"));
     assert_eq!(r.header("x-mock-request-id"), Some("req-abc-123"));
-    assert_eq!(r.header("x-mock-authorization"), Some("Bearer sk-upstream"), "client's key is never forwarded");
+    assert_eq!(
+        r.header("x-mock-authorization"),
+        Some("Bearer sk-upstream"),
+        "client's key is never forwarded"
+    );
 
     // Without a request id, weir makes one and sends it both ways.
-    let r = post(&weir.url("/v1/chat/completions"), &chat("other", false), &[]);
+    let r = post(
+        &weir.url("/v1/chat/completions"),
+        &chat("other", false),
+        &[],
+    );
     assert_eq!(r.json()["model"], "mock-small");
     let id = r.header("x-request-id").unwrap();
     assert!(id.len() >= 16);
     assert_eq!(r.header("x-mock-request-id"), Some(id));
 
     let m = weir.metrics();
-    assert_eq!(metric(&m, "weir_requests_total", &[("route", "chat"), ("provider", "m"), ("status", "200")]), Some(2.0));
-    assert!(metric(&m, "weir_llm_tokens_total", &[("provider", "m"), ("kind", "completion")]).unwrap() > 0.0);
+    assert_eq!(
+        metric(
+            &m,
+            "weir_requests_total",
+            &[("route", "chat"), ("provider", "m"), ("status", "200")]
+        ),
+        Some(2.0)
+    );
+    assert!(
+        metric(
+            &m,
+            "weir_llm_tokens_total",
+            &[("provider", "m"), ("kind", "completion")]
+        )
+        .unwrap()
+            > 0.0
+    );
 }
 
 #[test]
 fn streaming_passes_chunks_through_unbuffered() {
     // 40 tokens at 20/s: the mock takes about two seconds to finish.
-    let (_mock, weir) = setup(&["--ttft", "50ms", "--tokens-per-sec", "20", "--completion-tokens", "40"]);
+    let (_mock, weir) = setup(&[
+        "--ttft",
+        "50ms",
+        "--tokens-per-sec",
+        "20",
+        "--completion-tokens",
+        "40",
+    ]);
     let started = Instant::now();
     let resp = ureq::post(&weir.url("/v1/chat/completions"))
         .set("content-type", "application/json")
@@ -89,8 +122,14 @@ fn streaming_passes_chunks_through_unbuffered() {
     }
     let total = started.elapsed();
     let first = first_chunk_at.expect("at least one event");
-    assert!(total >= Duration::from_millis(1500), "the mock streams for ~2s, took {total:?}");
-    assert!(first < total / 2, "first chunk at {first:?} of {total:?}: the stream was buffered");
+    assert!(
+        total >= Duration::from_millis(1500),
+        "the mock streams for ~2s, took {total:?}"
+    );
+    assert!(
+        first < total / 2,
+        "first chunk at {first:?} of {total:?}: the stream was buffered"
+    );
     assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
     let chunk: serde_json::Value = serde_json::from_str(&events[0]).unwrap();
     assert_eq!(chunk["model"], "mock-large");
@@ -104,7 +143,12 @@ fn models_lists_exactly_the_configured_models() {
     assert_eq!(r.status, 200);
     let v = r.json();
     assert_eq!(v["object"], "list");
-    let ids: Vec<&str> = v["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids, vec!["fast", "other"]);
 }
 
@@ -122,11 +166,26 @@ fn large_bodies_arrive_byte_for_byte_after_the_rewrite() {
     let (_mock, weir) = setup(&[]);
     for size in [1 << 20, 7 << 20] {
         let body = big_body(size);
-        let expected = String::from_utf8(body.clone()).unwrap().replacen(r#""model":"fast""#, r#""model":"mock-large""#, 1);
+        let expected = String::from_utf8(body.clone()).unwrap().replacen(
+            r#""model":"fast""#,
+            r#""model":"mock-large""#,
+            1,
+        );
         let r = post(&weir.url("/v1/chat/completions"), &body, &[]);
-        assert_eq!(r.status, 200, "size {size}: {}", &r.body[..r.body.len().min(300)]);
-        assert_eq!(r.header("x-mock-body-len"), Some(expected.len().to_string().as_str()));
-        assert_eq!(r.header("x-mock-body-sha256"), Some(hex::encode(Sha256::digest(expected.as_bytes())).as_str()));
+        assert_eq!(
+            r.status,
+            200,
+            "size {size}: {}",
+            &r.body[..r.body.len().min(300)]
+        );
+        assert_eq!(
+            r.header("x-mock-body-len"),
+            Some(expected.len().to_string().as_str())
+        );
+        assert_eq!(
+            r.header("x-mock-body-sha256"),
+            Some(hex::encode(Sha256::digest(expected.as_bytes())).as_str())
+        );
     }
 }
 
@@ -136,9 +195,15 @@ fn body_over_max_request_body_is_refused_with_the_envelope() {
     let r = post(&weir.url("/v1/chat/completions"), &big_body(9 << 20), &[]);
     assert_eq!(r.status, 413);
     assert_eq!(r.error_type(), "invalid_request_error");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("max_request_body"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("max_request_body"));
     assert_eq!(mock.requests(), 0, "nothing went upstream");
-    assert_eq!(post(&weir.url("/v1/chat/completions"), &chat("fast", false), &[]).status, 200);
+    assert_eq!(
+        post(&weir.url("/v1/chat/completions"), &chat("fast", false), &[]).status,
+        200
+    );
 }
 
 #[test]
@@ -146,16 +211,31 @@ fn bad_requests_get_openai_errors_and_weir_keeps_serving() {
     let (mock, weir) = setup(&[]);
     let url = weir.url("/v1/chat/completions");
     let r = post(&url, b"{not json", &[]);
-    assert_eq!((r.status, r.error_type().as_str()), (400, "invalid_request_error"));
+    assert_eq!(
+        (r.status, r.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
     let r = post(&url, br#"{"messages":[]}"#, &[]);
-    assert_eq!((r.status, r.error_type().as_str()), (400, "invalid_request_error"));
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("model"));
+    assert_eq!(
+        (r.status, r.error_type().as_str()),
+        (400, "invalid_request_error")
+    );
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("model"));
     let r = post(&url, &chat("no-such-model", false), &[]);
-    assert_eq!((r.status, r.error_type().as_str()), (404, "model_not_found"));
+    assert_eq!(
+        (r.status, r.error_type().as_str()),
+        (404, "model_not_found")
+    );
     assert_eq!(r.json()["error"]["param"], "model");
     let r = post(&weir.url("/elsewhere"), b"{}", &[]);
     assert_eq!(r.status, 404);
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("no route"));
+    assert!(r.json()["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("no route"));
     assert_eq!(mock.requests(), 0);
     assert_eq!(post(&url, &chat("fast", false), &[]).status, 200);
 }
@@ -166,7 +246,11 @@ fn provider_errors_pass_through_unchanged() {
     let r = post(&weir.url("/v1/chat/completions"), &chat("fast", false), &[]);
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-weir-provider"), Some("m"));
-    assert_eq!(r.error_type(), "server_error", "the provider's own envelope");
+    assert_eq!(
+        r.error_type(),
+        "server_error",
+        "the provider's own envelope"
+    );
 }
 
 #[test]
@@ -177,5 +261,10 @@ fn unreachable_provider_is_502_upstream_error() {
     );
     let weir = spawn_weir(&cfg, &[]);
     let r = post(&weir.url("/v1/chat/completions"), &chat("x", false), &[]);
-    assert_eq!((r.status, r.error_type().as_str()), (502, "upstream_error"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.error_type().as_str()),
+        (502, "upstream_error"),
+        "{}",
+        r.body
+    );
 }

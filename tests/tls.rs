@@ -35,5 +35,10 @@ routes:
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.json()["model"], "m");
     let r = post(&weir.url("/v1/chat/completions"), &chat("n", false), &[]);
-    assert_eq!((r.status, r.error_type().as_str()), (502, "upstream_error"), "{}", r.body);
+    assert_eq!(
+        (r.status, r.error_type().as_str()),
+        (502, "upstream_error"),
+        "{}",
+        r.body
+    );
 }

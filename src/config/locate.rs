@@ -15,8 +15,15 @@ pub struct LineIndex {
 }
 
 enum Frame {
-    Map { path: String, key: Option<String>, seen: HashMap<String, usize> },
-    Seq { path: String, idx: usize },
+    Map {
+        path: String,
+        key: Option<String>,
+        seen: HashMap<String, usize>,
+    },
+    Seq {
+        path: String,
+        idx: usize,
+    },
 }
 
 struct Builder {
@@ -77,7 +84,11 @@ impl MarkedEventReceiver for Builder {
             }
             Event::MappingStart(..) => {
                 let path = self.enter_value(line).unwrap_or_default();
-                self.stack.push(Frame::Map { path, key: None, seen: HashMap::new() });
+                self.stack.push(Frame::Map {
+                    path,
+                    key: None,
+                    seen: HashMap::new(),
+                });
             }
             Event::SequenceStart(..) => {
                 let path = self.enter_value(line).unwrap_or_default();
@@ -95,7 +106,10 @@ impl LineIndex {
     /// Index a YAML document; a syntax error yields an empty index (the
     /// YAML parser proper reports it).
     pub fn build(text: &str) -> LineIndex {
-        let mut b = Builder { stack: Vec::new(), index: LineIndex::default() };
+        let mut b = Builder {
+            stack: Vec::new(),
+            index: LineIndex::default(),
+        };
         let mut parser = Parser::new_from_str(text);
         let _ = parser.load(&mut b, false);
         b.index
@@ -129,7 +143,8 @@ mod tests {
 
     #[test]
     fn paths_and_lines() {
-        let text = "a:\n  b: 1\n  c: [x, y]\nroutes:\n  - name: r\n    plugins:\n      - k\n      - z\n";
+        let text =
+            "a:\n  b: 1\n  c: [x, y]\nroutes:\n  - name: r\n    plugins:\n      - k\n      - z\n";
         let idx = LineIndex::build(text);
         assert_eq!(idx.line_of("a.b"), Some(2));
         assert_eq!(idx.line_of("a.c"), Some(3));

@@ -50,7 +50,11 @@ fn default_max_body() -> Size {
 #[serde(deny_unknown_fields)]
 pub struct AdminConf {
     pub listen: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
     pub token: Option<String>,
 }
 
@@ -67,7 +71,11 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
 pub struct ProviderConf {
     /// OpenAI base URL, e.g. `https://api.openai.com/v1`.
     pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "redact"
+    )]
     pub api_key: Option<String>,
     pub models: Models,
     #[serde(default = "default_weight")]
@@ -167,7 +175,11 @@ fn d_idle() -> Dur {
 
 impl Default for TimeoutsConf {
     fn default() -> Self {
-        TimeoutsConf { connect: d_connect(), first_byte: d_first_byte(), idle: d_idle() }
+        TimeoutsConf {
+            connect: d_connect(),
+            first_byte: d_first_byte(),
+            idle: d_idle(),
+        }
     }
 }
 
@@ -299,7 +311,11 @@ pub struct Checker<'a> {
 
 impl<'a> Checker<'a> {
     pub fn new(file: &'a Path, index: &'a LineIndex) -> Self {
-        Checker { file, index, errors: Vec::new() }
+        Checker {
+            file,
+            index,
+            errors: Vec::new(),
+        }
     }
 
     /// Record an error at `field` (a path such as `routes[0].plugins[1]`).
@@ -441,16 +457,26 @@ pub fn parse(text: &str, file: &Path) -> Result<(Config, LineIndex), ConfigError
     let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = path_string(e.path());
         let inner = e.into_inner();
-        let line = inner.location().map(|l| l.line()).or_else(|| index.line_of(&field));
+        let line = inner
+            .location()
+            .map(|l| l.line())
+            .or_else(|| index.line_of(&field));
         // serde_yaml's message repeats the path and location; keep the core.
         let mut message = inner.to_string();
         if let Some(cut) = message.find(" at line ") {
             message.truncate(cut);
         }
-        if let Some(stripped) = message.strip_prefix(&format!("{field}: ")) {
-            message = stripped.to_string();
+        if let Some((prefix, rest)) = message.split_once(": ") {
+            if field.starts_with(prefix) {
+                message = rest.to_string();
+            }
         }
-        ConfigErrors(vec![ConfigError { file: file.to_path_buf(), line, field, message }])
+        ConfigErrors(vec![ConfigError {
+            file: file.to_path_buf(),
+            line,
+            field,
+            message,
+        }])
     })?;
     config.source = file.to_path_buf();
     let mut ck = Checker::new(file, &index);
@@ -483,7 +509,10 @@ impl Config {
         }
         for (i, l) in self.server.listen.iter().enumerate() {
             if l.parse::<std::net::SocketAddr>().is_err() {
-                ck.error(format!("server.listen[{i}]"), format!("'{l}' is not an address like 0.0.0.0:8080"));
+                ck.error(
+                    format!("server.listen[{i}]"),
+                    format!("'{l}' is not an address like 0.0.0.0:8080"),
+                );
             }
         }
         if self.server.threads == 0 {
@@ -491,7 +520,10 @@ impl Config {
         }
         if let Some(a) = &self.admin {
             if a.listen.parse::<std::net::SocketAddr>().is_err() {
-                ck.error("admin.listen", format!("'{}' is not an address like 127.0.0.1:9901", a.listen));
+                ck.error(
+                    "admin.listen",
+                    format!("'{}' is not an address like 127.0.0.1:9901", a.listen),
+                );
             }
         }
         if self.providers.is_empty() {
@@ -524,34 +556,55 @@ impl Config {
         for (i, r) in self.routes.iter().enumerate() {
             let at = format!("routes[{i}]");
             if let Some(first) = route_names.insert(r.name.as_str(), i) {
-                ck.error(format!("{at}.name"), format!("duplicate name '{}' (also routes[{first}])", r.name));
+                ck.error(
+                    format!("{at}.name"),
+                    format!("duplicate name '{}' (also routes[{first}])", r.name),
+                );
             }
             for (j, p) in r.plugins.iter().enumerate() {
                 if !self.plugins.contains_key(p) {
-                    ck.error(format!("{at}.plugins[{j}]"), format!("unknown plugin '{p}'"));
+                    ck.error(
+                        format!("{at}.plugins[{j}]"),
+                        format!("unknown plugin '{p}'"),
+                    );
                 }
             }
             if r.providers.is_empty() {
-                ck.error(format!("{at}.providers"), "at least one provider is required");
+                ck.error(
+                    format!("{at}.providers"),
+                    "at least one provider is required",
+                );
             }
             for (j, p) in r.providers.iter().enumerate() {
                 if !self.providers.contains_key(p) {
-                    ck.error(format!("{at}.providers[{j}]"), format!("unknown provider '{p}'"));
+                    ck.error(
+                        format!("{at}.providers[{j}]"),
+                        format!("unknown provider '{p}'"),
+                    );
                 }
             }
             for (j, m) in r.matcher.methods.iter().enumerate() {
                 if http::Method::from_bytes(m.as_bytes()).is_err() {
-                    ck.error(format!("{at}.match.methods[{j}]"), format!("'{m}' is not an HTTP method"));
+                    ck.error(
+                        format!("{at}.match.methods[{j}]"),
+                        format!("'{m}' is not an HTTP method"),
+                    );
                 }
             }
             for (j, (h, _)) in r.matcher.headers.iter().enumerate() {
                 if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-                    ck.error(format!("{at}.match.headers"), format!("'{h}' (entry {j}) is not a header name"));
+                    ck.error(
+                        format!("{at}.match.headers"),
+                        format!("'{h}' (entry {j}) is not a header name"),
+                    );
                 }
             }
             if let Some(p) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) {
                 if !p.starts_with('/') {
-                    ck.error(format!("{at}.match"), format!("path '{p}' must start with '/'"));
+                    ck.error(
+                        format!("{at}.match"),
+                        format!("path '{p}' must start with '/'"),
+                    );
                 }
             }
         }
@@ -566,7 +619,10 @@ fn check_bulkhead(ck: &mut Checker, at: &str, b: &BulkheadConf) {
         ck.error(format!("{at}.max_concurrent"), "must be at least 1");
     }
     if b.queue_timeout.0.is_zero() && b.queue > 0 {
-        ck.error(format!("{at}.queue_timeout"), "must be above zero when queue > 0");
+        ck.error(
+            format!("{at}.queue_timeout"),
+            "must be above zero when queue > 0",
+        );
     }
 }
 
@@ -599,7 +655,10 @@ routes:
         let (c, _) = parse(GOOD, Path::new("t.yaml")).unwrap();
         assert_eq!(c.server.threads, 2);
         assert_eq!(c.server.max_request_body, Size(8 * 1024 * 1024));
-        assert_eq!(c.providers["a"].models.pairs(), vec![("pub".into(), "up".into())]);
+        assert_eq!(
+            c.providers["a"].models.pairs(),
+            vec![("pub".into(), "up".into())]
+        );
     }
 
     #[test]
@@ -615,7 +674,9 @@ routes:
         let e = err(&GOOD.replace("providers: [a]", "providers: [a, b]"));
         assert_eq!(e.field, "routes[0].providers[1]");
         assert_eq!(e.line, Some(11));
-        assert!(e.to_string().starts_with("t.yaml:11: routes[0].providers[1]: unknown provider 'b'"));
+        assert!(e
+            .to_string()
+            .starts_with("t.yaml:11: routes[0].providers[1]: unknown provider 'b'"));
     }
 
     #[test]
@@ -629,14 +690,20 @@ routes:
     #[test]
     fn env_var_expands_and_comments_are_skipped() {
         std::env::set_var("WEIR_TEST_KEY_X", "sk-123");
-        let t = GOOD.replace("models:", "api_key: ${WEIR_TEST_KEY_X} # not ${UNSET_IN_COMMENT}\n    models:");
+        let t = GOOD.replace(
+            "models:",
+            "api_key: ${WEIR_TEST_KEY_X} # not ${UNSET_IN_COMMENT}\n    models:",
+        );
         let (c, _) = parse(&t, Path::new("t.yaml")).unwrap();
         assert_eq!(c.providers["a"].api_key.as_deref(), Some("sk-123"));
     }
 
     #[test]
     fn bad_duration() {
-        let t = GOOD.replace("models:", "bulkhead: { max_concurrent: 1, queue: 1, queue_timeout: 2 fortnights }\n    models:");
+        let t = GOOD.replace(
+            "models:",
+            "bulkhead: { max_concurrent: 1, queue: 1, queue_timeout: 2 fortnights }\n    models:",
+        );
         let e = err(&t);
         assert_eq!(e.line, Some(7), "{e}");
         assert!(e.field.starts_with("providers.a.bulkhead"), "{e}");
@@ -645,7 +712,10 @@ routes:
 
     #[test]
     fn duplicate_provider_name() {
-        let t = GOOD.replace("routes:", "  a:\n    url: http://127.0.0.1:1/v1\n    models: [x]\nroutes:");
+        let t = GOOD.replace(
+            "routes:",
+            "  a:\n    url: http://127.0.0.1:1/v1\n    models: [x]\nroutes:",
+        );
         let e = err(&t);
         assert_eq!(e.field, "providers.a");
         assert_eq!(e.line, Some(8));

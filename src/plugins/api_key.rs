@@ -55,12 +55,18 @@ pub struct ApiKeys {
 }
 
 fn parse_keys_file(path: &Path) -> Result<KeysFile, String> {
-    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
-    let file: KeysFile = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
+    let file: KeysFile =
+        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     for (i, k) in file.keys.iter().enumerate() {
         let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
         if !ok {
-            return Err(format!("{}: keys[{i}] ({}): sha256 must be 64 hex digits", path.display(), k.name));
+            return Err(format!(
+                "{}: keys[{i}] ({}): sha256 must be 64 hex digits",
+                path.display(),
+                k.name
+            ));
         }
     }
     Ok(file)
@@ -88,7 +94,10 @@ impl ApiKeys {
             hex::decode_to_slice(&k.sha256, &mut digest).map_err(|e| format!("{}: {e}", k.name))?;
             let key = Key {
                 digest,
-                identity: Identity { name: k.name.into(), models: k.models.map(Arc::from) },
+                identity: Identity {
+                    name: k.name.into(),
+                    models: k.models.map(Arc::from),
+                },
                 routes: k.routes,
             };
             buckets.entry(prefix(&digest)).or_default().push(key);
@@ -109,9 +118,16 @@ fn prefix(d: &[u8; 32]) -> u64 {
 
 /// The key a client presented, from the usual headers.
 fn presented_key(req: &RequestHeader) -> Option<&str> {
-    if let Some(v) = req.headers.get("authorization").and_then(|v| v.to_str().ok()) {
+    if let Some(v) = req
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+    {
         let v = v.trim();
-        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
+        if let Some(k) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
             return Some(k.trim());
         }
     }
@@ -125,7 +141,11 @@ fn presented_key(req: &RequestHeader) -> Option<&str> {
 
 #[async_trait]
 impl Plugin for ApiKeys {
-    async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+    async fn request_headers(
+        &self,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<Flow, WeirError> {
         let Some(presented) = presented_key(req) else {
             return Err(WeirError::new(
                 ErrorKind::Authentication,
@@ -139,7 +159,10 @@ impl Plugin for ApiKeys {
             if !routes.iter().any(|r| r == &route.name) {
                 return Err(WeirError::new(
                     ErrorKind::Permission,
-                    format!("key '{}' may not use route '{}'", key.identity.name, route.name),
+                    format!(
+                        "key '{}' may not use route '{}'",
+                        key.identity.name, route.name
+                    ),
                 ));
             }
         }
@@ -173,10 +196,16 @@ mod tests {
         let path = dir.path().join("keys.yaml");
         std::fs::write(
             &path,
-            format!("keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n", digest_hex("sk-alice")),
+            format!(
+                "keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n",
+                digest_hex("sk-alice")
+            ),
         )
         .unwrap();
-        let conf = ApiKeyConf { keys_file: path.clone(), bulkhead: None };
+        let conf = ApiKeyConf {
+            keys_file: path.clone(),
+            bulkhead: None,
+        };
         let cfg_text = "server: {listen: ['127.0.0.1:1']}\nproviders: {}\nroutes: []\n";
         let mut config: Config = serde_yaml_ng::from_str(cfg_text).unwrap();
         config.source = dir.path().join("weir.yaml");
@@ -191,7 +220,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.yaml");
         std::fs::write(&path, "keys:\n  - name: a\n    sha256: xyz\n").unwrap();
-        assert!(parse_keys_file(&path).unwrap_err().contains("64 hex digits"));
+        assert!(parse_keys_file(&path)
+            .unwrap_err()
+            .contains("64 hex digits"));
     }
 
     #[test]

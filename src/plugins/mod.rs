@@ -43,7 +43,12 @@ pub fn build(
         Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
         _ => Bulkhead::new(format!("plugin:{name}"), limits),
     };
-    Ok(Arc::new(PluginInstance { name: name.to_string(), conf: conf.clone(), plugin, bulkhead }))
+    Ok(Arc::new(PluginInstance {
+        name: name.to_string(),
+        conf: conf.clone(),
+        plugin,
+        bulkhead,
+    }))
 }
 
 impl PluginInstance {

@@ -13,7 +13,11 @@ pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A child process killed when dropped.
@@ -75,7 +79,10 @@ pub fn spawn_mock(args: &[&str]) -> Mock {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn weir mock");
-    let proc = Proc { child, name: format!("mock {listen}") };
+    let proc = Proc {
+        child,
+        name: format!("mock {listen}"),
+    };
     wait_port(port, "weir mock");
     Mock { port, proc }
 }
@@ -109,7 +116,9 @@ pub fn spawn_weir(config: &str, files: &[(&str, &str)]) -> Weir {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
     let (port, admin_port) = (free_port(), free_port());
-    let text = config.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+    let text = config
+        .replace("{PORT}", &port.to_string())
+        .replace("{ADMIN}", &admin_port.to_string());
     let path = dir.path().join("weir.yaml");
     std::fs::write(&path, text).unwrap();
     let child = Command::new(WEIR)
@@ -120,10 +129,19 @@ pub fn spawn_weir(config: &str, files: &[(&str, &str)]) -> Weir {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn weir serve");
-    let proc = Proc { child, name: "weir".into() };
+    let proc = Proc {
+        child,
+        name: "weir".into(),
+    };
     wait_port(port, "weir");
     wait_port(admin_port, "weir admin");
-    Weir { port, admin_port, dir, config: path, proc }
+    Weir {
+        port,
+        admin_port,
+        dir,
+        config: path,
+        proc,
+    }
 }
 
 /// A response, whatever its status.
@@ -136,19 +154,27 @@ pub struct Resp {
 
 impl Resp {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
     }
     /// The OpenAI error envelope's `type`.
     pub fn error_type(&self) -> String {
-        self.json()["error"]["type"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
+    ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(30))
+        .build()
 }
 
 fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
@@ -158,10 +184,18 @@ fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
         Err(e) => panic!("request failed: {e}"),
     };
     let status = r.status();
-    let headers = r.headers_names().iter().map(|n| (n.clone(), r.header(n).unwrap_or("").to_string())).collect();
+    let headers = r
+        .headers_names()
+        .iter()
+        .map(|n| (n.clone(), r.header(n).unwrap_or("").to_string()))
+        .collect();
     let mut body = String::new();
     r.into_reader().read_to_string(&mut body).unwrap();
-    Resp { status, headers, body }
+    Resp {
+        status,
+        headers,
+        body,
+    }
 }
 
 pub fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
@@ -211,7 +245,10 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if n != name {
             return None;
         }
-        if labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
+        if labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+        {
             value.parse().ok()
         } else {
             None
