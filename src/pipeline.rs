@@ -36,7 +36,7 @@ pub enum Flow {
     /// Go on to the next plugin / phase.
     Continue,
     /// Answer the client with this response; later phases are skipped.
-    Respond(LocalResponse),
+    Respond(Box<LocalResponse>),
 }
 
 /// A pipeline stage. Every method has a default that does nothing, so a

@@ -173,7 +173,7 @@ impl WeirProxy {
                 .await?
             {
                 Flow::Continue => {}
-                Flow::Respond(r) => return self.respond_local(session, ctx, r).await,
+                Flow::Respond(r) => return self.respond_local(session, ctx, *r).await,
             }
         }
 
@@ -216,7 +216,7 @@ impl WeirProxy {
         for p in &route.plugins {
             match p.plugin.request_body(ctx).await? {
                 Flow::Continue => {}
-                Flow::Respond(r) => return self.respond_local(session, ctx, r).await,
+                Flow::Respond(r) => return self.respond_local(session, ctx, *r).await,
             }
         }
         ctx.plugin_permits.clear();
