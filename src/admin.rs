@@ -142,10 +142,7 @@ impl ServeHttp for Admin {
             ("GET", "/status") => json_reply(200, self.status()),
             ("GET", "/config") => {
                 let rt = self.gateway.current();
-                json_reply(
-                    200,
-                    serde_json::to_value(rt.config.as_ref()).unwrap_or_default(),
-                )
+                json_reply(200, serde_json::to_value(rt.config.as_ref()).unwrap_or_default())
             }
             ("POST", "/reload") => {
                 if !self.authorized(session) {
@@ -162,10 +159,7 @@ impl ServeHttp for Admin {
                     Err(e) => json_reply(500, json!({"error": e.to_string()})),
                 }
             }
-            _ => json_reply(
-                404,
-                json!({"error": format!("no admin endpoint {method} {path}")}),
-            ),
+            _ => json_reply(404, json!({"error": format!("no admin endpoint {method} {path}")})),
         }
     }
 }

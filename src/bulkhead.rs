@@ -106,19 +106,14 @@ impl Bulkhead {
             let mut st = self.state.lock().unwrap();
             if st.in_flight < self.limits.max_concurrent && st.waiters.is_empty() {
                 st.in_flight += 1;
-                return Ok(Permit {
-                    bulkhead: self.clone(),
-                });
+                return Ok(Permit { bulkhead: self.clone() });
             }
             if st.waiters.len() >= self.limits.queue {
                 let waiting = st.waiters.len();
                 let retry_after = self.retry_after_locked(&st);
                 drop(st);
                 self.counters.rejected_full.inc();
-                return Err(Refusal::Full {
-                    waiting,
-                    retry_after,
-                });
+                return Err(Refusal::Full { waiting, retry_after });
             }
             let (tx, rx) = oneshot::channel();
             let id = st.next_id;
@@ -141,9 +136,7 @@ impl Bulkhead {
             Ok(Ok(())) => {
                 guard.armed = false;
                 self.counters.wait.observe(started.elapsed().as_secs_f64());
-                Ok(Permit {
-                    bulkhead: self.clone(),
-                })
+                Ok(Permit { bulkhead: self.clone() })
             }
             _ => {
                 guard.armed = false;
@@ -160,9 +153,7 @@ impl Bulkhead {
                     })
                 } else {
                     // A slot was handed to us as the timer fired: keep it.
-                    Ok(Permit {
-                        bulkhead: self.clone(),
-                    })
+                    Ok(Permit { bulkhead: self.clone() })
                 }
             }
         }
@@ -174,11 +165,7 @@ impl Bulkhead {
         Snapshot {
             in_flight: st.in_flight,
             waiting: st.waiters.len(),
-            oldest_wait: st
-                .waiters
-                .front()
-                .map(|w| w.since.elapsed())
-                .unwrap_or_default(),
+            oldest_wait: st.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
         }
     }
 

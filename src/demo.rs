@@ -46,15 +46,15 @@ pub fn run(path: &Path) -> Result<(), String> {
     } else {
         ""
     };
-    let body =
-        format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}]}}"#);
-    let stream_body = format!(
-        r#"{{"model":"{model}","stream":true,"messages":[{{"role":"user","content":"Say hello"}}]}}"#
-    );
+    let body = format!(r#"{{"model":"{model}","messages":[{{"role":"user","content":"Say hello"}}]}}"#);
+    let stream_body =
+        format!(r#"{{"model":"{model}","stream":true,"messages":[{{"role":"user","content":"Say hello"}}]}}"#);
     println!("\nweir demo: gateway on http://{listen}\n\nTry:\n");
     println!("curl -s http://{listen}/v1/models{auth}");
     println!("curl -s http://{listen}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{body}'");
-    println!("curl -sN http://{listen}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{stream_body}'");
+    println!(
+        "curl -sN http://{listen}/v1/chat/completions{auth} -H 'Content-Type: application/json' -d '{stream_body}'"
+    );
     if let Some(a) = &cfg.admin {
         println!("curl -s http://{}/metrics", a.listen);
         println!("curl -s http://{}/status", a.listen);

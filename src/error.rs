@@ -44,9 +44,7 @@ impl ErrorKind {
     /// The envelope's `type` (and `code`).
     pub fn type_name(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::NotFound => {
-                "invalid_request_error"
-            }
+            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::NotFound => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::ModelNotFound => "model_not_found",
@@ -161,8 +159,7 @@ mod tests {
 
     #[test]
     fn envelope_and_headers() {
-        let e = WeirError::new(ErrorKind::QueueFull, "queue 'provider:a' is full")
-            .with_queue("provider:a", 0);
+        let e = WeirError::new(ErrorKind::QueueFull, "queue 'provider:a' is full").with_queue("provider:a", 0);
         let v: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
         assert_eq!(v["error"]["type"], "queue_full");
         assert_eq!(v["error"]["code"], "queue_full");

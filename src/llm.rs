@@ -58,10 +58,7 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, String> {
         model,
         model_span: start..start + raw.get().len(),
         stream: head.stream.unwrap_or(false),
-        include_usage: head
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false),
+        include_usage: head.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
         max_tokens: head.max_completion_tokens.or(head.max_tokens),
     })
 }
@@ -153,7 +150,9 @@ mod tests {
 
     #[test]
     fn head_and_rewrite_keep_other_bytes() {
-        let body = Bytes::from_static(br#"{ "messages": [{"role":"user","content":"hi"}],  "model" : "fast", "stream":true, "max_tokens": 7 }"#);
+        let body = Bytes::from_static(
+            br#"{ "messages": [{"role":"user","content":"hi"}],  "model" : "fast", "stream":true, "max_tokens": 7 }"#,
+        );
         let h = parse_head(&body).unwrap();
         assert_eq!(h.model, "fast");
         assert!(h.stream);
@@ -167,15 +166,9 @@ mod tests {
 
     #[test]
     fn head_errors() {
-        assert!(parse_head(b"{not json")
-            .unwrap_err()
-            .contains("not valid JSON"));
-        assert!(parse_head(br#"{"messages":[]}"#)
-            .unwrap_err()
-            .contains("no `model`"));
-        assert!(parse_head(br#"{"model": 3}"#)
-            .unwrap_err()
-            .contains("must be a string"));
+        assert!(parse_head(b"{not json").unwrap_err().contains("not valid JSON"));
+        assert!(parse_head(br#"{"messages":[]}"#).unwrap_err().contains("no `model`"));
+        assert!(parse_head(br#"{"model": 3}"#).unwrap_err().contains("must be a string"));
         assert!(parse_head(b"[1,2]").is_err());
         assert!(parse_head(b"").is_err());
     }
@@ -185,10 +178,7 @@ mod tests {
         let body = Bytes::from_static(br#"{"model":"a\"b"}"#);
         let h = parse_head(&body).unwrap();
         assert_eq!(h.model, "a\"b");
-        assert_eq!(
-            rewrite_model(&body, &h, "x"),
-            Bytes::from_static(br#"{"model":"x"}"#)
-        );
+        assert_eq!(rewrite_model(&body, &h, "x"), Bytes::from_static(br#"{"model":"x"}"#));
     }
 
     #[test]

@@ -5,11 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "weir",
-    version,
-    about = "A programmable edge proxy for LLM providers"
-)]
+#[command(name = "weir", version, about = "A programmable edge proxy for LLM providers")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -51,10 +47,7 @@ fn main() -> ExitCode {
             };
         }
     };
-    env_logger::Builder::from_env(
-        env_logger::Env::default().default_filter_or("info,pingora=warn"),
-    )
-    .init();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info,pingora=warn")).init();
     let result = match cli.command {
         Command::Serve { config, upgrade } => weir::server::run(&config, upgrade, Vec::new()),
         Command::Check { config } => check(&config),

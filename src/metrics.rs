@@ -4,17 +4,14 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry every weir metric lives in.
 pub static REGISTRY: Lazy<Registry> = Lazy::new(Registry::new);
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(m: T) -> T {
-    REGISTRY
-        .register(Box::new(m.clone()))
-        .expect("metric registered once");
+    REGISTRY.register(Box::new(m.clone())).expect("metric registered once");
     m
 }
 
@@ -27,16 +24,11 @@ fn gauge(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
 }
 
 fn histogram(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
-    reg(HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
-        labels,
-    )
-    .unwrap())
+    reg(HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels).unwrap())
 }
 
 const LATENCY_BUCKETS: &[f64] = &[
-    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
-    60.0,
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
 pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
@@ -69,20 +61,10 @@ pub static UPSTREAM_IN_FLIGHT: Lazy<IntGaugeVec> = Lazy::new(|| {
         &["provider"],
     )
 });
-pub static QUEUE_DEPTH: Lazy<IntGaugeVec> = Lazy::new(|| {
-    gauge(
-        "weir_queue_depth",
-        "Requests waiting in a bulkhead queue.",
-        &["queue"],
-    )
-});
-pub static QUEUE_CAPACITY: Lazy<IntGaugeVec> = Lazy::new(|| {
-    gauge(
-        "weir_queue_capacity",
-        "Size of a bulkhead's wait queue.",
-        &["queue"],
-    )
-});
+pub static QUEUE_DEPTH: Lazy<IntGaugeVec> =
+    Lazy::new(|| gauge("weir_queue_depth", "Requests waiting in a bulkhead queue.", &["queue"]));
+pub static QUEUE_CAPACITY: Lazy<IntGaugeVec> =
+    Lazy::new(|| gauge("weir_queue_capacity", "Size of a bulkhead's wait queue.", &["queue"]));
 pub static QUEUE_WAIT: Lazy<HistogramVec> = Lazy::new(|| {
     histogram(
         "weir_queue_wait_seconds",
@@ -122,20 +104,10 @@ pub static PLUGIN_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["plugin", "kind"],
     )
 });
-pub static CONFIG_RELOADS: Lazy<IntCounterVec> = Lazy::new(|| {
-    counter(
-        "weir_config_reloads_total",
-        "Config reloads, by result.",
-        &["result"],
-    )
-});
-pub static CONFIG_GENERATION: Lazy<IntGauge> = Lazy::new(|| {
-    reg(IntGauge::new(
-        "weir_config_generation",
-        "Generation of the config now serving.",
-    )
-    .unwrap())
-});
+pub static CONFIG_RELOADS: Lazy<IntCounterVec> =
+    Lazy::new(|| counter("weir_config_reloads_total", "Config reloads, by result.", &["result"]));
+pub static CONFIG_GENERATION: Lazy<IntGauge> =
+    Lazy::new(|| reg(IntGauge::new("weir_config_generation", "Generation of the config now serving.").unwrap()));
 
 /// Register every metric, so each appears on `/metrics` from the start.
 pub fn init() {

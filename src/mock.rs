@@ -29,8 +29,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER,
-    TRANSFER_ENCODING,
+    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER, TRANSFER_ENCODING,
 };
 use http::{HeaderValue, Method, Version};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
@@ -192,9 +191,7 @@ fn check_fail_status(status: u64) -> Result<u16, String> {
     // a 2xx/3xx is not a failure.
     match u16::try_from(status) {
         Ok(s) if (400..=599).contains(&s) => Ok(s),
-        _ => Err(format!(
-            "fail_status must be within 400..=599, got {status}"
-        )),
+        _ => Err(format!("fail_status must be within 400..=599, got {status}")),
     }
 }
 
@@ -208,9 +205,7 @@ fn check_tokens_per_sec(tps: f64) -> Result<f64, String> {
 
 /// Seconds as a [`Duration`], clamped to `0..=MAX_DELAY`.
 fn clamped_secs(secs: f64) -> Duration {
-    Duration::try_from_secs_f64(secs)
-        .unwrap_or(MAX_DELAY)
-        .min(MAX_DELAY)
+    Duration::try_from_secs_f64(secs).unwrap_or(MAX_DELAY).min(MAX_DELAY)
 }
 
 /// A consistent snapshot of the live settings, taken once per request.
@@ -268,17 +263,13 @@ struct ConfigUpdate {
 /// Parse and validate a `POST /mock/config` body. Unknown keys are rejected
 /// so that a typo in a test fails loudly instead of silently doing nothing.
 fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
-    let value: Value =
-        serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
     let object = value
         .as_object()
         .ok_or_else(|| "body must be a JSON object".to_string())?;
     let mut update = ConfigUpdate::default();
     for (key, v) in object {
-        let number = || {
-            v.as_f64()
-                .ok_or_else(|| format!("`{key}` must be a number"))
-        };
+        let number = || v.as_f64().ok_or_else(|| format!("`{key}` must be a number"));
         let integer = || {
             v.as_u64()
                 .ok_or_else(|| format!("`{key}` must be a non-negative integer"))
@@ -296,8 +287,7 @@ fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
             "tokens_per_sec" => update.tokens_per_sec = Some(check_tokens_per_sec(number()?)?),
             "completion_tokens" => {
                 let n = integer()?;
-                let n =
-                    u32::try_from(n).map_err(|_| format!("completion_tokens is too large: {n}"))?;
+                let n = u32::try_from(n).map_err(|_| format!("completion_tokens is too large: {n}"))?;
                 update.completion_tokens = Some(n);
             }
             other => {
@@ -496,11 +486,7 @@ fn failure_body(status: u16) -> (Value, bool) {
             false,
         ),
         _ => (
-            error_body(
-                "Request failed (injected by weir mock)",
-                "invalid_request_error",
-                None,
-            ),
+            error_body("Request failed (injected by weir mock)", "invalid_request_error", None),
             false,
         ),
     }
@@ -531,10 +517,7 @@ fn content_words(content: &Value) -> u64 {
             .iter()
             .map(|part| match part {
                 Value::String(s) => count_words(s),
-                _ => part
-                    .get("text")
-                    .and_then(Value::as_str)
-                    .map_or(0, count_words),
+                _ => part.get("text").and_then(Value::as_str).map_or(0, count_words),
             })
             .sum(),
         _ => 0,
@@ -544,15 +527,12 @@ fn content_words(content: &Value) -> u64 {
 /// Deterministic prompt size of a chat request: words of every message
 /// content plus 3 per message (role and separators, like OpenAI's overhead).
 fn chat_prompt_tokens(request: &Value) -> u64 {
-    request
-        .get("messages")
-        .and_then(Value::as_array)
-        .map_or(0, |messages| {
-            messages
-                .iter()
-                .map(|m| 3 + m.get("content").map_or(0, content_words))
-                .sum()
-        })
+    request.get("messages").and_then(Value::as_array).map_or(0, |messages| {
+        messages
+            .iter()
+            .map(|m| 3 + m.get("content").map_or(0, content_words))
+            .sum()
+    })
 }
 
 /// Prompt size of a legacy completion / embedding input: words of strings,
@@ -637,21 +617,10 @@ struct Generation {
 }
 
 impl Generation {
-    fn plan(
-        kind: Kind,
-        request: &Value,
-        model: &str,
-        completion_tokens: u32,
-        serial: u64,
-        created: u64,
-    ) -> Self {
-        let (tokens, finish_reason) =
-            completion_budget(completion_tokens, requested_max_tokens(request));
+    fn plan(kind: Kind, request: &Value, model: &str, completion_tokens: u32, serial: u64, created: u64) -> Self {
+        let (tokens, finish_reason) = completion_budget(completion_tokens, requested_max_tokens(request));
         let (id, prompt_tokens) = match kind {
-            Kind::Chat => (
-                format!("chatcmpl-mock-{serial}"),
-                chat_prompt_tokens(request),
-            ),
+            Kind::Chat => (format!("chatcmpl-mock-{serial}"), chat_prompt_tokens(request)),
             Kind::Text => (
                 format!("cmpl-mock-{serial}"),
                 request.get("prompt").map_or(0, text_prompt_tokens),
@@ -804,10 +773,7 @@ impl TokenEvents {
         // The model name is client controlled and could contain the marker:
         // only use the template when the marker is unambiguous.
         let template = match positions.as_slice() {
-            [at] => Some((
-                rendered[..*at].to_vec(),
-                rendered[at + marker.len()..].to_vec(),
-            )),
+            [at] => Some((rendered[..*at].to_vec(), rendered[at + marker.len()..].to_vec())),
             _ => None,
         };
         TokenEvents { template }
@@ -838,8 +804,7 @@ struct EmbeddingInput {
 /// Split `input` (string, array of strings, token array or array of token
 /// arrays) into the items that each get an embedding.
 fn embedding_inputs(input: &Value) -> Result<Vec<EmbeddingInput>, String> {
-    let shape_error =
-        || "'input' must be a string, an array of strings or an array of token arrays".to_string();
+    let shape_error = || "'input' must be a string, an array of strings or an array of token arrays".to_string();
     let item = |v: &Value| -> Result<EmbeddingInput, String> {
         match v {
             Value::String(s) => Ok(EmbeddingInput {
@@ -957,9 +922,7 @@ fn models_answer(models: &[String]) -> Value {
 }
 
 fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 // ---------------------------------------------------------------------------
@@ -998,8 +961,7 @@ impl Echo {
 
     fn set_model(&mut self, model: &str) {
         // A model name with control characters cannot be a header value.
-        self.model = HeaderValue::from_bytes(model.as_bytes())
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"));
+        self.model = HeaderValue::from_bytes(model.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     }
 }
 
@@ -1019,16 +981,11 @@ pub struct MockApp {
 impl MockApp {
     /// Build the application from the options (listening is up to the service).
     pub fn new(opts: &MockOptions) -> Result<Self, String> {
-        let listen = HeaderValue::from_str(&opts.listen)
-            .map_err(|_| format!("invalid listen address `{}`", opts.listen))?;
+        let listen =
+            HeaderValue::from_str(&opts.listen).map_err(|_| format!("invalid listen address `{}`", opts.listen))?;
         Ok(MockApp {
             behaviour: Behaviour::new(opts),
-            models: opts
-                .models
-                .iter()
-                .filter(|m| !m.is_empty())
-                .cloned()
-                .collect(),
+            models: opts.models.iter().filter(|m| !m.is_empty()).cloned().collect(),
             listen,
         })
     }
@@ -1107,9 +1064,7 @@ impl MockApp {
                     return self.respond(session, 400, Some(&echo), &error, false).await;
                 }
                 Err(e) => {
-                    let error = invalid_request(&format!(
-                        "We could not parse the JSON body of your request: {e}"
-                    ));
+                    let error = invalid_request(&format!("We could not parse the JSON body of your request: {e}"));
                     return self.respond(session, 400, Some(&echo), &error, false).await;
                 }
             };
@@ -1128,24 +1083,14 @@ impl MockApp {
         if settings.should_fail() {
             let (error, retry_after) = failure_body(settings.fail_status);
             return self
-                .respond(
-                    session,
-                    settings.fail_status,
-                    Some(&echo),
-                    &error,
-                    retry_after,
-                )
+                .respond(session, settings.fail_status, Some(&echo), &error, retry_after)
                 .await;
         }
 
         let model = request.get("model").and_then(Value::as_str).unwrap_or("");
         match api {
             Api::Chat | Api::Completions => {
-                let kind = if api == Api::Chat {
-                    Kind::Chat
-                } else {
-                    Kind::Text
-                };
+                let kind = if api == Api::Chat { Kind::Chat } else { Kind::Text };
                 let generation = Generation::plan(
                     kind,
                     &request,
@@ -1159,8 +1104,7 @@ impl MockApp {
                 } else {
                     pause(settings.generation_time(generation.tokens)).await;
                     let answer = generation.full_answer();
-                    self.respond(session, 200, Some(&echo), &answer, false)
-                        .await
+                    self.respond(session, 200, Some(&echo), &answer, false).await
                 };
                 if done {
                     self.behaviour.completed();
@@ -1171,8 +1115,7 @@ impl MockApp {
                 Ok(answer) => {
                     // Embeddings have latency but no decoding phase.
                     pause(settings.ttft).await;
-                    self.respond(session, 200, Some(&echo), &answer, false)
-                        .await
+                    self.respond(session, 200, Some(&echo), &answer, false).await
                 }
                 Err(message) => {
                     let error = invalid_request(&message);
@@ -1181,8 +1124,7 @@ impl MockApp {
             },
             Api::Models => {
                 let answer = models_answer(&self.models);
-                self.respond(session, 200, Some(&echo), &answer, false)
-                    .await
+                self.respond(session, 200, Some(&echo), &answer, false).await
             }
         }
     }
@@ -1229,10 +1171,7 @@ impl MockApp {
         {
             return false;
         }
-        session
-            .write_response_header(Box::new(header))
-            .await
-            .is_ok()
+        session.write_response_header(Box::new(header)).await.is_ok()
             && session.write_response_body(body, true).await.is_ok()
     }
 
@@ -1266,11 +1205,7 @@ impl MockApp {
                 session.set_keepalive(None);
             }
         }
-        if session
-            .write_response_header(Box::new(header))
-            .await
-            .is_err()
-        {
+        if session.write_response_header(Box::new(header)).await.is_err() {
             return false;
         }
 
@@ -1326,10 +1261,7 @@ impl HttpServerApp for MockApp {
         }
         let persistent_settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
-            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(
-                stream,
-                persistent_settings,
-            )),
+            Ok(Some(stream)) => Some(ReusedHttpStream::from_reusable_stream(stream, persistent_settings)),
             _ => None,
         }
     }
@@ -1435,9 +1367,7 @@ fn check_tls_files(cert: &str, key: &str) -> Result<(), String> {
     }
     let (certs, private_key) = rustls::load_certs_and_key_files(cert, key)
         .map_err(|e| format!("cannot read TLS files `{cert}` / `{key}`: {e}"))?
-        .ok_or_else(|| {
-            format!("`{cert}` holds no PEM certificate or `{key}` holds no PEM private key")
-        })?;
+        .ok_or_else(|| format!("`{cert}` holds no PEM certificate or `{key}` holds no PEM private key"))?;
     rustls::install_default_crypto_provider();
     rustls::ServerConfig::builder_with_protocol_versions(&[&version::TLS12, &version::TLS13])
         .with_no_client_auth()
@@ -1472,22 +1402,13 @@ mod tests {
 
     #[test]
     fn routes_match_any_prefix() {
-        assert_eq!(
-            route(&Method::POST, "/v1/chat/completions"),
-            Route::Api(Api::Chat)
-        );
+        assert_eq!(route(&Method::POST, "/v1/chat/completions"), Route::Api(Api::Chat));
         assert_eq!(
             route(&Method::POST, "/openai/v1/completions/"),
             Route::Api(Api::Completions)
         );
-        assert_eq!(
-            route(&Method::POST, "/completions"),
-            Route::Api(Api::Completions)
-        );
-        assert_eq!(
-            route(&Method::POST, "/v1/embeddings"),
-            Route::Api(Api::Embeddings)
-        );
+        assert_eq!(route(&Method::POST, "/completions"), Route::Api(Api::Completions));
+        assert_eq!(route(&Method::POST, "/v1/embeddings"), Route::Api(Api::Embeddings));
         assert_eq!(route(&Method::GET, "/v1/models"), Route::Api(Api::Models));
         assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::NotFound);
         assert_eq!(route(&Method::POST, "/v1/xcompletions"), Route::NotFound);
@@ -1653,20 +1574,11 @@ mod tests {
         assert_eq!(answer["data"].as_array().map(Vec::len), Some(2));
         assert_eq!(answer["data"][1]["index"], 1);
         assert_eq!(answer["data"][0]["object"], "embedding");
-        assert_eq!(
-            answer["data"][0]["embedding"].as_array().map(Vec::len),
-            Some(8)
-        );
-        assert_eq!(
-            answer["usage"],
-            json!({"prompt_tokens": 3, "total_tokens": 3})
-        );
+        assert_eq!(answer["data"][0]["embedding"].as_array().map(Vec::len), Some(8));
+        assert_eq!(answer["usage"], json!({"prompt_tokens": 3, "total_tokens": 3}));
 
         let single = embeddings_answer(&json!({"input": "a b"}), "emb").expect("valid");
-        assert_eq!(
-            single["data"][0]["embedding"],
-            answer["data"][0]["embedding"]
-        );
+        assert_eq!(single["data"][0]["embedding"], answer["data"][0]["embedding"]);
         let tokens = embeddings_answer(&json!({"input": [1, 2, 3]}), "emb").expect("valid");
         assert_eq!(tokens["data"].as_array().map(Vec::len), Some(1));
         assert_eq!(tokens["usage"]["prompt_tokens"], 3);
@@ -1711,9 +1623,7 @@ mod tests {
 
     #[test]
     fn config_updates_validate() {
-        let update =
-            parse_config_update(br#"{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10}"#)
-                .expect("valid");
+        let update = parse_config_update(br#"{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10}"#).expect("valid");
         assert_eq!(
             update,
             ConfigUpdate {

@@ -10,10 +10,10 @@
 //! 5. `response_body`:   a, b  — each chunk as it passes, never buffered here.
 //! 6. `log`:             a, b  — after the last byte, whatever the outcome.
 //!
-//! A plugin holds a slot of its own bulkhead from before phase 1 until it
-//! finishes phase 2, so its bulkhead bounds the requests it is working on.
+//! A plugin holds a slot of its own bulkhead while one of its request phases
+//! runs (including any wait inside it, such as a wasm `http_call`), so its
+//! bulkhead bounds the requests it is working on at once.
 
-use crate::bulkhead::Permit;
 use crate::error::WeirError;
 use crate::llm::{RequestHead, Usage};
 use crate::provider::Provider;
@@ -45,11 +45,7 @@ pub enum Flow {
 pub trait Plugin: Send + Sync {
     /// 1. Request headers, before the body is read. May change the header
     ///    sent upstream, refuse (`Err`), or answer locally.
-    async fn request_headers(
-        &self,
-        _req: &mut RequestHeader,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Flow, WeirError> {
+    async fn request_headers(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
         Ok(Flow::Continue)
     }
 
@@ -109,8 +105,6 @@ pub struct RequestCtx {
     pub usage: Option<Usage>,
     /// Time the provider took to send its response header.
     pub upstream_ttfb: Option<std::time::Duration>,
-    /// Slots held in plugins' bulkheads during the request phases.
-    pub plugin_permits: Vec<Permit>,
     /// Per-plugin state, indexed like the route's plugin list.
     pub plugin_state: Vec<Option<Box<dyn Any + Send + Sync>>>,
 }
@@ -131,7 +125,6 @@ impl Default for RequestCtx {
             error: None,
             usage: None,
             upstream_ttfb: None,
-            plugin_permits: Vec::new(),
             plugin_state: Vec::new(),
         }
     }

@@ -26,19 +26,14 @@ pub struct Endpoint {
 impl Endpoint {
     /// Parse `http(s)://host[:port][/path]`.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("'{url}' is not a URL: {e}"))?;
+        let uri: http::Uri = url.parse().map_err(|e| format!("'{url}' is not a URL: {e}"))?;
         let tls = match uri.scheme_str() {
             Some("https") => true,
             Some("http") => false,
             _ => return Err(format!("'{url}' must start with http:// or https://")),
         };
         let host = uri.host().ok_or_else(|| format!("'{url}' has no host"))?;
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
         let base_path = uri.path().trim_end_matches('/').to_string();
         Ok(Endpoint {
@@ -86,8 +81,7 @@ impl Endpoint {
 
 /// Read PEM CA certificates.
 pub fn load_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
-    let data =
-        std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
+    let data = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
     let mut certs = Vec::new();
     for item in rustls_pemfile::certs(&mut data.as_slice()) {
         let der = item.map_err(|e| format!("bad PEM in {}: {e}", path.display()))?;
@@ -127,25 +121,14 @@ impl Provider {
     ) -> Result<Provider, String> {
         let endpoint = Endpoint::parse(&conf.url)?;
         let addr = endpoint.resolve()?;
-        let sni = conf
-            .tls
-            .sni
-            .clone()
-            .unwrap_or_else(|| endpoint.host.clone());
+        let sni = conf.tls.sni.clone().unwrap_or_else(|| endpoint.host.clone());
         let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
         // Pool connections per provider definition: two providers at one
         // address with different TLS trust must never share a connection.
         peer.group_key = {
             use std::hash::{Hash, Hasher};
             let mut h = std::collections::hash_map::DefaultHasher::new();
-            (
-                name,
-                &conf.url,
-                &conf.tls.ca_file,
-                &ca,
-                conf.tls.insecure_skip_verify,
-            )
-                .hash(&mut h);
+            (name, &conf.url, &conf.tls.ca_file, &ca, conf.tls.insecure_skip_verify).hash(&mut h);
             h.finish()
         };
         let t = &conf.timeouts;
@@ -163,10 +146,7 @@ impl Provider {
                 peer.options.ca = Some(Arc::from(list.into_boxed_slice()));
             }
         }
-        let limits: Limits = conf
-            .bulkhead
-            .unwrap_or(BulkheadConf::PROVIDER_DEFAULT)
-            .limits();
+        let limits: Limits = conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT).limits();
         // Keep the bulkhead (and its queue) when its limits are unchanged.
         let bulkhead = match previous {
             Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
@@ -200,10 +180,7 @@ mod tests {
         assert!(e.tls);
         assert_eq!(e.port, 443);
         assert_eq!(e.authority(), "api.openai.com");
-        assert_eq!(
-            e.upstream_path("/v1/chat/completions"),
-            "/v1/chat/completions"
-        );
+        assert_eq!(e.upstream_path("/v1/chat/completions"), "/v1/chat/completions");
         let e = Endpoint::parse("http://127.0.0.1:9000/openai/v1/").unwrap();
         assert_eq!(e.authority(), "127.0.0.1:9000");
         assert_eq!(e.upstream_path("/v1/models?x=1"), "/openai/v1/models?x=1");

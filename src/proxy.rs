@@ -69,17 +69,12 @@ const CLIENT_KEYS: &[&str] = &["authorization", "api-key", "x-api-key"];
 
 /// LLM endpoints whose body must be an OpenAI JSON request.
 fn is_llm_endpoint(path: &str) -> bool {
-    path.ends_with("/chat/completions")
-        || path.ends_with("/completions")
-        || path.ends_with("/embeddings")
+    path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/embeddings")
 }
 
 fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
     match r {
-        Refusal::Full {
-            waiting,
-            retry_after,
-        } => WeirError::new(
+        Refusal::Full { waiting, retry_after } => WeirError::new(
             ErrorKind::QueueFull,
             format!(
                 "queue '{}' is full ({waiting} waiting); retry in {retry_after}s",
@@ -87,10 +82,7 @@ fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
             ),
         )
         .with_queue(b.name(), retry_after),
-        Refusal::Timeout {
-            waited,
-            retry_after,
-        } => WeirError::new(
+        Refusal::Timeout { waited, retry_after } => WeirError::new(
             ErrorKind::QueueTimeout,
             format!(
                 "waited {}ms in queue '{}' without a free slot; retry in {retry_after}s",
@@ -104,16 +96,9 @@ fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
 
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes away.
 /// `watch_client` only when the request body has been read completely.
-async fn acquire(
-    session: &mut Session,
-    b: &Arc<Bulkhead>,
-    watch_client: bool,
-) -> Result<Permit, Failure> {
+async fn acquire(session: &mut Session, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
     if !watch_client {
-        return b
-            .acquire()
-            .await
-            .map_err(|r| Failure::Refuse(refusal_error(r, b)));
+        return b.acquire().await.map_err(|r| Failure::Refuse(refusal_error(r, b)));
     }
     tokio::select! {
         r = b.acquire() => r.map_err(|r| Failure::Refuse(refusal_error(r, b))),
@@ -122,16 +107,8 @@ async fn acquire(
 }
 
 fn request_id(req: &RequestHeader) -> String {
-    match req
-        .headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(id)
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) =>
-        {
-            id.to_string()
-        }
+    match req.headers.get("x-request-id").and_then(|v| v.to_str().ok()) {
+        Some(id) if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_graphic()) => id.to_string(),
         _ => uuid::Uuid::new_v4().to_string(),
     }
 }
@@ -162,16 +139,12 @@ impl WeirProxy {
         let route = &rt.routes[ri];
         ctx.plugin_state.resize_with(route.plugins.len(), || None);
 
-        // Phase 1: request headers (plugins hold their bulkhead slot from here).
+        // Phase 1: request headers. A plugin holds a slot of its bulkhead
+        // while it works on the request (not while the body is read).
         let no_body = session.downstream_session.is_body_empty();
         for p in &route.plugins {
-            let permit = acquire(session, &p.bulkhead, no_body).await?;
-            ctx.plugin_permits.push(permit);
-            match p
-                .plugin
-                .request_headers(session.req_header_mut(), ctx)
-                .await?
-            {
+            let _slot = acquire(session, &p.bulkhead, no_body).await?;
+            match p.plugin.request_headers(session.req_header_mut(), ctx).await? {
                 Flow::Continue => {}
                 Flow::Respond(r) => return self.respond_local(session, ctx, *r).await,
             }
@@ -180,7 +153,6 @@ impl WeirProxy {
         let path = session.req_header().uri.path().to_string();
         let method = session.req_header().method.clone();
         if method == http::Method::GET && path == "/v1/models" {
-            ctx.plugin_permits.clear();
             return self.list_models(session, ctx, &rt).await;
         }
 
@@ -199,11 +171,7 @@ impl WeirProxy {
             None => route.providers.clone(),
         };
         if ctx.candidates.is_empty() {
-            let model = ctx
-                .head
-                .as_ref()
-                .map(|h| h.model.as_str())
-                .unwrap_or_default();
+            let model = ctx.head.as_ref().map(|h| h.model.as_str()).unwrap_or_default();
             return Err(WeirError::new(
                 ErrorKind::ModelNotFound,
                 format!("model '{model}' is not served on route '{}'", route.name),
@@ -214,12 +182,12 @@ impl WeirProxy {
 
         // Phase 2: request body.
         for p in &route.plugins {
+            let _slot = acquire(session, &p.bulkhead, true).await?;
             match p.plugin.request_body(ctx).await? {
                 Flow::Continue => {}
                 Flow::Respond(r) => return self.respond_local(session, ctx, *r).await,
             }
         }
-        ctx.plugin_permits.clear();
 
         // Phase 3: upstream choice.
         for p in &route.plugins {
@@ -244,7 +212,6 @@ impl WeirProxy {
                 }
                 Err(f) => return Err(f),
             };
-            let req = self.upstream_request(session.req_header(), &provider, ctx);
             let body = match (
                 &ctx.head,
                 provider.upstream_model(ctx.head.as_ref().map_or("", |h| h.model.as_str())),
@@ -252,6 +219,7 @@ impl WeirProxy {
                 (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
                 _ => ctx.body.clone(),
             };
+            let req = self.upstream_request(session.req_header(), &provider, ctx, body.len());
             provider.in_flight.inc();
             let sent = tokio::select! {
                 r = self.upstream.send(&provider, &req, &body) => Some(r),
@@ -324,12 +292,7 @@ impl WeirProxy {
     /// A body over `max`: most clients send the whole body before reading the
     /// answer, so discard it (bounded in bytes and time, never buffered) to let
     /// them see the 413; past the bound the connection is simply closed.
-    async fn refuse_large_body(
-        &self,
-        session: &mut Session,
-        max: usize,
-        mut seen: usize,
-    ) -> Failure {
+    async fn refuse_large_body(&self, session: &mut Session, max: usize, mut seen: usize) -> Failure {
         const DRAIN_LIMIT: usize = 64 << 20;
         let expects_continue = session
             .req_header()
@@ -359,20 +322,16 @@ impl WeirProxy {
         client: &RequestHeader,
         p: &Provider,
         ctx: &RequestCtx,
+        body_len: usize,
     ) -> RequestHeader {
         let path = p
             .endpoint
             .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
-        let mut req = RequestHeader::build(
-            client.method.clone(),
-            path.as_bytes(),
-            Some(client.headers.len() + 4),
-        )
-        .expect("method and path come from a valid request");
+        let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
+            .expect("method and path come from a valid request");
         for (name, value) in client.headers.iter() {
             let n = name.as_str();
-            if HOP_BY_HOP.contains(&n) || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n))
-            {
+            if HOP_BY_HOP.contains(&n) || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n)) {
                 continue;
             }
             let _ = req.append_header(name.clone(), value.clone());
@@ -382,16 +341,6 @@ impl WeirProxy {
         if let Some(auth) = &p.authorization {
             let _ = req.insert_header("authorization", auth.as_str());
         }
-        let body_len = match (
-            &ctx.head,
-            ctx.head.as_ref().and_then(|h| p.upstream_model(&h.model)),
-        ) {
-            (Some(h), Some(up)) => {
-                ctx.body.len() - h.model_span.len()
-                    + serde_json::to_string(up).map_or(0, |s| s.len())
-            }
-            _ => ctx.body.len(),
-        };
         if body_len > 0 || client.method != http::Method::GET {
             let _ = req.insert_header("content-length", body_len.to_string());
         }
@@ -409,8 +358,7 @@ impl WeirProxy {
         let route = ctx.runtime.clone().expect("set");
         let route = &route.routes[ctx.route.expect("set")];
         let up = ex.header();
-        let mut resp =
-            ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
+        let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
         for (name, value) in up.headers.iter() {
             if matches!(name.as_str(), "connection" | "keep-alive") {
                 continue;
@@ -428,11 +376,7 @@ impl WeirProxy {
             pl.plugin.response_headers(&mut resp, ctx);
         }
         ctx.status = resp.status.as_u16();
-        if session
-            .write_response_header(Box::new(resp), false)
-            .await
-            .is_err()
-        {
+        if session.write_response_header(Box::new(resp), false).await.is_err() {
             ex.abort().await;
             return Err(Failure::ClientGone);
         }
@@ -484,12 +428,7 @@ impl WeirProxy {
     }
 
     /// `GET /v1/models`: the models this route (and this key) may use.
-    async fn list_models(
-        &self,
-        session: &mut Session,
-        ctx: &mut RequestCtx,
-        rt: &Runtime,
-    ) -> Result<(), Failure> {
+    async fn list_models(&self, session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -> Result<(), Failure> {
         let route = &rt.routes[ctx.route.expect("set")];
         let allowed = ctx.identity.as_ref().and_then(|i| i.models.clone());
         let data: Vec<serde_json::Value> = route
@@ -498,8 +437,7 @@ impl WeirProxy {
             .filter(|(m, _)| allowed.as_ref().is_none_or(|a| a.contains(m)))
             .map(|(m, provider)| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": provider}))
             .collect();
-        let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data}))
-            .unwrap_or_default();
+        let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
         let mut h = ResponseHeader::build(200, Some(3)).expect("200");
         let _ = h.insert_header("content-type", "application/json");
         self.respond_local(
@@ -519,18 +457,9 @@ impl WeirProxy {
         ctx: &mut RequestCtx,
         mut r: LocalResponse,
     ) -> Result<(), Failure> {
-        ctx.plugin_permits.clear();
-        let _ = r
-            .header
-            .insert_header("content-length", r.body.len().to_string());
-        let _ = r
-            .header
-            .insert_header("x-request-id", ctx.request_id.as_str());
-        if let Some(route) = ctx
-            .runtime
-            .clone()
-            .and_then(|rt| ctx.route.map(|i| (rt, i)))
-        {
+        let _ = r.header.insert_header("content-length", r.body.len().to_string());
+        let _ = r.header.insert_header("x-request-id", ctx.request_id.as_str());
+        if let Some(route) = ctx.runtime.clone().and_then(|rt| ctx.route.map(|i| (rt, i))) {
             for pl in &route.0.routes[route.1].plugins {
                 pl.plugin.response_headers(&mut r.header, ctx);
             }
@@ -548,7 +477,6 @@ impl WeirProxy {
 
     /// Answer with weir's error envelope.
     async fn respond_error(&self, session: &mut Session, ctx: &mut RequestCtx, e: WeirError) {
-        ctx.plugin_permits.clear();
         // Refusing must stay cheap: don't drain a large unread body, close instead.
         if !session.downstream_session.is_body_done() {
             let declared = session
@@ -564,11 +492,7 @@ impl WeirProxy {
         let h = e.response_header(body.len(), &ctx.request_id);
         ctx.status = e.status();
         ctx.error = Some(e);
-        if session
-            .write_response_header(Box::new(h), false)
-            .await
-            .is_ok()
-        {
+        if session.write_response_header(Box::new(h), false).await.is_ok() {
             let _ = session.write_response_body(Some(body), true).await;
         }
     }
@@ -611,21 +535,12 @@ impl ProxyHttp for WeirProxy {
         }
     }
 
-    async fn upstream_peer(
-        &self,
-        _session: &mut Session,
-        _ctx: &mut RequestCtx,
-    ) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(&self, _session: &mut Session, _ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
         // Never reached: request_filter answers every request.
         Error::e_explain(ErrorType::InternalError, "weir drives upstreams itself")
     }
 
-    async fn fail_to_proxy(
-        &self,
-        _session: &mut Session,
-        _e: &Error,
-        ctx: &mut RequestCtx,
-    ) -> FailToProxy {
+    async fn fail_to_proxy(&self, _session: &mut Session, _e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
         // The response (if any) was already handled; just don't reuse the connection.
         FailToProxy {
             error_code: ctx.status,
@@ -638,7 +553,6 @@ impl ProxyHttp for WeirProxy {
     }
 
     async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
-        ctx.plugin_permits.clear();
         let Some(rt) = ctx.runtime.clone() else {
             return;
         };

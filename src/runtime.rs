@@ -91,9 +91,7 @@ impl Runtime {
                 },
                 None => None,
             };
-            let prev = previous
-                .and_then(|p| p.providers.get(name))
-                .map(|p| p.as_ref());
+            let prev = previous.and_then(|p| p.providers.get(name)).map(|p| p.as_ref());
             match Provider::build(name, conf, ca, prev) {
                 Ok(p) => {
                     providers.insert(name.clone(), Arc::new(p));
@@ -118,8 +116,7 @@ impl Runtime {
             .routes
             .iter()
             .map(|r| {
-                let providers: Vec<Arc<Provider>> =
-                    r.providers.iter().map(|p| providers[p].clone()).collect();
+                let providers: Vec<Arc<Provider>> = r.providers.iter().map(|p| providers[p].clone()).collect();
                 let mut models: Vec<(String, String)> = Vec::new();
                 for p in &providers {
                     for (public, _) in p.conf.models.pairs() {
@@ -197,17 +194,13 @@ impl Gateway {
                 let g = rt.generation;
                 self.generation.store(g, Ordering::SeqCst);
                 self.current.store(Arc::new(rt));
-                crate::metrics::CONFIG_RELOADS
-                    .with_label_values(&["ok"])
-                    .inc();
+                crate::metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
                 crate::metrics::CONFIG_GENERATION.set(g as i64);
                 log::info!("config reloaded: generation {g}");
                 Ok(g)
             }
             Err(e) => {
-                crate::metrics::CONFIG_RELOADS
-                    .with_label_values(&["error"])
-                    .inc();
+                crate::metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
                 log::error!("config reload failed, still serving the old config:\n{e}");
                 Err(e)
             }

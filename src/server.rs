@@ -14,11 +14,7 @@ use std::sync::Arc;
 
 /// Start the gateway for `config` and run until stopped; extra services (the
 /// demo's mock providers) run in the same server.
-pub fn run(
-    config: &Path,
-    upgrade: bool,
-    extra: Vec<Box<dyn ServiceWithDependents>>,
-) -> Result<(), String> {
+pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependents>>) -> Result<(), String> {
     let gateway = Gateway::start(config).map_err(|e| e.to_string())?;
     let rt = gateway.current();
     let server_conf = &rt.config.server;

@@ -37,25 +37,15 @@ pub struct Exchange {
 
 fn classify(e: &pingora_error::Error, provider: &str, during: &str) -> WeirError {
     let kind = match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            ErrorKind::UpstreamTimeout
-        }
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => ErrorKind::UpstreamTimeout,
         _ => ErrorKind::Upstream,
     };
-    WeirError::new(
-        kind,
-        format!("provider '{provider}' {during}: {}", e.etype().as_str()),
-    )
+    WeirError::new(kind, format!("provider '{provider}' {during}: {}", e.etype().as_str()))
 }
 
 impl Upstream {
     /// Send a request and wait for the response header.
-    pub async fn send(
-        &self,
-        p: &Provider,
-        req: &RequestHeader,
-        body: &Bytes,
-    ) -> Result<Exchange, WeirError> {
+    pub async fn send(&self, p: &Provider, req: &RequestHeader, body: &Bytes) -> Result<Exchange, WeirError> {
         // A pooled connection may have been closed by the provider; retry once on a new one.
         let mut attempts = 0;
         loop {
@@ -132,9 +122,7 @@ impl Upstream {
 
 impl Exchange {
     pub fn header(&self) -> &ResponseHeader {
-        self.session
-            .response_header()
-            .expect("read before Exchange exists")
+        self.session.response_header().expect("read before Exchange exists")
     }
 
     /// The next body chunk, `None` at the end.

@@ -28,45 +28,21 @@ routes:
     let url = weir.url("/v1/chat/completions");
 
     let r = post(&url, &chat("fast", false), &[]);
-    assert_eq!(
-        (r.status, r.error_type().as_str()),
-        (401, "authentication_error")
-    );
-    let r = post(
-        &url,
-        &chat("fast", false),
-        &[("authorization", "Bearer sk-wrong")],
-    );
-    assert_eq!(
-        (r.status, r.error_type().as_str()),
-        (401, "authentication_error")
-    );
-    let r = post(
-        &url,
-        &chat("slow", false),
-        &[("authorization", "Bearer sk-limited")],
-    );
-    assert_eq!(
-        (r.status, r.error_type().as_str()),
-        (403, "permission_error")
-    );
+    assert_eq!((r.status, r.error_type().as_str()), (401, "authentication_error"));
+    let r = post(&url, &chat("fast", false), &[("authorization", "Bearer sk-wrong")]);
+    assert_eq!((r.status, r.error_type().as_str()), (401, "authentication_error"));
+    let r = post(&url, &chat("slow", false), &[("authorization", "Bearer sk-limited")]);
+    assert_eq!((r.status, r.error_type().as_str()), (403, "permission_error"));
     assert_eq!(mock.requests(), 0, "refusals never reach the provider");
 
-    let r = post(
-        &url,
-        &chat("fast", false),
-        &[("authorization", "Bearer sk-limited")],
-    );
+    let r = post(&url, &chat("fast", false), &[("authorization", "Bearer sk-limited")]);
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-mock-authorization"), Some("Bearer sk-upstream"));
     let r = post(&url, &chat("slow", false), &[("x-api-key", "sk-any")]);
     assert_eq!(r.status, 200);
 
     // /v1/models shows what the key may use.
-    let r = get(
-        &weir.url("/v1/models"),
-        &[("authorization", "Bearer sk-limited")],
-    );
+    let r = get(&weir.url("/v1/models"), &[("authorization", "Bearer sk-limited")]);
     let ids: Vec<String> = r.json()["data"]
         .as_array()
         .unwrap()

@@ -52,10 +52,7 @@ fn full_queue_refuses_at_once_with_retry_after_and_queue_name() {
         assert_eq!(r.error_type(), "queue_full");
         assert_eq!(r.header("x-weir-queue"), Some("provider:slow"));
         assert!(r.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
-        assert!(r.json()["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("provider:slow"));
+        assert!(r.json()["error"]["message"].as_str().unwrap().contains("provider:slow"));
         // Refused before even the first admitted request could finish.
         assert!(*took < Duration::from_millis(500), "refusal took {took:?}");
     }
@@ -78,18 +75,13 @@ fn full_queue_refuses_at_once_with_retry_after_and_queue_name() {
 fn waiter_past_queue_timeout_gets_queue_timeout() {
     let mock = spawn_mock(&["--ttft", "1500ms"]);
     let weir = spawn_weir(
-        &config(
-            &mock,
-            "{ max_concurrent: 1, queue: 1, queue_timeout: 200ms }",
-        ),
+        &config(&mock, "{ max_concurrent: 1, queue: 1, queue_timeout: 200ms }"),
         &[],
     );
     let url = weir.url("/v1/chat/completions");
     let u = url.clone();
     let first = std::thread::spawn(move || post(&u, &chat("m", false), &[]));
-    assert!(eventually(Duration::from_secs(5), || mock.stats()
-        ["in_flight"]
-        == 1));
+    assert!(eventually(Duration::from_secs(5), || mock.stats()["in_flight"] == 1));
     let started = Instant::now();
     let r = post(&url, &chat("m", false), &[]);
     assert_eq!((r.status, r.error_type().as_str()), (503, "queue_timeout"));
@@ -117,18 +109,9 @@ fn client_that_disconnects_while_queued_frees_its_place() {
     let url = weir.url("/v1/chat/completions");
     let u = url.clone();
     let first = std::thread::spawn(move || post(&u, &chat("m", false), &[]));
-    assert!(eventually(Duration::from_secs(5), || mock.stats()
-        ["in_flight"]
-        == 1));
+    assert!(eventually(Duration::from_secs(5), || mock.stats()["in_flight"] == 1));
 
-    let depth = || {
-        metric(
-            &weir.metrics(),
-            "weir_queue_depth",
-            &[("queue", "provider:slow")],
-        )
-        .unwrap_or(-1.0)
-    };
+    let depth = || metric(&weir.metrics(), "weir_queue_depth", &[("queue", "provider:slow")]).unwrap_or(-1.0);
     let queued = raw_request(weir.port, "POST", "/v1/chat/completions", &chat("m", false));
     assert!(
         eventually(Duration::from_secs(5), || depth() == 1.0),
@@ -140,10 +123,7 @@ fn client_that_disconnects_while_queued_frees_its_place() {
         eventually(Duration::from_secs(2), || depth() == 0.0),
         "depth drops when the client leaves"
     );
-    assert!(
-        left.elapsed() < Duration::from_secs(1),
-        "at once, not after a timeout"
-    );
+    assert!(left.elapsed() < Duration::from_secs(1), "at once, not after a timeout");
 
     // Its place is free: another request queues (not queue_full) and is served.
     let r = post(&url, &chat("m", false), &[]);

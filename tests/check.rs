@@ -30,8 +30,7 @@ fn check(text: &str) -> (i32, String) {
         .env_remove("WEIR_UNSET_FOR_TEST")
         .output()
         .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
     (
         out.status.code().unwrap(),
         text.replace(&dir.path().display().to_string(), "DIR"),
@@ -47,32 +46,72 @@ fn good_config_passes() {
 #[test]
 fn broken_configs_name_line_and_field() {
     let cases: &[(&str, String, &str)] = &[
-        ("bad yaml", GOOD.replace("  listen: [\"127.0.0.1:8080\"]", "  listen: [\"127.0.0.1:8080\""), "DIR/weir.yaml:"),
-        ("unknown field", GOOD.replace("    models: [a]", "    models: [a]\n    colour: red"), "DIR/weir.yaml:7: providers.m.colour: unknown field `colour`"),
-        ("missing env var", GOOD.replace("    models: [a]", "    models: [a]\n    api_key: ${WEIR_UNSET_FOR_TEST}"), "DIR/weir.yaml:7: providers.m.api_key: environment variable WEIR_UNSET_FOR_TEST is not set"),
-        ("unknown plugin", GOOD.replace("plugins: [keys]", "plugins: [keys, nope]"), "DIR/weir.yaml:12: routes[0].plugins[1]: unknown plugin 'nope'"),
-        ("unknown provider", GOOD.replace("providers: [m]", "providers: [m, x]"), "DIR/weir.yaml:13: routes[0].providers[1]: unknown provider 'x'"),
-        ("bad duration", GOOD.replace("queue_timeout: 2s", "queue_timeout: 2 fortnights"), "DIR/weir.yaml:7: providers.m.bulkhead.queue_timeout: invalid duration"),
-        ("duplicate provider", GOOD.replace("plugins:\n", "  m:\n    url: http://127.0.0.1:1/v1\n    models: [b]\nplugins:\n"), "DIR/weir.yaml:8: providers.m: duplicate name (first defined at line 4)"),
-        ("duplicate route", GOOD.to_string() + "  - name: chat\n    providers: [m]\n", "DIR/weir.yaml:14: routes[1].name: duplicate name 'chat'"),
-        ("unknown plugin type", GOOD.replace("type: api_key", "type: magic"), "DIR/weir.yaml:9: plugins.keys.type: unknown variant `magic`"),
-        ("missing keys file", GOOD.replace("keys_file: keys.yaml", "keys_file: nope.yaml"), "DIR/weir.yaml:9: plugins.keys.keys_file: cannot read keys file"),
+        (
+            "bad yaml",
+            GOOD.replace("  listen: [\"127.0.0.1:8080\"]", "  listen: [\"127.0.0.1:8080\""),
+            "DIR/weir.yaml:",
+        ),
+        (
+            "unknown field",
+            GOOD.replace("    models: [a]", "    models: [a]\n    colour: red"),
+            "DIR/weir.yaml:7: providers.m.colour: unknown field `colour`",
+        ),
+        (
+            "missing env var",
+            GOOD.replace(
+                "    models: [a]",
+                "    models: [a]\n    api_key: ${WEIR_UNSET_FOR_TEST}",
+            ),
+            "DIR/weir.yaml:7: providers.m.api_key: environment variable WEIR_UNSET_FOR_TEST is not set",
+        ),
+        (
+            "unknown plugin",
+            GOOD.replace("plugins: [keys]", "plugins: [keys, nope]"),
+            "DIR/weir.yaml:12: routes[0].plugins[1]: unknown plugin 'nope'",
+        ),
+        (
+            "unknown provider",
+            GOOD.replace("providers: [m]", "providers: [m, x]"),
+            "DIR/weir.yaml:13: routes[0].providers[1]: unknown provider 'x'",
+        ),
+        (
+            "bad duration",
+            GOOD.replace("queue_timeout: 2s", "queue_timeout: 2 fortnights"),
+            "DIR/weir.yaml:7: providers.m.bulkhead.queue_timeout: invalid duration",
+        ),
+        (
+            "duplicate provider",
+            GOOD.replace(
+                "plugins:\n",
+                "  m:\n    url: http://127.0.0.1:1/v1\n    models: [b]\nplugins:\n",
+            ),
+            "DIR/weir.yaml:8: providers.m: duplicate name (first defined at line 4)",
+        ),
+        (
+            "duplicate route",
+            GOOD.to_string() + "  - name: chat\n    providers: [m]\n",
+            "DIR/weir.yaml:14: routes[1].name: duplicate name 'chat'",
+        ),
+        (
+            "unknown plugin type",
+            GOOD.replace("type: api_key", "type: magic"),
+            "DIR/weir.yaml:9: plugins.keys.type: unknown variant `magic`",
+        ),
+        (
+            "missing keys file",
+            GOOD.replace("keys_file: keys.yaml", "keys_file: nope.yaml"),
+            "DIR/weir.yaml:9: plugins.keys.keys_file: cannot read keys file",
+        ),
     ];
     for (what, text, expected) in cases {
         let (code, out) = check(text);
         assert_eq!(code, 1, "{what}: exit code; output:\n{out}");
-        assert!(
-            out.contains(expected),
-            "{what}: expected '{expected}' in:\n{out}"
-        );
+        assert!(out.contains(expected), "{what}: expected '{expected}' in:\n{out}");
     }
 }
 
 #[test]
 fn usage_error_exits_2() {
-    let out = Command::new(WEIR)
-        .args(["serve", "--no-such-flag"])
-        .output()
-        .unwrap();
+    let out = Command::new(WEIR).args(["serve", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }

@@ -13,17 +13,10 @@ fn demo_prints_curl_commands_that_work() {
     let dir = tempfile::tempdir().unwrap();
     let mut text = std::fs::read_to_string(repo().join("conf/demo.yaml")).unwrap();
     for fixed in ["8080", "9901", "9001", "9002"] {
-        text = text.replace(
-            &format!("127.0.0.1:{fixed}"),
-            &format!("127.0.0.1:{}", free_port()),
-        );
+        text = text.replace(&format!("127.0.0.1:{fixed}"), &format!("127.0.0.1:{}", free_port()));
     }
     std::fs::write(dir.path().join("demo.yaml"), &text).unwrap();
-    std::fs::copy(
-        repo().join("conf/demo-keys.yaml"),
-        dir.path().join("demo-keys.yaml"),
-    )
-    .unwrap();
+    std::fs::copy(repo().join("conf/demo-keys.yaml"), dir.path().join("demo-keys.yaml")).unwrap();
 
     let mut child = Command::new(WEIR)
         .args(["demo", "-c"])

@@ -63,11 +63,7 @@ fn chat_completion_rewrites_alias_injects_key_and_keeps_request_id() {
     );
 
     // Without a request id, weir makes one and sends it both ways.
-    let r = post(
-        &weir.url("/v1/chat/completions"),
-        &chat("other", false),
-        &[],
-    );
+    let r = post(&weir.url("/v1/chat/completions"), &chat("other", false), &[]);
     assert_eq!(r.json()["model"], "mock-small");
     let id = r.header("x-request-id").unwrap();
     assert!(id.len() >= 16);
@@ -96,14 +92,7 @@ fn chat_completion_rewrites_alias_injects_key_and_keeps_request_id() {
 #[test]
 fn streaming_passes_chunks_through_unbuffered() {
     // 40 tokens at 20/s: the mock takes about two seconds to finish.
-    let (_mock, weir) = setup(&[
-        "--ttft",
-        "50ms",
-        "--tokens-per-sec",
-        "20",
-        "--completion-tokens",
-        "40",
-    ]);
+    let (_mock, weir) = setup(&["--ttft", "50ms", "--tokens-per-sec", "20", "--completion-tokens", "40"]);
     let started = Instant::now();
     let resp = ureq::post(&weir.url("/v1/chat/completions"))
         .set("content-type", "application/json")
@@ -166,22 +155,13 @@ fn large_bodies_arrive_byte_for_byte_after_the_rewrite() {
     let (_mock, weir) = setup(&[]);
     for size in [1 << 20, 7 << 20] {
         let body = big_body(size);
-        let expected = String::from_utf8(body.clone()).unwrap().replacen(
-            r#""model":"fast""#,
-            r#""model":"mock-large""#,
-            1,
-        );
+        let expected =
+            String::from_utf8(body.clone())
+                .unwrap()
+                .replacen(r#""model":"fast""#, r#""model":"mock-large""#, 1);
         let r = post(&weir.url("/v1/chat/completions"), &body, &[]);
-        assert_eq!(
-            r.status,
-            200,
-            "size {size}: {}",
-            &r.body[..r.body.len().min(300)]
-        );
-        assert_eq!(
-            r.header("x-mock-body-len"),
-            Some(expected.len().to_string().as_str())
-        );
+        assert_eq!(r.status, 200, "size {size}: {}", &r.body[..r.body.len().min(300)]);
+        assert_eq!(r.header("x-mock-body-len"), Some(expected.len().to_string().as_str()));
         assert_eq!(
             r.header("x-mock-body-sha256"),
             Some(hex::encode(Sha256::digest(expected.as_bytes())).as_str())
@@ -211,31 +191,16 @@ fn bad_requests_get_openai_errors_and_weir_keeps_serving() {
     let (mock, weir) = setup(&[]);
     let url = weir.url("/v1/chat/completions");
     let r = post(&url, b"{not json", &[]);
-    assert_eq!(
-        (r.status, r.error_type().as_str()),
-        (400, "invalid_request_error")
-    );
+    assert_eq!((r.status, r.error_type().as_str()), (400, "invalid_request_error"));
     let r = post(&url, br#"{"messages":[]}"#, &[]);
-    assert_eq!(
-        (r.status, r.error_type().as_str()),
-        (400, "invalid_request_error")
-    );
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("model"));
+    assert_eq!((r.status, r.error_type().as_str()), (400, "invalid_request_error"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("model"));
     let r = post(&url, &chat("no-such-model", false), &[]);
-    assert_eq!(
-        (r.status, r.error_type().as_str()),
-        (404, "model_not_found")
-    );
+    assert_eq!((r.status, r.error_type().as_str()), (404, "model_not_found"));
     assert_eq!(r.json()["error"]["param"], "model");
     let r = post(&weir.url("/elsewhere"), b"{}", &[]);
     assert_eq!(r.status, 404);
-    assert!(r.json()["error"]["message"]
-        .as_str()
-        .unwrap()
-        .contains("no route"));
+    assert!(r.json()["error"]["message"].as_str().unwrap().contains("no route"));
     assert_eq!(mock.requests(), 0);
     assert_eq!(post(&url, &chat("fast", false), &[]).status, 200);
 }
@@ -246,11 +211,7 @@ fn provider_errors_pass_through_unchanged() {
     let r = post(&weir.url("/v1/chat/completions"), &chat("fast", false), &[]);
     assert_eq!(r.status, 500);
     assert_eq!(r.header("x-weir-provider"), Some("m"));
-    assert_eq!(
-        r.error_type(),
-        "server_error",
-        "the provider's own envelope"
-    );
+    assert_eq!(r.error_type(), "server_error", "the provider's own envelope");
 }
 
 #[test]
@@ -267,4 +228,25 @@ fn unreachable_provider_is_502_upstream_error() {
         "{}",
         r.body
     );
+}
+
+#[test]
+fn admin_api_reports_health_status_and_redacted_config() {
+    let (_mock, weir) = setup(&["--ttft", "1s"]);
+    assert_eq!(get(&weir.admin("/healthz"), &[]).status, 200);
+    assert_eq!(get(&weir.admin("/readyz"), &[]).status, 200);
+    let u = weir.url("/v1/chat/completions");
+    let t = std::thread::spawn(move || post(&u, &chat("fast", false), &[]));
+    assert!(eventually(Duration::from_secs(5), || {
+        get(&weir.admin("/status"), &[]).json()["providers"]["m"]["in_flight"] == 1
+    }));
+    let s = get(&weir.admin("/status"), &[]).json();
+    assert_eq!(s["generation"], 1);
+    assert_eq!(s["providers"]["m"]["queued"], 0);
+    assert_eq!(metric(&weir.metrics(), "weir_upstream_in_flight", &[("provider", "m")]), Some(1.0));
+    assert_eq!(t.join().unwrap().status, 200);
+    let c = get(&weir.admin("/config"), &[]);
+    assert!(!c.body.contains("sk-upstream"), "secrets are redacted: {}", c.body);
+    assert_eq!(c.json()["providers"]["m"]["api_key"], "<redacted>");
+    assert_eq!(get(&weir.admin("/nope"), &[]).status, 404);
 }

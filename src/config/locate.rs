@@ -143,8 +143,7 @@ mod tests {
 
     #[test]
     fn paths_and_lines() {
-        let text =
-            "a:\n  b: 1\n  c: [x, y]\nroutes:\n  - name: r\n    plugins:\n      - k\n      - z\n";
+        let text = "a:\n  b: 1\n  c: [x, y]\nroutes:\n  - name: r\n    plugins:\n      - k\n      - z\n";
         let idx = LineIndex::build(text);
         assert_eq!(idx.line_of("a.b"), Some(2));
         assert_eq!(idx.line_of("a.c"), Some(3));

@@ -50,11 +50,7 @@ fn default_max_body() -> Size {
 #[serde(deny_unknown_fields)]
 pub struct AdminConf {
     pub listen: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "redact"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
     pub token: Option<String>,
 }
 
@@ -71,11 +67,7 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
 pub struct ProviderConf {
     /// OpenAI base URL, e.g. `https://api.openai.com/v1`.
     pub url: String,
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        serialize_with = "redact"
-    )]
+    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
     pub api_key: Option<String>,
     pub models: Models,
     #[serde(default = "default_weight")]
@@ -457,10 +449,7 @@ pub fn parse(text: &str, file: &Path) -> Result<(Config, LineIndex), ConfigError
     let mut config: Config = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = path_string(e.path());
         let inner = e.into_inner();
-        let line = inner
-            .location()
-            .map(|l| l.line())
-            .or_else(|| index.line_of(&field));
+        let line = inner.location().map(|l| l.line()).or_else(|| index.line_of(&field));
         // serde_yaml's message repeats the path and location; keep the core.
         let mut message = inner.to_string();
         if let Some(cut) = message.find(" at line ") {
@@ -563,24 +552,15 @@ impl Config {
             }
             for (j, p) in r.plugins.iter().enumerate() {
                 if !self.plugins.contains_key(p) {
-                    ck.error(
-                        format!("{at}.plugins[{j}]"),
-                        format!("unknown plugin '{p}'"),
-                    );
+                    ck.error(format!("{at}.plugins[{j}]"), format!("unknown plugin '{p}'"));
                 }
             }
             if r.providers.is_empty() {
-                ck.error(
-                    format!("{at}.providers"),
-                    "at least one provider is required",
-                );
+                ck.error(format!("{at}.providers"), "at least one provider is required");
             }
             for (j, p) in r.providers.iter().enumerate() {
                 if !self.providers.contains_key(p) {
-                    ck.error(
-                        format!("{at}.providers[{j}]"),
-                        format!("unknown provider '{p}'"),
-                    );
+                    ck.error(format!("{at}.providers[{j}]"), format!("unknown provider '{p}'"));
                 }
             }
             for (j, m) in r.matcher.methods.iter().enumerate() {
@@ -601,10 +581,7 @@ impl Config {
             }
             if let Some(p) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) {
                 if !p.starts_with('/') {
-                    ck.error(
-                        format!("{at}.match"),
-                        format!("path '{p}' must start with '/'"),
-                    );
+                    ck.error(format!("{at}.match"), format!("path '{p}' must start with '/'"));
                 }
             }
         }
@@ -619,10 +596,7 @@ fn check_bulkhead(ck: &mut Checker, at: &str, b: &BulkheadConf) {
         ck.error(format!("{at}.max_concurrent"), "must be at least 1");
     }
     if b.queue_timeout.0.is_zero() && b.queue > 0 {
-        ck.error(
-            format!("{at}.queue_timeout"),
-            "must be above zero when queue > 0",
-        );
+        ck.error(format!("{at}.queue_timeout"), "must be above zero when queue > 0");
     }
 }
 
@@ -655,10 +629,7 @@ routes:
         let (c, _) = parse(GOOD, Path::new("t.yaml")).unwrap();
         assert_eq!(c.server.threads, 2);
         assert_eq!(c.server.max_request_body, Size(8 * 1024 * 1024));
-        assert_eq!(
-            c.providers["a"].models.pairs(),
-            vec![("pub".into(), "up".into())]
-        );
+        assert_eq!(c.providers["a"].models.pairs(), vec![("pub".into(), "up".into())]);
     }
 
     #[test]

@@ -55,10 +55,8 @@ pub struct ApiKeys {
 }
 
 fn parse_keys_file(path: &Path) -> Result<KeysFile, String> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
-    let file: KeysFile =
-        serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
+    let file: KeysFile = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
     for (i, k) in file.keys.iter().enumerate() {
         let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
         if !ok {
@@ -118,16 +116,9 @@ fn prefix(d: &[u8; 32]) -> u64 {
 
 /// The key a client presented, from the usual headers.
 fn presented_key(req: &RequestHeader) -> Option<&str> {
-    if let Some(v) = req
-        .headers
-        .get("authorization")
-        .and_then(|v| v.to_str().ok())
-    {
+    if let Some(v) = req.headers.get("authorization").and_then(|v| v.to_str().ok()) {
         let v = v.trim();
-        if let Some(k) = v
-            .strip_prefix("Bearer ")
-            .or_else(|| v.strip_prefix("bearer "))
-        {
+        if let Some(k) = v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")) {
             return Some(k.trim());
         }
     }
@@ -141,11 +132,7 @@ fn presented_key(req: &RequestHeader) -> Option<&str> {
 
 #[async_trait]
 impl Plugin for ApiKeys {
-    async fn request_headers(
-        &self,
-        req: &mut RequestHeader,
-        ctx: &mut RequestCtx,
-    ) -> Result<Flow, WeirError> {
+    async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
         let Some(presented) = presented_key(req) else {
             return Err(WeirError::new(
                 ErrorKind::Authentication,
@@ -159,10 +146,7 @@ impl Plugin for ApiKeys {
             if !routes.iter().any(|r| r == &route.name) {
                 return Err(WeirError::new(
                     ErrorKind::Permission,
-                    format!(
-                        "key '{}' may not use route '{}'",
-                        key.identity.name, route.name
-                    ),
+                    format!("key '{}' may not use route '{}'", key.identity.name, route.name),
                 ));
             }
         }
@@ -220,9 +204,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("keys.yaml");
         std::fs::write(&path, "keys:\n  - name: a\n    sha256: xyz\n").unwrap();
-        assert!(parse_keys_file(&path)
-            .unwrap_err()
-            .contains("64 hex digits"));
+        assert!(parse_keys_file(&path).unwrap_err().contains("64 hex digits"));
     }
 
     #[test]

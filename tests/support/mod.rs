@@ -13,11 +13,7 @@ pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
 /// A free TCP port on 127.0.0.1.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 /// A child process killed when dropped.
@@ -164,17 +160,12 @@ impl Resp {
     }
     /// The OpenAI error envelope's `type`.
     pub fn error_type(&self) -> String {
-        self.json()["error"]["type"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string()
+        self.json()["error"]["type"].as_str().unwrap_or_default().to_string()
     }
 }
 
 fn agent() -> ureq::Agent {
-    ureq::AgentBuilder::new()
-        .timeout(Duration::from_secs(30))
-        .build()
+    ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).build()
 }
 
 fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
@@ -191,11 +182,7 @@ fn into_resp(r: Result<ureq::Response, ureq::Error>) -> Resp {
         .collect();
     let mut body = String::new();
     r.into_reader().read_to_string(&mut body).unwrap();
-    Resp {
-        status,
-        headers,
-        body,
-    }
+    Resp { status, headers, body }
 }
 
 pub fn get(url: &str, headers: &[(&str, &str)]) -> Resp {
@@ -245,10 +232,7 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         if n != name {
             return None;
         }
-        if labels
-            .iter()
-            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
-        {
+        if labels.iter().all(|(k, v)| rest.contains(&format!("{k}=\"{v}\""))) {
             value.parse().ok()
         } else {
             None
