@@ -72,8 +72,8 @@ impl Admin {
                         "oldest_wait_ms": s.oldest_wait.as_millis() as u64,
                         "max_concurrent": l.max_concurrent,
                         "queue": l.queue,
-                        "breaker": "closed",
-                        "health": "unknown",
+                        "breaker": rt.plugins.values().find_map(|pl| pl.plugin.breaker_state(name)).map_or("none", |s| s.name()),
+                        "health": if p.conf.health_check.is_none() { "unchecked" } else if p.is_healthy() { "healthy" } else { "unhealthy" },
                     }),
                 )
             })
@@ -133,7 +133,7 @@ impl ServeHttp for Admin {
             ("GET", "/healthz") => reply(200, "text/plain", b"ok\n".to_vec()),
             ("GET", "/readyz") => {
                 let rt = self.gateway.current();
-                if rt.providers.is_empty() {
+                if !rt.providers.values().any(|p| p.is_healthy()) {
                     reply(503, "text/plain", b"no provider usable\n".to_vec())
                 } else {
                     reply(200, "text/plain", b"ready\n".to_vec())

@@ -21,6 +21,8 @@ pub enum ErrorKind {
     Upstream,
     UpstreamTimeout,
     Plugin,
+    /// A plugin's shared store (e.g. Redis) is unreachable and its policy is fail_closed.
+    StoreUnavailable,
 }
 
 impl ErrorKind {
@@ -38,6 +40,7 @@ impl ErrorKind {
             ErrorKind::Upstream => 502,
             ErrorKind::UpstreamTimeout => 504,
             ErrorKind::Plugin => 500,
+            ErrorKind::StoreUnavailable => 503,
         }
     }
 
@@ -54,7 +57,7 @@ impl ErrorKind {
             ErrorKind::CircuitOpen => "circuit_open",
             ErrorKind::Upstream => "upstream_error",
             ErrorKind::UpstreamTimeout => "upstream_timeout",
-            ErrorKind::Plugin => "plugin_error",
+            ErrorKind::Plugin | ErrorKind::StoreUnavailable => "plugin_error",
         }
     }
 
@@ -64,6 +67,7 @@ impl ErrorKind {
             ErrorKind::NotFound => "route_not_found",
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Authentication => "invalid_api_key",
+            ErrorKind::StoreUnavailable => "store_unavailable",
             other => other.type_name(),
         }
     }

@@ -8,6 +8,8 @@
 //! - `pipeline`  the `Plugin` trait (phases in run order) and per-request state
 //! - `bulkhead`  bounded concurrency + bounded FIFO wait queue
 //! - `provider`, `upstream`  where providers live and one exchange with them
+//! - `traffic/`  token bucket, breaker, least-connection picker, retry budget
+//! - `health`    active health checks of providers
 //! - `plugins/`  built-in plugins
 //! - `llm`       OpenAI request head, model rewrite, usage in JSON and SSE
 //! - `error`     error kinds -> status, envelope, Retry-After
@@ -19,6 +21,7 @@ pub mod bulkhead;
 pub mod config;
 pub mod demo;
 pub mod error;
+pub mod health;
 pub mod llm;
 pub mod metrics;
 pub mod mock;
@@ -28,4 +31,5 @@ pub mod provider;
 pub mod proxy;
 pub mod runtime;
 pub mod server;
+pub mod traffic;
 pub mod upstream;

@@ -144,6 +144,102 @@ impl SseUsageScanner {
     }
 }
 
+/// The body with `stream_options.include_usage` set, so the provider reports
+/// usage on a stream. Inserted in place when the client sent no
+/// `stream_options`; otherwise the JSON is rewritten.
+pub fn with_stream_usage(body: &Bytes, head: &RequestHead) -> Bytes {
+    if head.include_usage {
+        return body.clone();
+    }
+    #[derive(Deserialize)]
+    struct HasOptions {
+        #[serde(default)]
+        stream_options: Option<serde::de::IgnoredAny>,
+    }
+    let has_options = serde_json::from_slice::<HasOptions>(body)
+        .map(|h| h.stream_options.is_some())
+        .unwrap_or(true);
+    if !has_options {
+        if let Some(open) = body.iter().position(|b| *b == b'{') {
+            let mut out = BytesMut::with_capacity(body.len() + 48);
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(&body[open + 1..]);
+            return out.freeze();
+        }
+    }
+    match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(mut v) => {
+            v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
+            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        }
+        Err(_) => body.clone(),
+    }
+}
+
+/// Removes the usage-only event (`"choices":[]` with `usage`) from an SSE
+/// stream, for clients that did not ask for it. Holds back at most one
+/// unfinished event.
+#[derive(Debug, Default)]
+pub struct UsageChunkStripper {
+    partial: Vec<u8>,
+}
+
+impl UsageChunkStripper {
+    /// Whole events of `chunk` (plus what was held back), usage event removed.
+    pub fn filter(&mut self, chunk: &[u8]) -> Bytes {
+        self.partial.extend_from_slice(chunk);
+        let Some(last_end) = find_last(&self.partial, b"\n\n") else {
+            return Bytes::new();
+        };
+        let complete: Vec<u8> = self.partial.drain(..last_end + 2).collect();
+        let mut out = BytesMut::with_capacity(complete.len());
+        for event in complete.split_inclusive_events() {
+            let is_usage_only =
+                find_last(event, b"\"choices\":[]").is_some() && find_last(event, b"\"usage\":{").is_some();
+            if !is_usage_only {
+                out.extend_from_slice(event);
+            }
+        }
+        out.freeze()
+    }
+
+    /// Whatever is held back at the end of the stream.
+    pub fn finish(&mut self) -> Bytes {
+        Bytes::from(std::mem::take(&mut self.partial))
+    }
+}
+
+fn find_last(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).rposition(|w| w == needle)
+}
+
+trait SplitEvents {
+    fn split_inclusive_events(&self) -> Vec<&[u8]>;
+}
+
+impl SplitEvents for Vec<u8> {
+    /// Split after each blank line (`\n\n`), keeping the separator.
+    fn split_inclusive_events(&self) -> Vec<&[u8]> {
+        let mut out = Vec::new();
+        let mut start = 0;
+        let mut i = 0;
+        while i + 1 < self.len() {
+            if self[i] == b'\n' && self[i + 1] == b'\n' {
+                out.push(&self[start..i + 2]);
+                start = i + 2;
+                i += 2;
+            } else {
+                i += 1;
+            }
+        }
+        if start < self.len() {
+            out.push(&self[start..]);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -194,6 +290,38 @@ mod tests {
                     prompt_tokens: 5,
                     completion_tokens: 9
                 }),
+                "split {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_usage_inserted_in_place() {
+        let body = Bytes::from_static(br#"{"model":"m","stream":true}"#);
+        let h = parse_head(&body).unwrap();
+        let out = with_stream_usage(&body, &h);
+        assert_eq!(
+            &out[..],
+            br#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#
+        );
+        let h2 = parse_head(&out).unwrap();
+        assert!(h2.include_usage);
+        let body = Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#);
+        let out = with_stream_usage(&body, &parse_head(&body).unwrap());
+        assert!(parse_head(&out).unwrap().include_usage);
+    }
+
+    #[test]
+    fn usage_chunk_stripped_across_splits() {
+        let stream = b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\ndata: [DONE]\n\n";
+        for split in [1, 10, 30, 50, stream.len() - 1] {
+            let mut s = UsageChunkStripper::default();
+            let mut out = s.filter(&stream[..split]).to_vec();
+            out.extend_from_slice(&s.filter(&stream[split..]));
+            out.extend_from_slice(&s.finish());
+            assert_eq!(
+                out,
+                b"data: {\"choices\":[{\"delta\":{}}]}\n\ndata: [DONE]\n\n".to_vec(),
                 "split {split}"
             );
         }

@@ -109,6 +109,49 @@ pub static CONFIG_RELOADS: Lazy<IntCounterVec> =
 pub static CONFIG_GENERATION: Lazy<IntGauge> =
     Lazy::new(|| reg(IntGauge::new("weir_config_generation", "Generation of the config now serving.").unwrap()));
 
+pub static RATE_LIMITED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_rate_limited_total",
+        "Requests a rate_limit plugin refused, by dimension.",
+        &["plugin", "dimension"],
+    )
+});
+pub static RATE_LIMIT_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_rate_limit_store_errors_total",
+        "Rate-limit decisions whose shared store failed.",
+        &["plugin"],
+    )
+});
+pub static CIRCUIT_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_circuit_state",
+        "Breaker state per provider (0 closed, 1 half-open, 2 open).",
+        &["provider"],
+    )
+});
+pub static CIRCUIT_TRANSITIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_circuit_transitions_total",
+        "Breaker state changes, by provider and new state.",
+        &["provider", "to"],
+    )
+});
+pub static RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_retries_total",
+        "Failover attempts, by route and result (tried, budget_exhausted).",
+        &["route", "result"],
+    )
+});
+pub static PROVIDER_HEALTHY: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_provider_healthy",
+        "Active health check result per provider (1 healthy, 0 not).",
+        &["provider"],
+    )
+});
+
 /// Register every metric, so each appears on `/metrics` from the start.
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -125,6 +168,12 @@ pub fn init() {
     CONFIG_RELOADS.with_label_values(&["ok"]);
     CONFIG_RELOADS.with_label_values(&["error"]);
     Lazy::force(&CONFIG_GENERATION);
+    Lazy::force(&RATE_LIMITED);
+    Lazy::force(&RATE_LIMIT_STORE_ERRORS);
+    Lazy::force(&CIRCUIT_STATE);
+    Lazy::force(&CIRCUIT_TRANSITIONS);
+    Lazy::force(&RETRIES);
+    Lazy::force(&PROVIDER_HEALTHY);
 }
 
 /// Prometheus text exposition of every registered metric.

@@ -6,6 +6,8 @@
 //! 1. `request_headers`: a, b  — before the body is read; may refuse cheaply.
 //! 2. `request_body`:    a, b  — the JSON head is parsed, the model known.
 //! 3. `upstream_choice`: a, b  — may filter or reorder the candidate providers.
+//!    Then, for each provider tried (the first and any failover):
+//!    `attempt_start` (may skip it) and `attempt_end` (how it went).
 //! 4. `response_headers`: a, b — the provider's (or a local) response header.
 //! 5. `response_body`:   a, b  — each chunk as it passes, never buffered here.
 //! 6. `log`:             a, b  — after the last byte, whatever the outcome.
@@ -61,14 +63,38 @@ pub trait Plugin: Send + Sync {
         Ok(())
     }
 
-    /// 4. Response header, before it is sent to the client.
+    /// 3b. Before each attempt at a provider: `false` skips this provider
+    ///     (as an open breaker does) without counting as a retry.
+    fn attempt_start(&self, _provider: &Provider, _ctx: &mut RequestCtx) -> bool {
+        true
+    }
+
+    /// 3c. After each attempt: the provider's response status, or the failure.
+    fn attempt_end(&self, _provider: &Provider, _attempt: &Attempt, _ctx: &mut RequestCtx) {}
+
+    /// 4. Response header, before it is sent to the client (also weir's own
+    ///    error responses once a route has matched).
     fn response_headers(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}
 
     /// 5. A response body chunk, before it is sent; `end` marks the last.
     fn response_body(&self, _chunk: &mut Bytes, _end: bool, _ctx: &mut RequestCtx) {}
 
     /// 6. The request is over (answered, refused or failed).
-    fn log(&self, _ctx: &RequestCtx) {}
+    fn log(&self, _ctx: &mut RequestCtx) {}
+
+    /// Breaker state of a provider, if this plugin keeps one (for `/status`).
+    fn breaker_state(&self, _provider: &str) -> Option<crate::traffic::breaker::State> {
+        None
+    }
+}
+
+/// How one attempt at a provider went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Attempt {
+    /// The provider answered with this status after `ttfb`.
+    Answered { status: u16, ttfb: std::time::Duration },
+    /// It failed before answering (unreachable, reset, timeout).
+    Failed(crate::error::ErrorKind),
 }
 
 /// Who the client is, once an auth plugin has said so.
@@ -88,6 +114,8 @@ pub struct RequestCtx {
     /// Index of the matched route in `runtime.routes`.
     pub route: Option<usize>,
     pub request_id: String,
+    /// The client's address.
+    pub client_addr: Option<std::net::SocketAddr>,
     pub identity: Option<Identity>,
     /// Parsed head of a JSON body (LLM endpoints).
     pub head: Option<RequestHead>,
@@ -107,6 +135,11 @@ pub struct RequestCtx {
     pub upstream_ttfb: Option<std::time::Duration>,
     /// Per-plugin state, indexed like the route's plugin list.
     pub plugin_state: Vec<Option<Box<dyn Any + Send + Sync>>>,
+    /// Which plugin's hook runs now (index into the route's plugins).
+    pub plugin_index: usize,
+    /// A plugin needs `usage` on a stream the client did not ask it for:
+    /// weir asks the provider and removes the extra chunk before the client.
+    pub want_stream_usage: bool,
 }
 
 impl Default for RequestCtx {
@@ -116,6 +149,7 @@ impl Default for RequestCtx {
             runtime: None,
             route: None,
             request_id: String::new(),
+            client_addr: None,
             identity: None,
             head: None,
             body: Bytes::new(),
@@ -126,6 +160,8 @@ impl Default for RequestCtx {
             usage: None,
             upstream_ttfb: None,
             plugin_state: Vec::new(),
+            plugin_index: 0,
+            want_stream_usage: false,
         }
     }
 }
@@ -134,5 +170,17 @@ impl RequestCtx {
     /// The matched route.
     pub fn route(&self) -> Option<&Route> {
         Some(&self.runtime.as_ref()?.routes[self.route?])
+    }
+
+    /// The running plugin's own per-request state.
+    pub fn state<T: Any + Send + Sync>(&mut self) -> Option<&mut T> {
+        self.plugin_state.get_mut(self.plugin_index)?.as_mut()?.downcast_mut()
+    }
+
+    /// Set the running plugin's per-request state.
+    pub fn set_state<T: Any + Send + Sync>(&mut self, v: T) {
+        if let Some(slot) = self.plugin_state.get_mut(self.plugin_index) {
+            *slot = Some(Box::new(v));
+        }
     }
 }

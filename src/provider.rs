@@ -10,6 +10,7 @@ use prometheus::IntGauge;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -108,7 +109,11 @@ pub struct Provider {
     /// public model name -> upstream model name
     pub models: HashMap<String, String>,
     pub bulkhead: Arc<Bulkhead>,
+    /// In-flight requests; the metric child is keyed by name, so the count
+    /// survives any rebuild of the provider set.
     pub in_flight: IntGauge,
+    /// Result of the active health check; carried over across reloads.
+    pub healthy: Arc<AtomicBool>,
 }
 
 impl Provider {
@@ -158,10 +163,16 @@ impl Provider {
             authorization: conf.api_key.as_ref().map(|k| format!("Bearer {k}")),
             models: conf.models.pairs().into_iter().collect(),
             in_flight: metrics::UPSTREAM_IN_FLIGHT.with_label_values(&[name]),
+            healthy: previous.map_or_else(|| Arc::new(AtomicBool::new(true)), |p| p.healthy.clone()),
             endpoint,
             peer,
             bulkhead,
         })
+    }
+
+    /// False only after an active health check failed.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
     }
 
     /// The upstream name of a public model, if this provider serves it.

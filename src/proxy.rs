@@ -14,9 +14,11 @@ use crate::bulkhead::{Bulkhead, Permit, Refusal};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::{self, SseUsageScanner};
 use crate::metrics;
-use crate::pipeline::{Flow, LocalResponse, RequestCtx};
+use crate::pipeline::{Attempt, Flow, LocalResponse, RequestCtx};
+use crate::plugins::PluginInstance;
 use crate::provider::Provider;
 use crate::runtime::{Gateway, Runtime};
+use crate::traffic::retry_budget::RetryBudget;
 use crate::upstream::{Exchange, Upstream};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -31,6 +33,7 @@ use std::time::Instant;
 pub struct WeirProxy {
     pub gateway: Arc<Gateway>,
     pub upstream: Upstream,
+    retry_budget: RetryBudget,
 }
 
 /// How a request ended when it did not end in a response weir could write.
@@ -118,6 +121,8 @@ impl WeirProxy {
         WeirProxy {
             gateway,
             upstream: Upstream::default(),
+            // Envoy's default: retries at most 20% of active requests, at least 3.
+            retry_budget: RetryBudget::new(0.2, 3),
         }
     }
 
@@ -142,8 +147,9 @@ impl WeirProxy {
         // Phase 1: request headers. A plugin holds a slot of its bulkhead
         // while it works on the request (not while the body is read).
         let no_body = session.downstream_session.is_body_empty();
-        for p in &route.plugins {
+        for (i, p) in route.plugins.iter().enumerate() {
             let _slot = acquire(session, &p.bulkhead, no_body).await?;
+            ctx.plugin_index = i;
             match p.plugin.request_headers(session.req_header_mut(), ctx).await? {
                 Flow::Continue => {}
                 Flow::Respond(r) => return self.respond_local(session, ctx, *r).await,
@@ -181,28 +187,57 @@ impl WeirProxy {
         }
 
         // Phase 2: request body.
-        for p in &route.plugins {
+        for (i, p) in route.plugins.iter().enumerate() {
             let _slot = acquire(session, &p.bulkhead, true).await?;
+            ctx.plugin_index = i;
             match p.plugin.request_body(ctx).await? {
                 Flow::Continue => {}
                 Flow::Respond(r) => return self.respond_local(session, ctx, *r).await,
             }
         }
+        if ctx.want_stream_usage {
+            if let Some(head) = &ctx.head {
+                ctx.body = llm::with_stream_usage(&ctx.body, head);
+                ctx.head = Some(llm::parse_head(&ctx.body).map_err(WeirError::invalid)?);
+            }
+        }
 
         // Phase 3: upstream choice.
-        for p in &route.plugins {
+        for (i, p) in route.plugins.iter().enumerate() {
+            ctx.plugin_index = i;
             p.plugin.upstream_choice(ctx)?;
         }
-        if ctx.candidates.is_empty() {
-            return Err(WeirError::new(ErrorKind::Upstream, "no provider left to try").into());
-        }
+        self.attempts(session, ctx, &rt).await
+    }
 
-        // Try providers in order: the first, then up to `retries` others,
-        // only while nothing has reached the client.
-        let attempts = (route.retries as usize + 1).min(ctx.candidates.len());
+    /// Try the candidates in order: the first, then up to `retries` others
+    /// (within the retry budget), only while nothing has reached the client.
+    /// A provider whose bulkhead refuses, or that a plugin skips, costs no retry.
+    async fn attempts(&self, session: &mut Session, ctx: &mut RequestCtx, rt: &Runtime) -> Result<(), Failure> {
+        let route = &rt.routes[ctx.route.expect("set")];
+        let max_sends = route.retries as usize + 1;
+        let candidates = std::mem::take(&mut ctx.candidates);
+        let mut sends = 0;
         let mut last_err = None;
-        for i in 0..attempts {
-            let provider = ctx.candidates[i].clone();
+        let mut _retry = None;
+        for (ci, provider) in candidates.iter().enumerate() {
+            if sends >= max_sends {
+                break;
+            }
+            if sends > 0 {
+                match self.retry_budget.try_retry() {
+                    Some(g) => {
+                        _retry = Some(g);
+                        metrics::RETRIES.with_label_values(&[&route.name, "tried"]).inc();
+                    }
+                    None => {
+                        metrics::RETRIES
+                            .with_label_values(&[&route.name, "budget_exhausted"])
+                            .inc();
+                        break;
+                    }
+                }
+            }
             ctx.provider = Some(provider.clone());
             let permit = match acquire(session, &provider.bulkhead, true).await {
                 Ok(p) => p,
@@ -212,6 +247,16 @@ impl WeirProxy {
                 }
                 Err(f) => return Err(f),
             };
+            if !self.each_plugin_until(rt, ctx, |p, ctx| p.plugin.attempt_start(provider, ctx)) {
+                last_err.get_or_insert_with(|| {
+                    WeirError::new(
+                        ErrorKind::CircuitOpen,
+                        format!("provider '{}' is not taking requests", provider.name),
+                    )
+                    .with_queue("circuit_breaker", 1)
+                });
+                continue;
+            }
             let body = match (
                 &ctx.head,
                 provider.upstream_model(ctx.head.as_ref().map_or("", |h| h.model.as_str())),
@@ -219,10 +264,11 @@ impl WeirProxy {
                 (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
                 _ => ctx.body.clone(),
             };
-            let req = self.upstream_request(session.req_header(), &provider, ctx, body.len());
+            let req = self.upstream_request(session.req_header(), provider, ctx, body.len());
             provider.in_flight.inc();
+            sends += 1;
             let sent = tokio::select! {
-                r = self.upstream.send(&provider, &req, &body) => Some(r),
+                r = self.upstream.send(provider, &req, &body) => Some(r),
                 _ = session.downstream_session.read_body_or_idle(true) => None,
             };
             let ex = match sent {
@@ -233,14 +279,18 @@ impl WeirProxy {
                 Some(Err(e)) => {
                     provider.in_flight.dec();
                     log::warn!("request {}: {e}", ctx.request_id);
+                    let attempt = Attempt::Failed(e.kind);
+                    self.each_plugin(rt, ctx, |p, ctx| p.plugin.attempt_end(provider, &attempt, ctx));
                     last_err = Some(e);
                     continue;
                 }
                 Some(Ok(ex)) => ex,
             };
             let status = ex.header().status.as_u16();
-            let retryable = status == 429 || status >= 500;
-            if retryable && i + 1 < attempts {
+            let attempt = Attempt::Answered { status, ttfb: ex.ttfb };
+            self.each_plugin(rt, ctx, |p, ctx| p.plugin.attempt_end(provider, &attempt, ctx));
+            let another = ci + 1 < candidates.len() && sends < max_sends;
+            if (status == 429 || status >= 500) && another {
                 provider.in_flight.dec();
                 log::warn!(
                     "request {}: provider '{}' answered {status}; trying another",
@@ -251,7 +301,7 @@ impl WeirProxy {
                 continue;
             }
             ctx.upstream_ttfb = Some(ex.ttfb);
-            let r = self.relay(session, ctx, &provider, ex).await;
+            let r = self.relay(session, ctx, provider, ex).await;
             provider.in_flight.dec();
             drop(permit);
             return r;
@@ -259,6 +309,32 @@ impl WeirProxy {
         Err(last_err
             .unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered"))
             .into())
+    }
+
+    /// Run a synchronous hook of every plugin of the route, in order.
+    fn each_plugin(&self, rt: &Runtime, ctx: &mut RequestCtx, mut f: impl FnMut(&PluginInstance, &mut RequestCtx)) {
+        let Some(ri) = ctx.route else { return };
+        for (i, p) in rt.routes[ri].plugins.iter().enumerate() {
+            ctx.plugin_index = i;
+            f(p, ctx);
+        }
+    }
+
+    /// Like `each_plugin`, stopping at the first hook that answers `false`.
+    fn each_plugin_until(
+        &self,
+        rt: &Runtime,
+        ctx: &mut RequestCtx,
+        mut f: impl FnMut(&PluginInstance, &mut RequestCtx) -> bool,
+    ) -> bool {
+        let Some(ri) = ctx.route else { return true };
+        for (i, p) in rt.routes[ri].plugins.iter().enumerate() {
+            ctx.plugin_index = i;
+            if !f(p, ctx) {
+                return false;
+            }
+        }
+        true
     }
 
     /// Read the request body up to `max` bytes.
@@ -355,8 +431,7 @@ impl WeirProxy {
         p: &Arc<Provider>,
         mut ex: Exchange,
     ) -> Result<(), Failure> {
-        let route = ctx.runtime.clone().expect("set");
-        let route = &route.routes[ctx.route.expect("set")];
+        let rt = ctx.runtime.clone().expect("set");
         let up = ex.header();
         let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
         for (name, value) in up.headers.iter() {
@@ -372,15 +447,15 @@ impl WeirProxy {
             .get("content-type")
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let collect_json = !is_sse && resp.status.as_u16() == 200 && ctx.head.is_some();
-        for pl in &route.plugins {
-            pl.plugin.response_headers(&mut resp, ctx);
-        }
+        self.each_plugin(&rt, ctx, |pl, ctx| pl.plugin.response_headers(&mut resp, ctx));
         ctx.status = resp.status.as_u16();
         if session.write_response_header(Box::new(resp), false).await.is_err() {
             ex.abort().await;
             return Err(Failure::ClientGone);
         }
         let mut scanner = SseUsageScanner::default();
+        // weir asked for usage the client did not: take that chunk out again.
+        let mut strip = (is_sse && ctx.want_stream_usage).then(llm::UsageChunkStripper::default);
         let mut json = Vec::new();
         loop {
             let chunk = match ex.chunk(&p.name).await {
@@ -393,10 +468,8 @@ impl WeirProxy {
             let end = chunk.is_none() || ex.done();
             let Some(mut chunk) = chunk else {
                 // End of body: send the terminating chunk.
-                let mut last = Bytes::new();
-                for pl in &route.plugins {
-                    pl.plugin.response_body(&mut last, true, ctx);
-                }
+                let mut last = strip.as_mut().map_or_else(Bytes::new, |s| s.finish());
+                self.each_plugin(&rt, ctx, |pl, ctx| pl.plugin.response_body(&mut last, true, ctx));
                 if session.write_response_body(Some(last), true).await.is_err() {
                     return Err(Failure::ClientGone);
                 }
@@ -404,11 +477,23 @@ impl WeirProxy {
             };
             if is_sse {
                 scanner.feed(&chunk);
+                if let Some(s) = strip.as_mut() {
+                    chunk = s.filter(&chunk);
+                    if end {
+                        let rest = s.finish();
+                        if !rest.is_empty() {
+                            let mut joined = BytesMut::from(&chunk[..]);
+                            joined.extend_from_slice(&rest);
+                            chunk = joined.freeze();
+                        }
+                    }
+                }
             } else if collect_json && json.len() + chunk.len() <= 1 << 20 {
                 json.extend_from_slice(&chunk);
             }
-            for pl in &route.plugins {
-                pl.plugin.response_body(&mut chunk, end, ctx);
+            self.each_plugin(&rt, ctx, |pl, ctx| pl.plugin.response_body(&mut chunk, end, ctx));
+            if chunk.is_empty() && !end {
+                continue;
             }
             if session.write_response_body(Some(chunk), end).await.is_err() {
                 ex.abort().await;
@@ -459,10 +544,8 @@ impl WeirProxy {
     ) -> Result<(), Failure> {
         let _ = r.header.insert_header("content-length", r.body.len().to_string());
         let _ = r.header.insert_header("x-request-id", ctx.request_id.as_str());
-        if let Some(route) = ctx.runtime.clone().and_then(|rt| ctx.route.map(|i| (rt, i))) {
-            for pl in &route.0.routes[route.1].plugins {
-                pl.plugin.response_headers(&mut r.header, ctx);
-            }
+        if let Some(rt) = ctx.runtime.clone() {
+            self.each_plugin(&rt, ctx, |pl, ctx| pl.plugin.response_headers(&mut r.header, ctx));
         }
         ctx.status = r.header.status.as_u16();
         session
@@ -489,7 +572,10 @@ impl WeirProxy {
             }
         }
         let body = e.body();
-        let h = e.response_header(body.len(), &ctx.request_id);
+        let mut h = e.response_header(body.len(), &ctx.request_id);
+        if let Some(rt) = ctx.runtime.clone() {
+            self.each_plugin(&rt, ctx, |pl, ctx| pl.plugin.response_headers(&mut h, ctx));
+        }
         ctx.status = e.status();
         ctx.error = Some(e);
         if session.write_response_header(Box::new(h), false).await.is_ok() {
@@ -510,6 +596,8 @@ impl ProxyHttp for WeirProxy {
         ctx.started = Instant::now();
         ctx.runtime = Some(self.gateway.current());
         ctx.request_id = request_id(session.req_header());
+        ctx.client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
+        let _active = self.retry_budget.request();
         match self.serve(session, ctx).await {
             Ok(()) => Ok(true),
             Err(Failure::Refuse(e)) => {
@@ -557,11 +645,7 @@ impl ProxyHttp for WeirProxy {
             return;
         };
         let route_name = ctx.route.map_or("", |i| rt.routes[i].name.as_str());
-        if let Some(i) = ctx.route {
-            for p in &rt.routes[i].plugins {
-                p.plugin.log(ctx);
-            }
-        }
+        self.each_plugin(&rt, ctx, |p, ctx| p.plugin.log(ctx));
         let provider = ctx.provider.as_ref().map_or("", |p| p.name.as_str());
         let mut status_buf = itoa_status(ctx.status);
         metrics::REQUESTS

@@ -59,6 +59,12 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
         admin.threads = Some(1);
         server.add_service(admin);
     }
+    server.add_service(pingora_core::services::background::background_service(
+        "weir health checks",
+        crate::health::HealthChecks {
+            gateway: gateway.clone(),
+        },
+    ));
     for s in extra {
         server.add_boxed_service(s);
     }

@@ -243,7 +243,10 @@ fn admin_api_reports_health_status_and_redacted_config() {
     let s = get(&weir.admin("/status"), &[]).json();
     assert_eq!(s["generation"], 1);
     assert_eq!(s["providers"]["m"]["queued"], 0);
-    assert_eq!(metric(&weir.metrics(), "weir_upstream_in_flight", &[("provider", "m")]), Some(1.0));
+    assert_eq!(
+        metric(&weir.metrics(), "weir_upstream_in_flight", &[("provider", "m")]),
+        Some(1.0)
+    );
     assert_eq!(t.join().unwrap().status, 200);
     let c = get(&weir.admin("/config"), &[]);
     assert!(!c.body.contains("sk-upstream"), "secrets are redacted: {}", c.body);

@@ -6,6 +6,9 @@ pub mod locate;
 pub mod units;
 
 use crate::plugins::api_key::ApiKeyConf;
+use crate::plugins::circuit_breaker::CircuitBreakerConf;
+use crate::plugins::least_connections::LeastConnectionsConf;
+use crate::plugins::rate_limit::RateLimitConf;
 use indexmap::IndexMap;
 use locate::LineIndex;
 use serde::{Deserialize, Serialize};
@@ -211,18 +214,27 @@ pub struct TlsConf {
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum PluginConf {
     ApiKey(ApiKeyConf),
+    RateLimit(RateLimitConf),
+    CircuitBreaker(CircuitBreakerConf),
+    LeastConnections(LeastConnectionsConf),
 }
 
 impl PluginConf {
     pub fn type_name(&self) -> &'static str {
         match self {
             PluginConf::ApiKey(_) => "api_key",
+            PluginConf::RateLimit(_) => "rate_limit",
+            PluginConf::CircuitBreaker(_) => "circuit_breaker",
+            PluginConf::LeastConnections(_) => "least_connections",
         }
     }
 
     pub fn bulkhead(&self) -> BulkheadConf {
         let b = match self {
             PluginConf::ApiKey(c) => c.bulkhead,
+            PluginConf::RateLimit(c) => c.bulkhead,
+            PluginConf::CircuitBreaker(c) => c.bulkhead,
+            PluginConf::LeastConnections(c) => c.bulkhead,
         };
         b.unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
     }

@@ -1,6 +1,9 @@
 //! Built-in plugins and the instance wrapper that gives each its bulkhead.
 
 pub mod api_key;
+pub mod circuit_breaker;
+pub mod least_connections;
+pub mod rate_limit;
 
 use crate::bulkhead::Bulkhead;
 use crate::config::{Checker, Config, PluginConf};
@@ -19,6 +22,9 @@ pub struct PluginInstance {
 pub fn check(conf: &PluginConf, at: &str, ck: &mut Checker) {
     match conf {
         PluginConf::ApiKey(c) => api_key::check(c, at, ck),
+        PluginConf::RateLimit(c) => rate_limit::check(c, at, ck),
+        PluginConf::CircuitBreaker(c) => circuit_breaker::check(c, at, ck),
+        PluginConf::LeastConnections(_) => {}
     }
 }
 
@@ -37,6 +43,9 @@ pub fn build(
     }
     let plugin: Arc<dyn Plugin> = match conf {
         PluginConf::ApiKey(c) => Arc::new(api_key::ApiKeys::load(c, config)?),
+        PluginConf::RateLimit(c) => Arc::new(rate_limit::RateLimit::new(name, c)?),
+        PluginConf::CircuitBreaker(c) => Arc::new(circuit_breaker::CircuitBreaker::new(c)),
+        PluginConf::LeastConnections(_) => Arc::new(least_connections::LeastConnections::default()),
     };
     let limits = conf.bulkhead().limits();
     let bulkhead = match previous {

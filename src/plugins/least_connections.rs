@@ -1,0 +1,51 @@
+//! `least_connections`: order the candidates by in-flight requests relative
+//! to weight (ties rotate), healthy providers with room first.
+
+use crate::config::BulkheadConf;
+use crate::error::WeirError;
+use crate::pipeline::{Plugin, RequestCtx};
+use crate::traffic::least_conn::{order, Load};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Plugin settings.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LeastConnectionsConf {
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConf>,
+}
+
+/// See the module doc.
+#[derive(Default)]
+pub struct LeastConnections {
+    rotation: AtomicUsize,
+}
+
+#[async_trait]
+impl Plugin for LeastConnections {
+    fn upstream_choice(&self, ctx: &mut RequestCtx) -> Result<(), WeirError> {
+        if ctx.candidates.len() < 2 {
+            return Ok(());
+        }
+        let loads: Vec<Load> = ctx
+            .candidates
+            .iter()
+            .map(|p| {
+                let s = p.bulkhead.snapshot();
+                let l = p.bulkhead.limits();
+                Load {
+                    in_flight: p.in_flight.get().max(0) as u64,
+                    weight: p.conf.weight,
+                    available: p.is_healthy() && !(s.in_flight >= l.max_concurrent && s.waiting >= l.queue),
+                }
+            })
+            .collect();
+        let rot = self.rotation.fetch_add(1, Ordering::Relaxed);
+        let idx = order(&loads, rot);
+        let ordered = idx.iter().map(|&i| ctx.candidates[i].clone()).collect();
+        ctx.candidates = ordered;
+        Ok(())
+    }
+}

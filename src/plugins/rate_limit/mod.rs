@@ -1,0 +1,409 @@
+//! `rate_limit`: token buckets for requests and for LLM tokens, keyed by API
+//! key, IP, a header, model, route or globally. Tokens are *reserved* at
+//! admission (prompt counted with OpenAI's BPE + `max_tokens`) and settled
+//! against the provider's `usage` when the response ends, so a concurrent
+//! burst cannot overshoot the budget.
+
+mod store;
+pub mod tokens;
+
+use crate::config::{BulkheadConf, Checker};
+use crate::error::{ErrorKind, WeirError};
+use crate::metrics;
+use crate::pipeline::{Flow, Plugin, RequestCtx};
+use async_trait::async_trait;
+use pingora_http::{RequestHeader, ResponseHeader};
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use store::{Decision, MemoryStore, RedisStore, Shape};
+
+/// Plugin settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConf {
+    /// `api_key`, `ip`, `header:<name>`, `model`, `route` or `global`.
+    #[serde(default = "d_key")]
+    pub key: String,
+    #[serde(default)]
+    pub requests: Option<RequestsLimit>,
+    #[serde(default)]
+    pub tokens: Option<TokensLimit>,
+    /// `memory` or `redis://host:port/db`.
+    #[serde(default = "d_store")]
+    pub store: String,
+    #[serde(default)]
+    pub on_store_error: OnStoreError,
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConf>,
+}
+
+fn d_key() -> String {
+    "api_key".into()
+}
+fn d_store() -> String {
+    "memory".into()
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RequestsLimit {
+    #[serde(default)]
+    pub per_second: Option<f64>,
+    #[serde(default)]
+    pub per_minute: Option<f64>,
+    pub burst: f64,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TokensLimit {
+    pub per_minute: f64,
+    pub burst: f64,
+    /// Completion tokens reserved when a request sets no `max_tokens`.
+    #[serde(default = "d_default_max")]
+    pub default_max_tokens: u64,
+}
+
+fn d_default_max() -> u64 {
+    256
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnStoreError {
+    /// Fall back to a bucket in this process.
+    #[default]
+    FailOpen,
+    /// Refuse with 503.
+    FailClosed,
+}
+
+/// Config-time checks.
+pub fn check(c: &RateLimitConf, at: &str, ck: &mut Checker) {
+    let key_ok = matches!(c.key.as_str(), "api_key" | "ip" | "model" | "route" | "global")
+        || c.key
+            .strip_prefix("header:")
+            .is_some_and(|h| http::HeaderName::from_bytes(h.as_bytes()).is_ok());
+    if !key_ok {
+        ck.error(
+            format!("{at}.key"),
+            format!(
+                "'{}': expected api_key, ip, header:<name>, model, route or global",
+                c.key
+            ),
+        );
+    }
+    if c.requests.is_none() && c.tokens.is_none() {
+        ck.error(at.to_string(), "set `requests`, `tokens` or both");
+    }
+    if let Some(r) = c.requests {
+        if r.per_second.is_some() == r.per_minute.is_some() {
+            ck.error(format!("{at}.requests"), "set exactly one of per_second or per_minute");
+        }
+        if r.burst < 1.0 {
+            ck.error(format!("{at}.requests.burst"), "must be at least 1");
+        }
+    }
+    if let Some(t) = c.tokens {
+        if t.burst < 1.0 || t.per_minute <= 0.0 {
+            ck.error(format!("{at}.tokens"), "per_minute and burst must be positive");
+        }
+    }
+    if c.store != "memory" {
+        if !c.store.starts_with("redis://") {
+            ck.error(
+                format!("{at}.store"),
+                format!("'{}': expected memory or redis://host:port/db", c.store),
+            );
+        } else if let Err(e) = RedisStore::new(&c.store, "") {
+            ck.error(format!("{at}.store"), e);
+        }
+    }
+}
+
+/// The two dimensions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Dim {
+    Requests,
+    Tokens,
+}
+
+impl Dim {
+    fn name(self) -> &'static str {
+        match self {
+            Dim::Requests => "requests",
+            Dim::Tokens => "tokens",
+        }
+    }
+}
+
+/// What a request took, for the headers and for settlement.
+#[derive(Default)]
+struct Taken {
+    requests: Option<Decision>,
+    tokens: Option<Decision>,
+    /// The bucket key, once known.
+    key: Option<String>,
+    /// Tokens reserved under `key` (settled at the end).
+    reserved: Option<(String, f64)>,
+}
+
+/// See the module doc.
+pub struct RateLimit {
+    name: String,
+    conf: RateLimitConf,
+    local: MemoryStore,
+    redis: Option<std::sync::Arc<RedisStore>>,
+    store_down: AtomicBool,
+    store_errors: prometheus::IntCounter,
+}
+
+impl RateLimit {
+    pub fn new(name: &str, conf: &RateLimitConf) -> Result<RateLimit, String> {
+        let redis = match conf.store.as_str() {
+            "memory" => None,
+            url => Some(std::sync::Arc::new(RedisStore::new(url, &format!("weir:rl:{name}:"))?)),
+        };
+        if conf.tokens.is_some() {
+            tokens::warm_up();
+        }
+        Ok(RateLimit {
+            name: name.to_string(),
+            conf: conf.clone(),
+            local: MemoryStore::default(),
+            redis,
+            store_down: AtomicBool::new(false),
+            store_errors: metrics::RATE_LIMIT_STORE_ERRORS.with_label_values(&[name]),
+        })
+    }
+
+    fn shape(&self, dim: Dim) -> Shape {
+        match dim {
+            Dim::Requests => {
+                let r = self.conf.requests.expect("checked");
+                let per_sec = r.per_second.unwrap_or_else(|| r.per_minute.unwrap_or(0.0) / 60.0);
+                Shape {
+                    capacity: r.burst,
+                    per_sec,
+                }
+            }
+            Dim::Tokens => {
+                let t = self.conf.tokens.expect("checked");
+                Shape {
+                    capacity: t.burst,
+                    per_sec: t.per_minute / 60.0,
+                }
+            }
+        }
+    }
+
+    /// The bucket key for this request, or `None` when it cannot be known yet.
+    fn key(&self, ctx: &RequestCtx, req: Option<&RequestHeader>) -> Option<String> {
+        let client_ip = ctx.client_addr.map(|a| a.ip().to_string()).unwrap_or_default();
+        let k = match self.conf.key.as_str() {
+            "global" => "global".to_string(),
+            "route" => format!("route:{}", ctx.route()?.name),
+            "model" => format!("model:{}", ctx.head.as_ref()?.model),
+            "ip" => format!("ip:{client_ip}"),
+            // No identity (no api_key plugin before this one): fall back to the IP.
+            "api_key" => match &ctx.identity {
+                Some(id) => format!("key:{}", id.name),
+                None => format!("ip:{client_ip}"),
+            },
+            h => {
+                let name = h.strip_prefix("header:")?;
+                let v = req?.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
+                format!("h:{v}")
+            }
+        };
+        Some(k)
+    }
+
+    /// One decision against the configured store, with the outage policy.
+    async fn take(&self, dim: Dim, key: &str, n: f64) -> Result<Decision, WeirError> {
+        let shape = self.shape(dim);
+        let key = format!("{}:{key}", dim.name());
+        let Some(redis) = &self.redis else {
+            return Ok(self.local.take(&key, shape, n));
+        };
+        match redis.take(&key, shape, n).await {
+            Ok(d) => {
+                if self.store_down.swap(false, Ordering::Relaxed) {
+                    log::warn!("rate_limit '{}': redis store is back", self.name);
+                }
+                Ok(d)
+            }
+            Err(e) => {
+                self.store_errors.inc();
+                if !self.store_down.swap(true, Ordering::Relaxed) {
+                    log::error!(
+                        "rate_limit '{}': redis store unreachable ({}); {}",
+                        self.name,
+                        e.0,
+                        match self.conf.on_store_error {
+                            OnStoreError::FailOpen => "falling back to local buckets",
+                            OnStoreError::FailClosed => "refusing requests",
+                        }
+                    );
+                }
+                match self.conf.on_store_error {
+                    OnStoreError::FailOpen => Ok(self.local.take(&key, shape, n)),
+                    OnStoreError::FailClosed => {
+                        metrics::PLUGIN_ERRORS.with_label_values(&[&self.name, "error"]).inc();
+                        Err(WeirError::new(
+                            ErrorKind::StoreUnavailable,
+                            format!("rate limit store of '{}' is unreachable; retry shortly", self.name),
+                        )
+                        .with_queue(format!("ratelimit:{}", self.name), 1))
+                    }
+                }
+            }
+        }
+    }
+
+    fn refuse(&self, dim: Dim, d: &Decision) -> WeirError {
+        metrics::RATE_LIMITED.with_label_values(&[&self.name, dim.name()]).inc();
+        let secs = d.wait.as_secs_f64().ceil().max(1.0) as u64;
+        WeirError::new(
+            ErrorKind::RateLimited,
+            format!("rate limit '{}' ({}) exceeded; retry in {secs}s", self.name, dim.name()),
+        )
+        .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs)
+    }
+
+    async fn check_requests(&self, ctx: &mut RequestCtx, key: &str) -> Result<(), WeirError> {
+        let d = self.take(Dim::Requests, key, 1.0).await?;
+        with_taken(ctx, |t| t.requests = Some(d));
+        if d.allowed {
+            Ok(())
+        } else {
+            Err(self.refuse(Dim::Requests, &d))
+        }
+    }
+}
+
+fn with_taken(ctx: &mut RequestCtx, f: impl FnOnce(&mut Taken)) {
+    if ctx.state::<Taken>().is_none() {
+        ctx.set_state(Taken::default());
+    }
+    if let Some(t) = ctx.state::<Taken>() {
+        f(t);
+    }
+}
+
+/// OpenAI's reset format: `1s`, `6m0s`, `0.5s`.
+fn reset_str(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s < 60.0 {
+        let r = (s * 1000.0).ceil() / 1000.0;
+        format!("{r}s")
+    } else {
+        let m = (s / 60.0).floor();
+        format!("{m}m{}s", (s - m * 60.0).ceil() as u64)
+    }
+}
+
+#[async_trait]
+impl Plugin for RateLimit {
+    async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        // Refuse cheaply, before the body is read, when the key is already known.
+        let Some(key) = self.key(ctx, Some(req)) else {
+            return Ok(Flow::Continue);
+        };
+        with_taken(ctx, |t| t.key = Some(key.clone()));
+        if self.conf.requests.is_some() {
+            self.check_requests(ctx, &key).await?;
+        }
+        Ok(Flow::Continue)
+    }
+
+    async fn request_body(&self, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        let known = ctx.state::<Taken>().and_then(|t| t.key.clone());
+        let key = match known {
+            Some(k) => k,
+            None => {
+                // Keyed by model: only now known.
+                let k = self.key(ctx, None).unwrap_or_else(|| "unknown".into());
+                if self.conf.requests.is_some() {
+                    self.check_requests(ctx, &k).await?;
+                }
+                k
+            }
+        };
+        if let (Some(limit), Some(head)) = (self.conf.tokens, ctx.head.clone()) {
+            let estimate = tokens::prompt_tokens(&ctx.body) + head.max_tokens.unwrap_or(limit.default_max_tokens);
+            let d = self.take(Dim::Tokens, &key, estimate as f64).await?;
+            with_taken(ctx, |t| t.tokens = Some(d));
+            if !d.allowed {
+                return Err(self.refuse(Dim::Tokens, &d));
+            }
+            with_taken(ctx, |t| t.reserved = Some((key, estimate as f64)));
+            if head.stream && !head.include_usage {
+                ctx.want_stream_usage = true;
+            }
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        let Some(t) = ctx.state::<Taken>() else { return };
+        let (requests, tokens) = (t.requests, t.tokens);
+        for (dim, d) in [(Dim::Requests, requests), (Dim::Tokens, tokens)] {
+            let Some(d) = d else { continue };
+            let n = dim.name();
+            let _ = resp.insert_header(
+                format!("x-ratelimit-limit-{n}"),
+                format!("{}", self.shape(dim).capacity as u64),
+            );
+            let _ = resp.insert_header(
+                format!("x-ratelimit-remaining-{n}"),
+                format!("{}", d.remaining.max(0.0) as u64),
+            );
+            let _ = resp.insert_header(format!("x-ratelimit-reset-{n}"), reset_str(d.reset));
+        }
+    }
+
+    fn log(&self, ctx: &mut RequestCtx) {
+        let (usage, status) = (ctx.usage, ctx.status);
+        let Some((key, reserved)) = ctx.state::<Taken>().and_then(|t| t.reserved.take()) else {
+            return;
+        };
+        // Settle: give back what was not used; a failed request uses nothing.
+        let used = match usage {
+            Some(u) => (u.prompt_tokens + u.completion_tokens) as f64,
+            None if status != 200 => 0.0,
+            None => reserved,
+        };
+        let delta = reserved - used;
+        if delta == 0.0 {
+            return;
+        }
+        let (shape, key) = (self.shape(Dim::Tokens), format!("tokens:{key}"));
+        match &self.redis {
+            // Settling with Redis is a round trip: do it off the request path.
+            // If Redis is down the bucket simply refills on its own.
+            Some(redis) if !self.store_down.load(Ordering::Relaxed) => {
+                let redis = redis.clone();
+                tokio::spawn(async move {
+                    let _ = redis.take(&key, shape, -delta).await;
+                });
+            }
+            _ => {
+                self.local.take(&key, shape, -delta);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reset_format() {
+        assert_eq!(reset_str(Duration::from_millis(500)), "0.5s");
+        assert_eq!(reset_str(Duration::from_secs(1)), "1s");
+        assert_eq!(reset_str(Duration::from_secs(360)), "6m0s");
+    }
+}
