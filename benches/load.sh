@@ -98,6 +98,60 @@ for target in direct:$MOCK weir:$WEIRP nginx:$NGINX; do
 done
 
 echo
+echo "== traffic control: chain api_key, rate_limit, circuit_breaker, least_connections vs none (wrk -t2 -c64, ${DUR}s) =="
+command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
+REDIS=19107; CHAIN=19108; ADMIN3=19109; RL=19110; ADMIN4=19111
+redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
+printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
+cat >"$work/chain.yaml" <<YAML
+server: { listen: ["127.0.0.1:$CHAIN"], threads: 2 }
+admin: { listen: "127.0.0.1:$ADMIN3" }
+providers:
+  mock: { url: "http://127.0.0.1:$MOCK/v1", models: [bench-model],
+          bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s } }
+  mock2: { url: "http://127.0.0.1:$MOCK/v1", models: [bench-model],
+          bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s } }
+plugins:
+  keys: { type: api_key, keys_file: $work/keys.yaml }
+  limits: { type: rate_limit, key: api_key, requests: { per_second: 1000000, burst: 1000000 },
+            tokens: { per_minute: 1000000000, burst: 1000000000 } }
+  breaker: { type: circuit_breaker }
+  balance: { type: least_connections }
+routes:
+  - { name: chat, plugins: [keys, limits, breaker, balance], providers: [mock, mock2] }
+YAML
+cat >"$work/rl.yaml" <<YAML
+server: { listen: ["127.0.0.1:$RL"], threads: 2 }
+admin: { listen: "127.0.0.1:$ADMIN4" }
+providers:
+  mock: { url: "http://127.0.0.1:$MOCK/v1", models: [bench-model],
+          bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s } }
+plugins:
+  limits: { type: rate_limit, key: global, requests: { per_second: 1000000, burst: 1000000 },
+            store: "redis://127.0.0.1:$REDIS/0" }
+routes:
+  - { name: chat, plugins: [limits], providers: [mock] }
+YAML
+RUST_LOG=error $WEIR serve -c "$work/chain.yaml" & pids+=($!)
+RUST_LOG=error $WEIR serve -c "$work/rl.yaml" & pids+=($!)
+wait_port $CHAIN; wait_port $RL
+sed 's/^wrk.body/wrk.headers["Authorization"] = "Bearer sk-bench"\nwrk.body/' "$work/post.lua" >"$work/post-auth.lua"
+for target in none:$WEIRP:post chain:$CHAIN:post-auth; do
+  IFS=: read -r name port script <<<"$target"
+  rps=$(wrk -t2 -c64 -d${DUR}s -s "$work/$script.lua" http://127.0.0.1:$port/v1/chat/completions | awk '/Requests\/sec/ {print $2}')
+  printf "  %-7s %12s req/s\n" $name "$rps"
+done
+echo
+echo "== redis-backed rate limit: added latency at 1000 req/s (microseconds) =="
+for target in memory:$WEIRP redis:$RL; do
+  name=${target%%:*}; port=${target##*:}
+  hey -z ${DUR}s -c 20 -q 50 -m POST -T application/json -D "$work/body.json" \
+    http://127.0.0.1:$port/v1/chat/completions >"$work/hey-rl-$name.txt"
+done
+printf "  %-10s p50 %6s p99 %6s\n" "no limit" "$(pct "$work/hey-rl-memory.txt" 50)" "$(pct "$work/hey-rl-memory.txt" 99)"
+printf "  %-10s p50 %6s p99 %6s\n" "redis" "$(pct "$work/hey-rl-redis.txt" 50)" "$(pct "$work/hey-rl-redis.txt" 99)"
+
+echo
 echo "== (b) overload: bulkhead max_concurrent 20, queue 20; 200 clients; mock ttft 200ms =="
 $WEIR mock --listen 127.0.0.1:$SLOW --models bench-model --ttft 200ms --threads 1 >/dev/null & pids+=($!)
 cat >"$work/weir2.yaml" <<YAML

@@ -25,8 +25,7 @@ pub struct HealthChecks {
 pub async fn check(p: &Provider, path: &str) -> bool {
     let mut hc = HttpHealthCheck::new(&p.endpoint.authority(), p.endpoint.tls);
     let full = p.endpoint.upstream_path(&format!("/v1{path}"));
-    let _ = hc
-        .req
+    hc.req
         .set_uri(full.parse().unwrap_or_else(|_| http::Uri::from_static("/")));
     if let Some(auth) = &p.authorization {
         let _ = hc.req.insert_header("authorization", auth.as_str());

@@ -256,3 +256,66 @@ pub fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
 pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
+
+/// A running `redis-server` on a free loopback port, no persistence.
+pub struct Redis {
+    pub port: u16,
+    pub proc: Proc,
+}
+
+impl Redis {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+pub fn spawn_redis() -> Redis {
+    let port = free_port();
+    let child = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("redis-server must be installed (./dev test installs it)");
+    let proc = Proc {
+        child,
+        name: "redis".into(),
+    };
+    wait_port(port, "redis-server");
+    Redis { port, proc }
+}
+
+/// Change a running mock's behaviour (`POST /mock/config`).
+pub fn mock_config(mock: &Mock, json: &str) {
+    let r = post(
+        &format!("http://127.0.0.1:{}/mock/config", mock.port),
+        json.as_bytes(),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// Run `n` requests at once (released together) and collect the responses.
+pub fn concurrent(n: usize, f: impl Fn(usize) -> Resp + Send + Sync + 'static) -> Vec<Resp> {
+    let f = std::sync::Arc::new(f);
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(n));
+    let handles: Vec<_> = (0..n)
+        .map(|i| {
+            let (f, barrier) = (f.clone(), barrier.clone());
+            std::thread::spawn(move || {
+                barrier.wait();
+                f(i)
+            })
+        })
+        .collect();
+    handles.into_iter().map(|h| h.join().unwrap()).collect()
+}
