@@ -26,8 +26,8 @@ for t in hey wrk nginx curl; do command -v $t >/dev/null 2>&1 || need+=($t); don
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --bin weir >&2
-WEIR=target/release/weir
+cargo build --profile perf --bin weir >&2
+WEIR=target/perf/weir
 
 MOCK=19100; WEIRP=19101; ADMIN=19102; NGINX=19103; SLOW=19104; WEIR2=19105; ADMIN2=19106
 wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
@@ -186,7 +186,7 @@ refused=$(awk '/\[503\]/ {print $2}' "$work/hey-overload.txt"); refused=${refuse
 metrics=$(curl -s http://127.0.0.1:$ADMIN2/metrics)
 full=$(echo "$metrics" | awk -F' ' '/^weir_queue_rejected_total\{queue="provider:slow",reason="full"\}/ {print $2}')
 tmo=$(echo "$metrics" | awk -F' ' '/^weir_queue_rejected_total\{queue="provider:slow",reason="timeout"\}/ {print $2}')
-p99=$(awk '$1==503 {print $2}' "$work/probe.txt" | sort -n | awk '{a[NR]=$1} END {if (NR) printf "%.3f", a[int(NR*0.99+0.5)>0?int(NR*0.99+0.5):1]*1000; else print "n/a"}')
+p99=$(awk '$1==503 {print $2}' "$work/probe.txt" | sort -n | awk '{a[NR]=$1} END {i=int(NR*0.99+0.5); if (i<1) i=1; if (NR) printf "%.3f", a[i]*1000; else print "n/a"}')
 n503=$(awk '$1==503' "$work/probe.txt" | wc -l)
 echo "  goodput:            $(awk -v n=$ok -v d=$DUR 'BEGIN {printf "%.1f", n/d}') req/s (ideal: 20 slots / 0.2s = 100 req/s)"
 echo "  refusals (503):     $refused; queue_full $full, queue_timeout ${tmo:-0} (weir metrics, probe included)"

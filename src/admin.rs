@@ -52,6 +52,9 @@ impl Admin {
                 .with_label_values(&[b.name()])
                 .set(b.limits().queue as i64);
         }
+        for p in rt.plugins.values() {
+            p.plugin.refresh_metrics();
+        }
         metrics::render()
     }
 

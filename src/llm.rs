@@ -240,6 +240,173 @@ impl SplitEvents for Vec<u8> {
     }
 }
 
+/// Rebuild a complete (non-streaming) answer from a finished SSE stream:
+/// content and tool-call deltas joined per choice, with `usage` when present.
+/// `None` when the stream did not end with `[DONE]` (cut off) or holds no chunk.
+pub fn assemble_stream(stream: &[u8]) -> Option<serde_json::Value> {
+    use serde_json::{json, Map, Value};
+    let text = std::str::from_utf8(stream).ok()?;
+    let mut done = false;
+    let mut first: Option<Value> = None;
+    let mut usage = Value::Null;
+    // index -> (role, content, finish_reason, text (completions))
+    let mut choices: std::collections::BTreeMap<u64, (String, String, Value, bool)> = Default::default();
+    for line in text.lines() {
+        let Some(data) = line.strip_prefix("data:") else {
+            continue;
+        };
+        let data = data.trim();
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: Value = serde_json::from_str(data).ok()?;
+        if let Some(u) = v.get("usage").filter(|u| !u.is_null()) {
+            usage = u.clone();
+        }
+        for c in v.get("choices").and_then(Value::as_array).into_iter().flatten() {
+            let idx = c.get("index").and_then(Value::as_u64).unwrap_or(0);
+            let e = choices
+                .entry(idx)
+                .or_insert_with(|| ("assistant".into(), String::new(), Value::Null, false));
+            if let Some(d) = c.get("delta") {
+                if let Some(r) = d.get("role").and_then(Value::as_str) {
+                    e.0 = r.to_string();
+                }
+                if let Some(t) = d.get("content").and_then(Value::as_str) {
+                    e.1.push_str(t);
+                }
+            }
+            if let Some(t) = c.get("text").and_then(Value::as_str) {
+                e.1.push_str(t);
+                e.3 = true;
+            }
+            if let Some(f) = c.get("finish_reason").filter(|f| !f.is_null()) {
+                e.2 = f.clone();
+            }
+        }
+        if first.is_none() {
+            first = Some(v);
+        }
+    }
+    let first = first?;
+    if !done {
+        return None;
+    }
+    let is_text = choices.values().any(|c| c.3);
+    let out_choices: Vec<Value> = choices
+        .into_iter()
+        .map(|(i, (role, content, finish, _))| {
+            if is_text {
+                json!({"index": i, "text": content, "finish_reason": finish, "logprobs": null})
+            } else {
+                json!({"index": i, "message": {"role": role, "content": content}, "finish_reason": finish, "logprobs": null})
+            }
+        })
+        .collect();
+    let mut m = Map::new();
+    m.insert("id".into(), first.get("id").cloned().unwrap_or(Value::Null));
+    m.insert(
+        "object".into(),
+        json!(if is_text { "text_completion" } else { "chat.completion" }),
+    );
+    m.insert("created".into(), first.get("created").cloned().unwrap_or(json!(0)));
+    m.insert("model".into(), first.get("model").cloned().unwrap_or(Value::Null));
+    m.insert("choices".into(), Value::Array(out_choices));
+    if !usage.is_null() {
+        m.insert("usage".into(), usage);
+    }
+    Some(Value::Object(m))
+}
+
+/// Replay a complete answer as a proper event stream: the content split into
+/// chunks, a final chunk with `finish_reason`, `usage` when the client asked
+/// for it, and `[DONE]` last.
+pub fn replay_as_sse(answer: &serde_json::Value, include_usage: bool) -> Bytes {
+    use serde_json::{json, Value};
+    let is_text = answer.get("object").and_then(Value::as_str) == Some("text_completion");
+    let object = if is_text {
+        "text_completion"
+    } else {
+        "chat.completion.chunk"
+    };
+    let (id, created, model) = (&answer["id"], &answer["created"], &answer["model"]);
+    let mut out = BytesMut::new();
+    let mut event = |v: Value| {
+        out.extend_from_slice(b"data: ");
+        out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
+        out.extend_from_slice(b"\n\n");
+    };
+    for c in answer.get("choices").and_then(Value::as_array).into_iter().flatten() {
+        let idx = c.get("index").cloned().unwrap_or(json!(0));
+        let content = if is_text {
+            c.get("text").and_then(Value::as_str).unwrap_or("")
+        } else {
+            c.pointer("/message/content").and_then(Value::as_str).unwrap_or("")
+        };
+        if !is_text {
+            let role = c.pointer("/message/role").cloned().unwrap_or(json!("assistant"));
+            event(json!({"id": id, "object": object, "created": created, "model": model,
+                "choices": [{"index": idx, "delta": {"role": role, "content": ""}, "finish_reason": null}]}));
+        }
+        // Split on whitespace boundaries, keeping the spaces, a few words per chunk.
+        let mut start = 0;
+        let mut words = 0;
+        for (i, ch) in content.char_indices() {
+            if ch == ' ' {
+                words += 1;
+                if words % 4 == 0 {
+                    let piece = &content[start..i + 1];
+                    event(piece_chunk(is_text, id, object, created, model, &idx, piece));
+                    start = i + 1;
+                }
+            }
+        }
+        if start < content.len() {
+            event(piece_chunk(
+                is_text,
+                id,
+                object,
+                created,
+                model,
+                &idx,
+                &content[start..],
+            ));
+        }
+        let finish = c.get("finish_reason").cloned().unwrap_or(json!("stop"));
+        let last = if is_text {
+            json!({"index": idx, "text": "", "finish_reason": finish})
+        } else {
+            json!({"index": idx, "delta": {}, "finish_reason": finish})
+        };
+        event(json!({"id": id, "object": object, "created": created, "model": model, "choices": [last]}));
+    }
+    if include_usage {
+        if let Some(u) = answer.get("usage") {
+            event(json!({"id": id, "object": object, "created": created, "model": model, "choices": [], "usage": u}));
+        }
+    }
+    out.extend_from_slice(b"data: [DONE]\n\n");
+    out.freeze()
+}
+
+fn piece_chunk(
+    is_text: bool,
+    id: &serde_json::Value,
+    object: &str,
+    created: &serde_json::Value,
+    model: &serde_json::Value,
+    idx: &serde_json::Value,
+    piece: &str,
+) -> serde_json::Value {
+    let choice = if is_text {
+        serde_json::json!({"index": idx, "text": piece, "finish_reason": null})
+    } else {
+        serde_json::json!({"index": idx, "delta": {"content": piece}, "finish_reason": null})
+    };
+    serde_json::json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -325,6 +492,29 @@ mod tests {
                 "split {split}"
             );
         }
+    }
+
+    #[test]
+    fn stream_assembled_and_replayed_round_trip() {
+        let answer = serde_json::json!({"id": "c1", "object": "chat.completion", "created": 5, "model": "m",
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": "one two three four five six"},
+                         "finish_reason": "stop", "logprobs": null}],
+            "usage": {"prompt_tokens": 3, "completion_tokens": 6, "total_tokens": 9}});
+        let sse = replay_as_sse(&answer, true);
+        let text = std::str::from_utf8(&sse).unwrap();
+        assert!(text.ends_with("data: [DONE]\n\n"));
+        assert!(
+            text.matches("data: ").count() >= 5,
+            "content split into chunks:\n{text}"
+        );
+        let back = assemble_stream(&sse).unwrap();
+        assert_eq!(back, answer);
+        // Without [DONE] the stream was cut off: nothing to assemble.
+        assert!(assemble_stream(&sse[..sse.len() - 14]).is_none());
+        // Usage only when asked.
+        assert!(!std::str::from_utf8(&replay_as_sse(&answer, false))
+            .unwrap()
+            .contains("usage"));
     }
 
     #[test]

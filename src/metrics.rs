@@ -152,6 +152,44 @@ pub static PROVIDER_HEALTHY: Lazy<IntGaugeVec> = Lazy::new(|| {
     )
 });
 
+pub static CACHE_LOOKUPS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_cache_lookups_total",
+        "Cache lookups, by result (hit, miss, bypass).",
+        &["plugin", "result"],
+    )
+});
+pub static CACHE_EVICTIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_cache_evictions_total",
+        "Entries evicted to stay within max_bytes.",
+        &["plugin"],
+    )
+});
+pub static CACHE_COALESCED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_cache_coalesced_total",
+        "Requests that waited for an identical miss in flight.",
+        &["plugin"],
+    )
+});
+pub static CACHE_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_cache_store_errors_total",
+        "Cache reads or writes whose shared store failed.",
+        &["plugin"],
+    )
+});
+pub static CACHE_BYTES: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_cache_bytes",
+        "Bytes held by an in-memory cache (keys and values).",
+        &["plugin"],
+    )
+});
+pub static CACHE_ENTRIES: Lazy<IntGaugeVec> =
+    Lazy::new(|| gauge("weir_cache_entries", "Entries held by an in-memory cache.", &["plugin"]));
+
 /// Register every metric, so each appears on `/metrics` from the start.
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -174,6 +212,12 @@ pub fn init() {
     Lazy::force(&CIRCUIT_TRANSITIONS);
     Lazy::force(&RETRIES);
     Lazy::force(&PROVIDER_HEALTHY);
+    Lazy::force(&CACHE_LOOKUPS);
+    Lazy::force(&CACHE_EVICTIONS);
+    Lazy::force(&CACHE_COALESCED);
+    Lazy::force(&CACHE_STORE_ERRORS);
+    Lazy::force(&CACHE_BYTES);
+    Lazy::force(&CACHE_ENTRIES);
 }
 
 /// Prometheus text exposition of every registered metric.

@@ -82,6 +82,9 @@ pub trait Plugin: Send + Sync {
     /// 6. The request is over (answered, refused or failed).
     fn log(&self, _ctx: &mut RequestCtx) {}
 
+    /// Update this plugin's state gauges (called when `/metrics` is scraped).
+    fn refresh_metrics(&self) {}
+
     /// Breaker state of a provider, if this plugin keeps one (for `/status`).
     fn breaker_state(&self, _provider: &str) -> Option<crate::traffic::breaker::State> {
         None

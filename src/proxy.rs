@@ -659,7 +659,7 @@ impl ProxyHttp for WeirProxy {
                 .with_label_values(&[provider])
                 .observe(t.as_secs_f64());
         }
-        if let (Some(u), Some(h)) = (ctx.usage, &ctx.head) {
+        if let (Some(u), Some(h), Some(_)) = (ctx.usage, &ctx.head, &ctx.provider) {
             metrics::LLM_TOKENS
                 .with_label_values(&[provider, &h.model, "prompt"])
                 .inc_by(u.prompt_tokens);

@@ -6,6 +6,7 @@ pub mod locate;
 pub mod units;
 
 use crate::plugins::api_key::ApiKeyConf;
+use crate::plugins::cache::CacheConf;
 use crate::plugins::circuit_breaker::CircuitBreakerConf;
 use crate::plugins::least_connections::LeastConnectionsConf;
 use crate::plugins::rate_limit::RateLimitConf;
@@ -217,6 +218,7 @@ pub enum PluginConf {
     RateLimit(RateLimitConf),
     CircuitBreaker(CircuitBreakerConf),
     LeastConnections(LeastConnectionsConf),
+    Cache(CacheConf),
 }
 
 impl PluginConf {
@@ -226,6 +228,7 @@ impl PluginConf {
             PluginConf::RateLimit(_) => "rate_limit",
             PluginConf::CircuitBreaker(_) => "circuit_breaker",
             PluginConf::LeastConnections(_) => "least_connections",
+            PluginConf::Cache(_) => "cache",
         }
     }
 
@@ -235,6 +238,7 @@ impl PluginConf {
             PluginConf::RateLimit(c) => c.bulkhead,
             PluginConf::CircuitBreaker(c) => c.bulkhead,
             PluginConf::LeastConnections(c) => c.bulkhead,
+            PluginConf::Cache(c) => c.bulkhead,
         };
         b.unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
     }

@@ -1,6 +1,7 @@
 //! Built-in plugins and the instance wrapper that gives each its bulkhead.
 
 pub mod api_key;
+pub mod cache;
 pub mod circuit_breaker;
 pub mod least_connections;
 pub mod rate_limit;
@@ -25,6 +26,7 @@ pub fn check(conf: &PluginConf, at: &str, ck: &mut Checker) {
         PluginConf::RateLimit(c) => rate_limit::check(c, at, ck),
         PluginConf::CircuitBreaker(c) => circuit_breaker::check(c, at, ck),
         PluginConf::LeastConnections(_) => {}
+        PluginConf::Cache(c) => cache::check(c, at, ck),
     }
 }
 
@@ -46,6 +48,7 @@ pub fn build(
         PluginConf::RateLimit(c) => Arc::new(rate_limit::RateLimit::new(name, c)?),
         PluginConf::CircuitBreaker(c) => Arc::new(circuit_breaker::CircuitBreaker::new(c)),
         PluginConf::LeastConnections(_) => Arc::new(least_connections::LeastConnections::default()),
+        PluginConf::Cache(c) => Arc::new(cache::Cache::new(name, c)?),
     };
     let limits = conf.bulkhead().limits();
     let bulkhead = match previous {

@@ -66,7 +66,11 @@ impl Mock {
 
 /// Start `weir mock` with extra arguments.
 pub fn spawn_mock(args: &[&str]) -> Mock {
-    let port = free_port();
+    spawn_mock_on(free_port(), args)
+}
+
+/// Start `weir mock` on a given port (e.g. to bring a provider back).
+pub fn spawn_mock_on(port: u16, args: &[&str]) -> Mock {
     let listen = format!("127.0.0.1:{port}");
     let child = Command::new(WEIR)
         .args(["mock", "--listen", &listen])

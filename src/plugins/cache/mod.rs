@@ -1,0 +1,500 @@
+//! `cache`: exact-match response cache for LLM requests.
+//!
+//! The key is a canonical form of the request (route, upstream model, every
+//! field but `stream`/`stream_options`, JSON key order and whitespace
+//! ignored), optionally per API key. Only complete 200 answers are stored; a
+//! streamed answer is assembled from its chunks. A hit is served as JSON or,
+//! to a streaming client, replayed as a proper event stream. Concurrent
+//! identical misses make one upstream call; the others wait (bounded by the
+//! plugin's bulkhead) and are served from its answer, or go upstream
+//! themselves if it failed.
+
+mod store;
+
+use crate::config::{BulkheadConf, Checker, Dur, Size};
+use crate::error::WeirError;
+use crate::llm;
+use crate::metrics;
+use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx};
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_http::{RequestHeader, ResponseHeader};
+use prometheus::IntCounter;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use store::{MemoryStore, RedisStore};
+use tokio::sync::watch;
+
+/// Plugin settings.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConf {
+    #[serde(default = "d_ttl")]
+    pub ttl: Dur,
+    #[serde(default = "d_max_bytes")]
+    pub max_bytes: Size,
+    /// Largest single answer stored.
+    #[serde(default = "d_max_entry")]
+    pub max_entry_bytes: Size,
+    /// `memory` or `redis://host:port/db`.
+    #[serde(default = "d_store")]
+    pub store: String,
+    /// `api_key`: entries are per key, so one key never sees another's answers.
+    #[serde(default)]
+    pub key_by: Option<String>,
+    /// Cache only requests with `temperature: 0`.
+    #[serde(default)]
+    pub only_deterministic: bool,
+    #[serde(default)]
+    pub bulkhead: Option<BulkheadConf>,
+}
+
+fn d_ttl() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn d_max_bytes() -> Size {
+    Size(256 << 20)
+}
+fn d_max_entry() -> Size {
+    Size(4 << 20)
+}
+fn d_store() -> String {
+    "memory".into()
+}
+
+/// Config-time checks.
+pub fn check(c: &CacheConf, at: &str, ck: &mut Checker) {
+    if let Some(k) = &c.key_by {
+        if k != "api_key" {
+            ck.error(format!("{at}.key_by"), format!("'{k}': the only choice is api_key"));
+        }
+    }
+    if c.store != "memory" && !c.store.starts_with("redis://") {
+        ck.error(
+            format!("{at}.store"),
+            format!("'{}': expected memory or redis://host:port/db", c.store),
+        );
+    }
+    if c.ttl.0.is_zero() {
+        ck.error(format!("{at}.ttl"), "must be above zero");
+    }
+}
+
+/// What this request is to the cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Bypass,
+    Miss,
+}
+
+/// Per-request state.
+struct CacheState {
+    no_cache: bool,
+    no_store: bool,
+    outcome: Outcome,
+    key: Option<String>,
+    /// Store the answer when it ends well.
+    store: bool,
+    is_sse: bool,
+    buf: Vec<u8>,
+    too_big: bool,
+    /// Set when this request leads a coalesced miss; tells waiters on drop.
+    leader: Option<Leader>,
+}
+
+/// The leader of concurrent identical misses. Dropping it (stored or not)
+/// wakes the waiters.
+struct Leader {
+    key: String,
+    inflight: Arc<Mutex<HashMap<String, watch::Receiver<Option<bool>>>>>,
+    tx: watch::Sender<Option<bool>>,
+    stored: bool,
+}
+
+impl Drop for Leader {
+    fn drop(&mut self) {
+        self.inflight.lock().unwrap().remove(&self.key);
+        let _ = self.tx.send(Some(self.stored));
+    }
+}
+
+struct Counters {
+    hit: IntCounter,
+    miss: IntCounter,
+    bypass: IntCounter,
+    coalesced: IntCounter,
+    store_errors: IntCounter,
+}
+
+/// See the module doc.
+pub struct Cache {
+    name: String,
+    conf: CacheConf,
+    memory: MemoryStore,
+    redis: Option<Arc<RedisStore>>,
+    redis_down: AtomicBool,
+    inflight: Arc<Mutex<HashMap<String, watch::Receiver<Option<bool>>>>>,
+    counters: Counters,
+}
+
+fn directives(req: &RequestHeader) -> (bool, bool) {
+    let Some(cc) = req.headers.get("cache-control").and_then(|v| v.to_str().ok()) else {
+        return (false, false);
+    };
+    let has = |d: &str| cc.split(',').any(|p| p.trim().eq_ignore_ascii_case(d));
+    (has("no-cache"), has("no-store"))
+}
+
+/// The canonical request: parsed JSON with sorted keys (serde_json's map is
+/// ordered), without the fields that do not change the answer.
+fn canonical(body: &[u8], upstream_model: &str) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let obj = v.as_object_mut()?;
+    obj.remove("stream");
+    obj.remove("stream_options");
+    obj.insert("model".into(), serde_json::Value::String(upstream_model.to_string()));
+    serde_json::to_vec(&v).ok()
+}
+
+impl Cache {
+    pub fn new(name: &str, conf: &CacheConf) -> Result<Cache, String> {
+        let redis = match conf.store.as_str() {
+            "memory" => None,
+            url => Some(Arc::new(RedisStore::new(
+                url,
+                &format!("weir:cache:{name}:"),
+                conf.ttl.0,
+            )?)),
+        };
+        let lookups = |r: &str| metrics::CACHE_LOOKUPS.with_label_values(&[name, r]);
+        Ok(Cache {
+            memory: MemoryStore::new(
+                conf.max_bytes.0,
+                conf.ttl.0,
+                metrics::CACHE_EVICTIONS.with_label_values(&[name]),
+            ),
+            redis,
+            redis_down: AtomicBool::new(false),
+            inflight: Arc::new(Mutex::new(HashMap::new())),
+            counters: Counters {
+                hit: lookups("hit"),
+                miss: lookups("miss"),
+                bypass: lookups("bypass"),
+                coalesced: metrics::CACHE_COALESCED.with_label_values(&[name]),
+                store_errors: metrics::CACHE_STORE_ERRORS.with_label_values(&[name]),
+            },
+            name: name.to_string(),
+            conf: conf.clone(),
+        })
+    }
+
+    fn redis_result<T>(&self, r: Result<T, String>) -> Option<T> {
+        match r {
+            Ok(v) => {
+                if self.redis_down.swap(false, Ordering::Relaxed) {
+                    log::warn!("cache '{}': redis store is back", self.name);
+                }
+                Some(v)
+            }
+            Err(e) => {
+                self.counters.store_errors.inc();
+                if !self.redis_down.swap(true, Ordering::Relaxed) {
+                    log::error!(
+                        "cache '{}': redis store unreachable ({e}); serving as misses",
+                        self.name
+                    );
+                }
+                None
+            }
+        }
+    }
+
+    async fn get(&self, key: &str) -> Option<Bytes> {
+        match &self.redis {
+            None => self.memory.get(key),
+            Some(r) => self.redis_result(r.get(key).await).flatten(),
+        }
+    }
+
+    /// Store an answer, then wake the waiters of a coalesced miss.
+    fn put(&self, key: String, value: Bytes, mut leader: Option<Leader>) {
+        match &self.redis {
+            None => {
+                self.memory.put(key, value);
+                if let Some(l) = leader.as_mut() {
+                    l.stored = true;
+                }
+            }
+            Some(r) => {
+                // A Redis write is a round trip: off the request path.
+                let r = r.clone();
+                let name = self.name.clone();
+                let errors = self.counters.store_errors.clone();
+                tokio::spawn(async move {
+                    match r.put(&key, &value).await {
+                        Ok(()) => {
+                            if let Some(l) = leader.as_mut() {
+                                l.stored = true;
+                            }
+                        }
+                        Err(e) => {
+                            errors.inc();
+                            log::debug!("cache '{name}': store failed: {e}");
+                        }
+                    }
+                    drop(leader);
+                });
+            }
+        }
+    }
+
+    /// The answer for a hit, as JSON or as an event stream.
+    fn hit_response(&self, stored: &Bytes, ctx: &mut RequestCtx) -> Option<LocalResponse> {
+        let answer: serde_json::Value = serde_json::from_slice(stored).ok()?;
+        let head = ctx.head.as_ref()?;
+        let (body, content_type) = if head.stream {
+            (llm::replay_as_sse(&answer, head.include_usage), "text/event-stream")
+        } else {
+            (stored.clone(), "application/json")
+        };
+        if let Some(u) = answer.get("usage") {
+            let usage: Option<llm::Usage> = serde_json::from_value(u.clone()).ok();
+            if let Some(u) = usage {
+                metrics::LLM_TOKENS
+                    .with_label_values(&[&self.name, &head.model, "cached"])
+                    .inc_by(u.prompt_tokens + u.completion_tokens);
+                ctx.usage = Some(u);
+            }
+        }
+        let mut h = ResponseHeader::build(200, Some(4)).ok()?;
+        let _ = h.insert_header("content-type", content_type);
+        if head.stream {
+            let _ = h.insert_header("cache-control", "no-cache");
+        }
+        let _ = h.insert_header("x-weir-cache", "hit");
+        Some(LocalResponse { header: h, body })
+    }
+
+    fn state<'a>(&self, ctx: &'a mut RequestCtx) -> Option<&'a mut CacheState> {
+        ctx.state::<CacheState>()
+    }
+}
+
+#[async_trait]
+impl Plugin for Cache {
+    async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        let (no_cache, no_store) = directives(req);
+        ctx.set_state(CacheState {
+            no_cache,
+            no_store,
+            outcome: Outcome::Bypass,
+            key: None,
+            store: false,
+            is_sse: false,
+            buf: Vec::new(),
+            too_big: false,
+            leader: None,
+        });
+        Ok(Flow::Continue)
+    }
+
+    async fn request_body(&self, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        let Some(head) = ctx.head.clone() else {
+            return Ok(Flow::Continue);
+        };
+        let (no_cache, no_store) = match self.state(ctx) {
+            Some(s) => (s.no_cache, s.no_store),
+            None => return Ok(Flow::Continue),
+        };
+        if no_store {
+            return Ok(Flow::Continue);
+        }
+        if self.conf.only_deterministic {
+            let temp = serde_json::from_slice::<serde_json::Value>(&ctx.body)
+                .ok()
+                .and_then(|v| v.get("temperature").and_then(|t| t.as_f64()));
+            if temp != Some(0.0) {
+                return Ok(Flow::Continue);
+            }
+        }
+        let upstream = ctx
+            .candidates
+            .first()
+            .and_then(|p| p.upstream_model(&head.model))
+            .unwrap_or(&head.model);
+        let Some(canon) = canonical(&ctx.body, upstream) else {
+            return Ok(Flow::Continue);
+        };
+        let mut h = Sha256::new();
+        h.update(ctx.route().map_or("", |r| r.name.as_str()).as_bytes());
+        h.update([0]);
+        if self.conf.key_by.is_some() {
+            h.update(ctx.identity.as_ref().map_or("", |i| &*i.name).as_bytes());
+        }
+        h.update([0]);
+        h.update(&canon);
+        let key = hex::encode(h.finalize());
+
+        if !no_cache {
+            if let Some(stored) = self.get(&key).await {
+                if let Some(r) = self.hit_response(&stored, ctx) {
+                    self.counters.hit.inc();
+                    return Ok(Flow::Respond(Box::new(r)));
+                }
+            }
+            // Coalesce: wait for an identical miss already on its way.
+            let waiting = self.inflight.lock().unwrap().get(&key).cloned();
+            if let Some(mut rx) = waiting {
+                self.counters.coalesced.inc();
+                let limit = self
+                    .conf
+                    .bulkhead
+                    .unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
+                    .queue_timeout
+                    .0;
+                let leader_stored = match tokio::time::timeout(limit, rx.wait_for(|v| v.is_some())).await {
+                    Ok(Ok(v)) => *v == Some(true),
+                    _ => false,
+                };
+                {
+                    if leader_stored {
+                        if let Some(stored) = self.get(&key).await {
+                            if let Some(r) = self.hit_response(&stored, ctx) {
+                                self.counters.hit.inc();
+                                return Ok(Flow::Respond(Box::new(r)));
+                            }
+                        }
+                    }
+                }
+                // The leader failed or took too long: go upstream ourselves.
+            }
+        }
+        self.counters.miss.inc();
+        let leader = {
+            let mut map = self.inflight.lock().unwrap();
+            if no_cache || map.contains_key(&key) {
+                None
+            } else {
+                let (tx, rx) = watch::channel(None);
+                map.insert(key.clone(), rx);
+                Some(Leader {
+                    key: key.clone(),
+                    inflight: self.inflight.clone(),
+                    tx,
+                    stored: false,
+                })
+            }
+        };
+        if let Some(s) = self.state(ctx) {
+            s.outcome = Outcome::Miss;
+            s.key = Some(key);
+            s.store = true;
+            s.leader = leader;
+        }
+        Ok(Flow::Continue)
+    }
+
+    fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        let status = resp.status.as_u16();
+        let is_sse = resp
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let Some(s) = self.state(ctx) else { return };
+        if resp.headers.contains_key("x-weir-cache") {
+            return; // a hit
+        }
+        if s.outcome == Outcome::Bypass {
+            self.counters.bypass.inc();
+        }
+        let _ = resp.insert_header(
+            "x-weir-cache",
+            if s.outcome == Outcome::Miss { "miss" } else { "bypass" },
+        );
+        s.is_sse = is_sse;
+        if status != 200 {
+            s.store = false;
+        }
+    }
+
+    fn response_body(&self, chunk: &mut Bytes, _end: bool, ctx: &mut RequestCtx) {
+        let max = self.conf.max_entry_bytes.0 as usize;
+        let Some(s) = self.state(ctx) else { return };
+        if !s.store || s.too_big {
+            return;
+        }
+        if s.buf.len() + chunk.len() > max {
+            s.too_big = true;
+            s.buf = Vec::new();
+            return;
+        }
+        s.buf.extend_from_slice(chunk);
+    }
+
+    fn log(&self, ctx: &mut RequestCtx) {
+        let complete = ctx.status == 200 && ctx.error.is_none();
+        let Some(s) = self.state(ctx) else { return };
+        if !(s.store && complete && !s.too_big) {
+            return; // dropping the state wakes any waiters to go upstream
+        }
+        let Some(key) = s.key.clone() else { return };
+        let answer = if s.is_sse {
+            llm::assemble_stream(&s.buf).and_then(|v| serde_json::to_vec(&v).ok())
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&s.buf)
+                .ok()
+                .filter(|v| v.get("choices").is_some() || v.get("data").is_some())
+                .map(|_| std::mem::take(&mut s.buf))
+        };
+        let leader = s.leader.take();
+        if let Some(bytes) = answer {
+            self.put(key, Bytes::from(bytes), leader);
+        }
+    }
+
+    fn refresh_metrics(&self) {
+        let (bytes, entries) = self.memory.usage();
+        metrics::CACHE_BYTES.with_label_values(&[&self.name]).set(bytes as i64);
+        metrics::CACHE_ENTRIES
+            .with_label_values(&[&self.name])
+            .set(entries as i64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_ignores_order_whitespace_and_stream() {
+        let a = canonical(
+            br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
+            "up",
+        );
+        let b = canonical(
+            br#"{ "temperature": 0, "stream": true, "stream_options": {"include_usage": true},
+                  "messages": [ {"content": "hi", "role": "user"} ], "model": "alias" }"#,
+            "up",
+        );
+        assert_eq!(a, b);
+        let c = canonical(
+            br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":1}"#,
+            "up",
+        );
+        assert_ne!(a, c);
+    }
+
+    #[test]
+    fn cache_control_directives() {
+        let mut r = RequestHeader::build("POST", b"/", None).unwrap();
+        assert_eq!(directives(&r), (false, false));
+        r.insert_header("cache-control", "max-age=0, No-Cache").unwrap();
+        assert_eq!(directives(&r), (true, false));
+        r.insert_header("cache-control", "no-store").unwrap();
+        assert_eq!(directives(&r), (false, true));
+    }
+}
