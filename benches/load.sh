@@ -2,7 +2,8 @@
 # weir's load benchmark: one run, one machine, figures side by side.
 #
 #  (a) latency at fixed request rates (hey -q) and max throughput (wrk),
-#      for: the mock directly, weir in front of it, nginx in front of it.
+#      for: the mock directly, weir in front of it, a bare Pingora proxy
+#      (benches/pingora_plain.rs: what Pingora alone costs here) and nginx.
 #  (b) overload: 10x more concurrent clients than the provider's bulkhead
 #      admits; goodput, refusals by type, p99 latency of refusals (probed
 #      with curl while the overload runs), weir's RSS over the run.
@@ -26,10 +27,11 @@ for t in hey wrk nginx curl; do command -v $t >/dev/null 2>&1 || need+=($t); don
 if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --profile perf --bin weir >&2
+cargo build --profile perf --bin weir --example pingora_plain >&2
 WEIR=target/perf/weir
+PLAIN=target/perf/examples/pingora_plain
 
-MOCK=19100; WEIRP=19101; ADMIN=19102; NGINX=19103; SLOW=19104; WEIR2=19105; ADMIN2=19106
+MOCK=19100; WEIRP=19101; ADMIN=19102; NGINX=19103; SLOW=19104; WEIR2=19105; ADMIN2=19106; PLAINP=19112
 wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 $WEIR mock --listen 127.0.0.1:$MOCK --models bench-model --completion-tokens 16 --threads 1 >/dev/null & pids+=($!)
@@ -43,6 +45,7 @@ routes:
   - { name: chat, providers: [mock] }
 YAML
 RUST_LOG=error $WEIR serve -c "$work/weir.yaml" & pids+=($!)
+$PLAIN 127.0.0.1:$PLAINP 127.0.0.1:$MOCK 2 >/dev/null 2>&1 & pids+=($!)
 cat >"$work/nginx.conf" <<NGX
 worker_processes 2;
 pid $work/nginx.pid;
@@ -59,7 +62,7 @@ http {
 }
 NGX
 nginx -c "$work/nginx.conf" -p "$work"
-wait_port $MOCK; wait_port $WEIRP; wait_port $NGINX
+wait_port $MOCK; wait_port $WEIRP; wait_port $NGINX; wait_port $PLAINP
 
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"hello there"}],"max_tokens":16}'
 echo "$BODY" >"$work/body.json"
@@ -77,7 +80,7 @@ echo "== (a) latency at fixed rates (${DUR}s each; microseconds) =="
 printf "%-7s %-7s %10s %10s %10s\n" rate target p50 p99 ok
 for rate in 1000 5000; do
   c=50; q=$((rate / c))
-  for target in direct:$MOCK weir:$WEIRP nginx:$NGINX; do
+  for target in direct:$MOCK weir:$WEIRP pingora:$PLAINP nginx:$NGINX; do
     name=${target%%:*}; port=${target##*:}
     hey -z ${DUR}s -c $c -q $q -m POST -T application/json -D "$work/body.json" \
       http://127.0.0.1:$port/v1/chat/completions >"$work/hey-$name-$rate.txt"
@@ -91,7 +94,7 @@ done
 
 echo
 echo "== (a) max throughput (wrk -t2 -c64, ${DUR}s) =="
-for target in direct:$MOCK weir:$WEIRP nginx:$NGINX; do
+for target in direct:$MOCK weir:$WEIRP pingora:$PLAINP nginx:$NGINX; do
   name=${target%%:*}; port=${target##*:}
   rps=$(wrk -t2 -c64 -d${DUR}s -s "$work/post.lua" http://127.0.0.1:$port/v1/chat/completions | awk '/Requests\/sec/ {print $2}')
   printf "  %-7s %12s req/s\n" $name "$rps"

@@ -95,7 +95,8 @@ enum Outcome {
 struct CacheState {
     no_cache: bool,
     no_store: bool,
-    outcome: Outcome,
+    /// Decided in the body phase; `None` if the request never got there.
+    outcome: Option<Outcome>,
     key: Option<String>,
     /// Store the answer when it ends well.
     store: bool,
@@ -291,7 +292,7 @@ impl Plugin for Cache {
         ctx.set_state(CacheState {
             no_cache,
             no_store,
-            outcome: Outcome::Bypass,
+            outcome: None,
             key: None,
             store: false,
             is_sse: false,
@@ -307,7 +308,10 @@ impl Plugin for Cache {
             return Ok(Flow::Continue);
         };
         let (no_cache, no_store) = match self.state(ctx) {
-            Some(s) => (s.no_cache, s.no_store),
+            Some(s) => {
+                s.outcome = Some(Outcome::Bypass);
+                (s.no_cache, s.no_store)
+            }
             None => return Ok(Flow::Continue),
         };
         if no_store {
@@ -390,7 +394,7 @@ impl Plugin for Cache {
             }
         };
         if let Some(s) = self.state(ctx) {
-            s.outcome = Outcome::Miss;
+            s.outcome = Some(Outcome::Miss);
             s.key = Some(key);
             s.store = true;
             s.leader = leader;
@@ -405,16 +409,15 @@ impl Plugin for Cache {
             .get("content-type")
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let Some(s) = self.state(ctx) else { return };
+        let Some(outcome) = s.outcome else { return };
         if resp.headers.contains_key("x-weir-cache") {
             return; // a hit
         }
-        if s.outcome == Outcome::Bypass {
+        if outcome == Outcome::Bypass {
             self.counters.bypass.inc();
         }
-        let _ = resp.insert_header(
-            "x-weir-cache",
-            if s.outcome == Outcome::Miss { "miss" } else { "bypass" },
-        );
+        let value = if outcome == Outcome::Miss { "miss" } else { "bypass" };
+        let _ = resp.insert_header("x-weir-cache", value);
         s.is_sse = is_sse;
         if status != 200 {
             s.store = false;
