@@ -3,10 +3,6 @@
 //! header within `first_byte`, then read the body chunk by chunk within `idle`.
 //! Driving the upstream side here (instead of Pingora's proxy loop) is what
 //! lets weir inspect and rewrite bodies of any size and replay them on failover.
-//!
-//! Idle keep-alive connections wait in weir's own small pool (a stack per
-//! peer, checked for liveness when taken) rather than Pingora's, whose
-//! per-connection idle-watch task costs a cross-task hand-off on every reuse.
 
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::Provider;
@@ -14,43 +10,21 @@ use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::protocols::http::client::HttpSession;
-use pingora_core::protocols::http::v1::client::HttpSession as Http1Session;
-use pingora_core::protocols::Stream;
-use pingora_core::upstreams::peer::Peer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// Connection pools to every provider; shared by all config generations.
 pub struct Upstream {
-    /// Makes new connections (TCP, TLS); its own pool stays empty.
     connector: Connector,
-    /// Idle connections per peer (`reuse_hash`), most recent last.
-    idle: Mutex<HashMap<u64, Vec<(Stream, Instant)>>>,
 }
-
-/// Idle connections kept per peer.
-const IDLE_PER_PEER: usize = 512;
 
 impl Default for Upstream {
     fn default() -> Self {
         Upstream {
             connector: Connector::new(Some(ConnectorOptions::new(1024))),
-            idle: Mutex::new(HashMap::new()),
         }
     }
-}
-
-/// Is an idle connection still usable? (Nothing to read and not closed.)
-fn still_open(stream: &mut Stream) -> bool {
-    use futures::FutureExt;
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 1];
-    tokio::task::unconstrained(stream.read(&mut buf))
-        .now_or_never()
-        .is_none()
 }
 
 /// A response being read from a provider.
@@ -76,14 +50,11 @@ impl Upstream {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let (mut s, reused) = match self.take_idle(p) {
-                Some(s) => (s, true),
-                None => self
-                    .connector
-                    .get_http_session(&p.peer)
-                    .await
-                    .map_err(|e| classify(&e, &p.name, "could not be reached"))?,
-            };
+            let (mut s, reused) = self
+                .connector
+                .get_http_session(&p.peer)
+                .await
+                .map_err(|e| classify(&e, &p.name, "could not be reached"))?;
             match self.exchange(&mut s, p, req, body).await {
                 Ok(ttfb) => {
                     return Ok(Exchange {
@@ -93,7 +64,7 @@ impl Upstream {
                     })
                 }
                 Err((e, sent_fully)) => {
-                    if reused && attempts < 3 && !sent_fully && e.kind == ErrorKind::Upstream {
+                    if reused && attempts < 2 && !sent_fully && e.kind == ErrorKind::Upstream {
                         continue;
                     }
                     return Err(e);
@@ -137,42 +108,14 @@ impl Upstream {
         }
     }
 
-    /// A live idle connection to `p`, if one is waiting.
-    fn take_idle(&self, p: &Provider) -> Option<HttpSession> {
-        let max_idle = p.peer.options.idle_timeout.unwrap_or(Duration::from_secs(60));
-        let mut idle = self.idle.lock().unwrap();
-        let stack = idle.get_mut(&p.peer.reuse_hash())?;
-        while let Some((mut stream, since)) = stack.pop() {
-            if since.elapsed() < max_idle && still_open(&mut stream) {
-                return Some(HttpSession::H1(Http1Session::new_with_options(stream, &p.peer)));
-            }
-        }
-        None
-    }
-
     /// Return a finished exchange's connection to the pool, or close it.
     pub async fn finish(&self, mut ex: Exchange, p: &Provider) {
-        if !ex.session.response_done() {
+        if ex.session.response_done() {
+            self.connector
+                .release_http_session(ex.session, &p.peer, p.peer.options.idle_timeout)
+                .await;
+        } else {
             ex.session.shutdown().await;
-            return;
-        }
-        match ex.session {
-            HttpSession::H1(mut h1) => {
-                h1.respect_keepalive();
-                if let Some(stream) = h1.reuse().await {
-                    let mut idle = self.idle.lock().unwrap();
-                    let stack = idle.entry(p.peer.reuse_hash()).or_default();
-                    if stack.len() >= IDLE_PER_PEER {
-                        stack.remove(0);
-                    }
-                    stack.push((stream, Instant::now()));
-                }
-            }
-            other => {
-                self.connector
-                    .release_http_session(other, &p.peer, p.peer.options.idle_timeout)
-                    .await
-            }
         }
     }
 }
