@@ -69,15 +69,9 @@ fn chat_completion_rewrites_alias_injects_key_and_keeps_request_id() {
     assert!(id.len() >= 16);
     assert_eq!(r.header("x-mock-request-id"), Some(id));
 
+    let labels = [("route", "chat"), ("provider", "m"), ("status", "200")];
+    assert_eq!(metric_settles(&weir, "weir_requests_total", &labels, 2.0), Some(2.0));
     let m = weir.metrics();
-    assert_eq!(
-        metric(
-            &m,
-            "weir_requests_total",
-            &[("route", "chat"), ("provider", "m"), ("status", "200")]
-        ),
-        Some(2.0)
-    );
     assert!(
         metric(
             &m,

@@ -323,3 +323,14 @@ pub fn concurrent(n: usize, f: impl Fn(usize) -> Resp + Send + Sync + 'static) -
         .collect();
     handles.into_iter().map(|h| h.join().unwrap()).collect()
 }
+
+/// A metric's value once it reaches `expected` (metrics recorded in the log
+/// phase land just after the response), or the last value seen.
+pub fn metric_settles(weir: &Weir, name: &str, labels: &[(&str, &str)], expected: f64) -> Option<f64> {
+    let mut last = None;
+    eventually(Duration::from_secs(3), || {
+        last = metric(&weir.metrics(), name, labels);
+        last == Some(expected)
+    });
+    last
+}

@@ -280,6 +280,26 @@ impl Cache {
         Some(LocalResponse { header: h, body })
     }
 
+    /// Store a complete 200 answer (a stream is assembled first), then wake
+    /// the waiters of a coalesced miss. Dropping the state without this wakes
+    /// them too, to go upstream themselves.
+    fn store_answer(&self, s: &mut CacheState) {
+        let Some(key) = s.key.clone() else { return };
+        let answer = if s.is_sse {
+            llm::assemble_stream(&s.buf).and_then(|v| serde_json::to_vec(&v).ok())
+        } else {
+            serde_json::from_slice::<serde_json::Value>(&s.buf)
+                .ok()
+                .filter(|v| v.get("choices").is_some() || v.get("data").is_some())
+                .map(|_| std::mem::take(&mut s.buf))
+        };
+        s.store = false;
+        let leader = s.leader.take();
+        if let Some(bytes) = answer {
+            self.put(key, Bytes::from(bytes), leader);
+        }
+    }
+
     fn state<'a>(&self, ctx: &'a mut RequestCtx) -> Option<&'a mut CacheState> {
         ctx.state::<CacheState>()
     }
@@ -424,7 +444,7 @@ impl Plugin for Cache {
         }
     }
 
-    fn response_body(&self, chunk: &mut Bytes, _end: bool, ctx: &mut RequestCtx) {
+    fn response_body(&self, chunk: &mut Bytes, end: bool, ctx: &mut RequestCtx) {
         let max = self.conf.max_entry_bytes.0 as usize;
         let Some(s) = self.state(ctx) else { return };
         if !s.store || s.too_big {
@@ -436,26 +456,11 @@ impl Plugin for Cache {
             return;
         }
         s.buf.extend_from_slice(chunk);
-    }
-
-    fn log(&self, ctx: &mut RequestCtx) {
-        let complete = ctx.status == 200 && ctx.error.is_none();
-        let Some(s) = self.state(ctx) else { return };
-        if !(s.store && complete && !s.too_big) {
-            return; // dropping the state wakes any waiters to go upstream
-        }
-        let Some(key) = s.key.clone() else { return };
-        let answer = if s.is_sse {
-            llm::assemble_stream(&s.buf).and_then(|v| serde_json::to_vec(&v).ok())
-        } else {
-            serde_json::from_slice::<serde_json::Value>(&s.buf)
-                .ok()
-                .filter(|v| v.get("choices").is_some() || v.get("data").is_some())
-                .map(|_| std::mem::take(&mut s.buf))
-        };
-        let leader = s.leader.take();
-        if let Some(bytes) = answer {
-            self.put(key, Bytes::from(bytes), leader);
+        if end {
+            // The provider's answer is complete (an aborted stream never gets
+            // here): store it before the client sees the last byte, so its
+            // next request can already hit.
+            self.store_answer(s);
         }
     }
 
