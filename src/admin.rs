@@ -102,6 +102,7 @@ impl Admin {
             .collect();
         json!({
             "generation": rt.generation,
+            "last_reload": self.gateway.last_reload(),
             "config": rt.config.source.display().to_string(),
             "routes": rt.routes.iter().map(|r| r.name.clone()).collect::<Vec<_>>(),
             "providers": providers,

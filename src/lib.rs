@@ -3,6 +3,7 @@
 //! Where things live:
 //! - `config/`   the YAML schema, `${VAR}` expansion, located errors
 //! - `runtime`   one built value per config generation, swapped whole; reload
+//! - `reload`    reload triggers: SIGHUP and watched files
 //! - `server`    Pingora server wiring for `weir serve`
 //! - `proxy`     Pingora's phases mapped onto weir's pipeline
 //! - `pipeline`  the `Plugin` trait (phases in run order) and per-request state
@@ -29,6 +30,7 @@ pub mod pipeline;
 pub mod plugins;
 pub mod provider;
 pub mod proxy;
+pub mod reload;
 pub mod runtime;
 pub mod server;
 pub mod traffic;

@@ -157,11 +157,45 @@ impl Runtime {
     }
 }
 
+/// The outcome of the last reload, for `/status`.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct ReloadStatus {
+    /// Seconds since the Unix epoch.
+    pub at: u64,
+    pub ok: bool,
+    pub generation: u64,
+    pub errors: Vec<String>,
+    /// Changes that only a binary upgrade (`weir serve --upgrade`) can apply.
+    pub needs_upgrade: Vec<String>,
+}
+
 /// Process-wide state that outlives config generations.
 pub struct Gateway {
     pub config_path: PathBuf,
     current: ArcSwap<Runtime>,
     generation: AtomicU64,
+    /// One reload at a time (file watch, SIGHUP and the admin API may race).
+    reloading: std::sync::Mutex<()>,
+    last_reload: std::sync::Mutex<Option<ReloadStatus>>,
+    /// What the watched files looked like when last loaded, so a watcher
+    /// does not reload again for a change a reload already picked up.
+    loaded: std::sync::Mutex<FileStamps>,
+}
+
+/// Modification time and length of files (`None` = missing).
+pub type FileStamps = std::collections::HashMap<PathBuf, Option<(std::time::SystemTime, u64)>>;
+
+/// Stamp `files` now.
+pub fn file_stamps(files: &[PathBuf]) -> FileStamps {
+    files
+        .iter()
+        .map(|f| {
+            let m = std::fs::metadata(f)
+                .ok()
+                .and_then(|m| Some((m.modified().ok()?, m.len())));
+            (f.clone(), m)
+        })
+        .collect()
 }
 
 impl Gateway {
@@ -169,11 +203,15 @@ impl Gateway {
     pub fn start(path: &Path) -> Result<Arc<Gateway>, ConfigErrors> {
         let (config, index) = config::load(path)?;
         let rt = Runtime::build(config, &index, 1, None)?;
+        let stamps = file_stamps(&rt.watched_files());
         crate::metrics::CONFIG_GENERATION.set(1);
         Ok(Arc::new(Gateway {
             config_path: path.to_path_buf(),
             current: ArcSwap::from_pointee(rt),
             generation: AtomicU64::new(1),
+            reloading: std::sync::Mutex::new(()),
+            last_reload: std::sync::Mutex::new(None),
+            loaded: std::sync::Mutex::new(stamps),
         }))
     }
 
@@ -182,28 +220,108 @@ impl Gateway {
         self.current.load_full()
     }
 
-    /// Re-read the config and swap it in whole, or change nothing.
+    /// Re-read the config, build the new generation beside the old one and
+    /// swap it in whole, or change nothing. Blocking: call it off the async
+    /// runtime (a reload compiles wasm and resolves names).
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
+        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = file_stamps(&old.watched_files());
         let result = config::load(&self.config_path).and_then(|(config, index)| {
-            let old = self.current.load_full();
             let next = self.generation.load(Ordering::SeqCst) + 1;
             Runtime::build(config, &index, next, Some(&old))
         });
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
         match result {
             Ok(rt) => {
                 let g = rt.generation;
+                let needs_upgrade = upgrade_only_changes(&old.config, &rt.config);
+                for change in &needs_upgrade {
+                    log::warn!("config change not applied until a binary upgrade (weir serve --upgrade): {change}");
+                }
                 self.generation.store(g, Ordering::SeqCst);
+                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = file_stamps(&rt.watched_files());
                 self.current.store(Arc::new(rt));
                 crate::metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
                 crate::metrics::CONFIG_GENERATION.set(g as i64);
                 log::info!("config reloaded: generation {g}");
+                *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadStatus {
+                    at,
+                    ok: true,
+                    generation: g,
+                    errors: Vec::new(),
+                    needs_upgrade,
+                });
                 Ok(g)
             }
             Err(e) => {
                 crate::metrics::CONFIG_RELOADS.with_label_values(&["error"]).inc();
-                log::error!("config reload failed, still serving the old config:\n{e}");
+                log::error!(
+                    "config reload failed, still serving generation {}:\n{e}",
+                    old.generation
+                );
+                *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadStatus {
+                    at,
+                    ok: false,
+                    generation: old.generation,
+                    errors: e.0.iter().map(|e| e.to_string()).collect(),
+                    needs_upgrade: Vec::new(),
+                });
                 Err(e)
             }
         }
+    }
+
+    /// The watched files as the last reload (or start) saw them.
+    pub fn loaded_stamps(&self) -> FileStamps {
+        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// The last reload's outcome, if there was one.
+    pub fn last_reload(&self) -> Option<ReloadStatus> {
+        self.last_reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+}
+
+/// Settings Pingora cannot change in a running process.
+fn upgrade_only_changes(old: &Config, new: &Config) -> Vec<String> {
+    let mut out = Vec::new();
+    if old.server.listen != new.server.listen {
+        out.push(format!(
+            "server.listen {:?} -> {:?}",
+            old.server.listen, new.server.listen
+        ));
+    }
+    if old.server.threads != new.server.threads {
+        out.push(format!(
+            "server.threads {} -> {}",
+            old.server.threads, new.server.threads
+        ));
+    }
+    let admin = |c: &Config| c.admin.as_ref().map(|a| a.listen.clone());
+    if admin(old) != admin(new) {
+        out.push(format!("admin.listen {:?} -> {:?}", admin(old), admin(new)));
+    }
+    out
+}
+
+impl Runtime {
+    /// Files whose change should trigger a reload: the config and every file it names.
+    pub fn watched_files(&self) -> Vec<PathBuf> {
+        let src = &self.config.source;
+        let mut files = vec![src.clone()];
+        for p in self.config.plugins.values() {
+            if let crate::config::PluginConf::ApiKey(c) = p {
+                files.push(config::resolve_relative(src, &c.keys_file));
+            }
+        }
+        for p in self.config.providers.values() {
+            if let Some(ca) = &p.tls.ca_file {
+                files.push(config::resolve_relative(src, ca));
+            }
+        }
+        files
     }
 }

@@ -65,6 +65,12 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
             gateway: gateway.clone(),
         },
     ));
+    server.add_service(pingora_core::services::background::background_service(
+        "weir reload",
+        crate::reload::Reloader {
+            gateway: gateway.clone(),
+        },
+    ));
     for s in extra {
         server.add_boxed_service(s);
     }
