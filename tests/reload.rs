@@ -175,11 +175,7 @@ fn in_flight_requests_finish_on_their_generation() {
     let (provider, lines) = stream.join().unwrap();
     assert_eq!(provider, "a");
     assert_eq!(
-        lines
-            .iter()
-            .filter(|l| l.starts_with("data: "))
-            .last()
-            .map(String::as_str),
+        lines.iter().rev().find(|l| l.starts_with("data: ")).map(String::as_str),
         Some("data: [DONE]")
     );
     assert!(
