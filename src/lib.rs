@@ -12,6 +12,7 @@
 //! - `traffic/`  token bucket, breaker, least-connection picker, retry budget
 //! - `health`    active health checks of providers
 //! - `plugins/`  built-in plugins
+//! - `wasm/`     the Proxy-Wasm host: operators' own filters as a plugin type
 //! - `llm`       OpenAI request head, model rewrite, usage in JSON and SSE
 //! - `error`     error kinds -> status, envelope, Retry-After
 //! - `metrics`, `admin`  Prometheus metrics and the admin API
@@ -35,3 +36,4 @@ pub mod runtime;
 pub mod server;
 pub mod traffic;
 pub mod upstream;
+pub mod wasm;

@@ -190,6 +190,45 @@ pub static CACHE_BYTES: Lazy<IntGaugeVec> = Lazy::new(|| {
 pub static CACHE_ENTRIES: Lazy<IntGaugeVec> =
     Lazy::new(|| gauge("weir_cache_entries", "Entries held by an in-memory cache.", &["plugin"]));
 
+pub static WASM_METRIC: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_wasm_metric",
+        "Counters and gauges a wasm filter defined (proxy_define_metric).",
+        &["plugin", "metric"],
+    )
+});
+pub static WASM_HISTOGRAM: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram(
+        "weir_wasm_histogram",
+        "Histograms a wasm filter defined, in the filter's own unit.",
+        &["plugin", "metric"],
+        &[
+            1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1e3, 2.5e3, 5e3, 1e4, 1e5, 1e6,
+        ],
+    )
+});
+pub static WASM_VM_RESTARTS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_wasm_vm_restarts_total",
+        "Wasm VMs replaced after a trap, timeout or memory fault.",
+        &["plugin"],
+    )
+});
+pub static WASM_VMS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_wasm_vms",
+        "Live wasm VMs per plugin (below the configured count while one awaits its rebuild).",
+        &["plugin"],
+    )
+});
+pub static WASM_HTTP_CALLS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_wasm_http_calls_total",
+        "HTTP calls made by wasm filters, by result (ok, error, timeout).",
+        &["plugin", "result"],
+    )
+});
+
 /// Register every metric, so each appears on `/metrics` from the start.
 pub fn init() {
     Lazy::force(&REQUESTS);
@@ -218,6 +257,11 @@ pub fn init() {
     Lazy::force(&CACHE_STORE_ERRORS);
     Lazy::force(&CACHE_BYTES);
     Lazy::force(&CACHE_ENTRIES);
+    Lazy::force(&WASM_METRIC);
+    Lazy::force(&WASM_HISTOGRAM);
+    Lazy::force(&WASM_VM_RESTARTS);
+    Lazy::force(&WASM_VMS);
+    Lazy::force(&WASM_HTTP_CALLS);
 }
 
 /// Prometheus text exposition of every registered metric.

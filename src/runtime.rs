@@ -313,8 +313,10 @@ impl Runtime {
         let src = &self.config.source;
         let mut files = vec![src.clone()];
         for p in self.config.plugins.values() {
-            if let crate::config::PluginConf::ApiKey(c) = p {
-                files.push(config::resolve_relative(src, &c.keys_file));
+            match p {
+                crate::config::PluginConf::ApiKey(c) => files.push(config::resolve_relative(src, &c.keys_file)),
+                crate::config::PluginConf::Wasm(c) => files.push(config::resolve_relative(src, &c.module)),
+                _ => {}
             }
         }
         for p in self.config.providers.values() {

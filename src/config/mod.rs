@@ -10,6 +10,7 @@ use crate::plugins::cache::CacheConf;
 use crate::plugins::circuit_breaker::CircuitBreakerConf;
 use crate::plugins::least_connections::LeastConnectionsConf;
 use crate::plugins::rate_limit::RateLimitConf;
+use crate::wasm::WasmConf;
 use indexmap::IndexMap;
 use locate::LineIndex;
 use serde::{Deserialize, Serialize};
@@ -219,6 +220,7 @@ pub enum PluginConf {
     CircuitBreaker(CircuitBreakerConf),
     LeastConnections(LeastConnectionsConf),
     Cache(CacheConf),
+    Wasm(WasmConf),
 }
 
 impl PluginConf {
@@ -229,6 +231,7 @@ impl PluginConf {
             PluginConf::CircuitBreaker(_) => "circuit_breaker",
             PluginConf::LeastConnections(_) => "least_connections",
             PluginConf::Cache(_) => "cache",
+            PluginConf::Wasm(_) => "wasm",
         }
     }
 
@@ -239,6 +242,7 @@ impl PluginConf {
             PluginConf::CircuitBreaker(c) => c.bulkhead,
             PluginConf::LeastConnections(c) => c.bulkhead,
             PluginConf::Cache(c) => c.bulkhead,
+            PluginConf::Wasm(c) => c.bulkhead,
         };
         b.unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
     }

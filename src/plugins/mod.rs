@@ -17,6 +17,9 @@ pub struct PluginInstance {
     pub conf: PluginConf,
     pub plugin: Arc<dyn Plugin>,
     pub bulkhead: Arc<Bulkhead>,
+    /// Digest of the files the plugin's code comes from (a wasm module):
+    /// the instance is reused across a reload only if they are unchanged.
+    pub files_digest: Option<[u8; 32]>,
 }
 
 /// Checks of a plugin's settings beyond their types (files exist, values sane).
@@ -27,6 +30,7 @@ pub fn check(conf: &PluginConf, at: &str, ck: &mut Checker) {
         PluginConf::CircuitBreaker(c) => circuit_breaker::check(c, at, ck),
         PluginConf::LeastConnections(_) => {}
         PluginConf::Cache(c) => cache::check(c, at, ck),
+        PluginConf::Wasm(c) => crate::wasm::check(c, at, ck),
     }
 }
 
@@ -38,8 +42,12 @@ pub fn build(
     config: &Config,
     previous: Option<&Arc<PluginInstance>>,
 ) -> Result<Arc<PluginInstance>, String> {
+    let files_digest = match conf {
+        PluginConf::Wasm(c) => Some(crate::wasm::module_digest(c, config)?),
+        _ => None,
+    };
     if let Some(p) = previous {
-        if &p.conf == conf && !p.depends_on_files() {
+        if &p.conf == conf && !p.depends_on_files() && p.files_digest == files_digest {
             return Ok(p.clone());
         }
     }
@@ -49,6 +57,7 @@ pub fn build(
         PluginConf::CircuitBreaker(c) => Arc::new(circuit_breaker::CircuitBreaker::new(c)),
         PluginConf::LeastConnections(_) => Arc::new(least_connections::LeastConnections::default()),
         PluginConf::Cache(c) => Arc::new(cache::Cache::new(name, c)?),
+        PluginConf::Wasm(c) => Arc::new(crate::wasm::WasmPlugin::new(name, c, config)?),
     };
     let limits = conf.bulkhead().limits();
     let bulkhead = match previous {
@@ -60,6 +69,7 @@ pub fn build(
         conf: conf.clone(),
         plugin,
         bulkhead,
+        files_digest,
     }))
 }
 
