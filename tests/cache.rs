@@ -265,9 +265,16 @@ fn redis_store_is_shared_and_an_outage_means_misses() {
     let b = spawn_weir(&gateway(&mock, &cache, "", "cache"), &[]);
     let r = post(&a.url("/v1/chat/completions"), &body(0.0, false), &[]);
     assert_eq!(r.header("x-weir-cache"), Some("miss"));
+    // The write to Redis happens off the request path: wait until it landed.
+    let port = redis.port.to_string();
     assert!(eventually(Duration::from_secs(3), || {
-        post(&b.url("/v1/chat/completions"), &body(0.0, false), &[]).header("x-weir-cache") == Some("hit")
+        let out = std::process::Command::new("redis-cli")
+            .args(["-p", &port, "--scan", "--pattern", "weir:cache:*"])
+            .output();
+        out.is_ok_and(|o| !o.stdout.is_empty())
     }));
+    let r = post(&b.url("/v1/chat/completions"), &body(0.0, false), &[]);
+    assert_eq!(r.header("x-weir-cache"), Some("hit"), "B is served what A stored");
     assert_eq!(mock.requests(), 1);
     drop(redis);
     let r = post(&b.url("/v1/chat/completions"), &body(0.0, false), &[]);

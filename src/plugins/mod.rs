@@ -5,6 +5,7 @@ pub mod cache;
 pub mod circuit_breaker;
 pub mod least_connections;
 pub mod rate_limit;
+pub mod redis;
 
 use crate::bulkhead::Bulkhead;
 use crate::config::{Checker, Config, PluginConf};

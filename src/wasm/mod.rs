@@ -105,6 +105,8 @@ pub struct WasmConf {
     /// `host:port` addresses `http_call` may reach besides provider names.
     #[serde(default)]
     pub http_call_allow: Vec<String>,
+    /// Bounds the requests the plugin works on at once (those waiting on an
+    /// `http_call` included).
     #[serde(default)]
     pub bulkhead: Option<BulkheadConf>,
 }

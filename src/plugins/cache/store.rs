@@ -1,6 +1,7 @@
 //! Where cached answers live: a bounded in-process cache (moka, by bytes,
 //! with TTL) or Redis shared by every weir instance (compressed values, TTL).
 
+use crate::plugins::redis::LazyRedis;
 use bytes::Bytes;
 use flate2::read::DeflateDecoder;
 use flate2::write::DeflateEncoder;
@@ -46,40 +47,23 @@ impl MemoryStore {
 
 /// Redis store: values deflate-compressed, expiring after `ttl`.
 pub struct RedisStore {
-    client: redis::Client,
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    redis: LazyRedis,
     prefix: String,
     ttl: Duration,
 }
 
 impl RedisStore {
     pub fn new(url: &str, prefix: &str, ttl: Duration) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad redis url '{url}': {e}"))?;
         Ok(RedisStore {
-            client,
-            conn: tokio::sync::OnceCell::new(),
+            redis: LazyRedis::new(url)?,
             prefix: prefix.to_string(),
             ttl,
         })
     }
 
-    async fn conn(&self) -> Result<redis::aio::ConnectionManager, redis::RedisError> {
-        let c = self
-            .conn
-            .get_or_try_init(|| async {
-                let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Duration::from_millis(200))
-                    .set_response_timeout(Duration::from_millis(200))
-                    .set_number_of_retries(0);
-                redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
-            })
-            .await?;
-        Ok(c.clone())
-    }
-
     pub async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
         let fut = async {
-            let mut c = self.conn().await?;
+            let mut c = self.redis.conn().await?;
             redis::cmd("GET")
                 .arg(format!("{}{key}", self.prefix))
                 .query_async::<Option<Vec<u8>>>(&mut c)
@@ -103,7 +87,7 @@ impl RedisStore {
         enc.write_all(value).map_err(|e| e.to_string())?;
         let z = enc.finish().map_err(|e| e.to_string())?;
         let fut = async {
-            let mut c = self.conn().await?;
+            let mut c = self.redis.conn().await?;
             redis::cmd("SET")
                 .arg(format!("{}{key}", self.prefix))
                 .arg(z)

@@ -1,6 +1,7 @@
 //! Where buckets live: in this process, or in Redis shared by every weir
 //! instance (one atomic server-side script per decision).
 
+use crate::plugins::redis::LazyRedis;
 use crate::traffic::token_bucket::TokenBucket;
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -96,8 +97,7 @@ return {ok, tostring(tokens), tostring(wait), tostring(full_in)}
 
 /// Buckets in Redis.
 pub struct RedisStore {
-    client: redis::Client,
-    conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    redis: LazyRedis,
     script: redis::Script,
     prefix: String,
 }
@@ -108,10 +108,8 @@ pub struct StoreError(pub String);
 
 impl RedisStore {
     pub fn new(url: &str, prefix: &str) -> Result<RedisStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad redis url '{url}': {e}"))?;
         Ok(RedisStore {
-            client,
-            conn: tokio::sync::OnceCell::new(),
+            redis: LazyRedis::new(url)?,
             script: redis::Script::new(SCRIPT),
             prefix: prefix.to_string(),
         })
@@ -119,17 +117,7 @@ impl RedisStore {
 
     pub async fn take(&self, key: &str, shape: Shape, n: f64) -> Result<Decision, StoreError> {
         let fut = async {
-            let conn = self
-                .conn
-                .get_or_try_init(|| async {
-                    let cfg = redis::aio::ConnectionManagerConfig::new()
-                        .set_connection_timeout(Duration::from_millis(200))
-                        .set_response_timeout(Duration::from_millis(200))
-                        .set_number_of_retries(0);
-                    redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
-                })
-                .await?;
-            let mut conn = conn.clone();
+            let mut conn = self.redis.conn().await?;
             let (ok, tokens, wait, reset): (i64, String, String, String) = self
                 .script
                 .key(format!("{}{key}", self.prefix))
