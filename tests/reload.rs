@@ -188,3 +188,103 @@ fn in_flight_requests_finish_on_their_generation() {
         "the in-flight request to the removed provider finished"
     );
 }
+
+/// Two valid configs that differ in routes, providers and plugin settings.
+fn load_config(a: &Mock, b: &Mock, variant: usize) -> String {
+    let (providers, burst, ttl, extra_route) = if variant % 2 == 0 {
+        ("a, b", 100000, "10m", "")
+    } else {
+        (
+            "b",
+            200000,
+            "5m",
+            "\n  - { name: extra, match: { path_prefix: /extra/ }, providers: [a] }",
+        )
+    };
+    format!(
+        "server: {{ listen: [\"127.0.0.1:{{PORT}}\"], threads: 2 }}\nadmin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
+         providers:\n  a: {{ url: \"{}\", models: [m] }}\n  b: {{ url: \"{}\", models: [m] }}\n\
+         plugins:\n  limits: {{ type: rate_limit, key: global, requests: {{ per_second: 100000, burst: {burst} }} }}\n  \
+         cache: {{ type: cache, ttl: {ttl} }}\n  guard: {{ type: wasm, module: \"{}\", config: {{ patterns: [\"forbidden words\"] }} }}\n\
+         routes:\n  - {{ name: chat, plugins: [limits, guard, cache], providers: [{providers}] }}{extra_route}\n",
+        a.url(),
+        b.url(),
+        repo().join("plugins/prompt-guard/prompt-guard.wasm").display()
+    )
+}
+
+#[test]
+fn reloads_under_load_fail_no_request() {
+    let a = spawn_mock(&["--tokens-per-sec", "200", "--completion-tokens", "20"]);
+    let b = spawn_mock(&["--tokens-per-sec", "200", "--completion-tokens", "20"]);
+    let weir = spawn_weir(&load_config(&a, &b, 0), &[]);
+    let url = weir.url("/v1/chat/completions");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let clients: Vec<_> = (0..8)
+        .map(|c| {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                let mut i = 0u32;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    let stream = i % 2 == 0;
+                    // Some repeat (cache hits), most are new (misses).
+                    let body = serde_json::to_vec(&serde_json::json!({"model": "m", "stream": stream,
+                        "messages": [{"role": "user", "content": format!("c{c} q{}", i % 7)}]}))
+                    .unwrap();
+                    let r = post(&url, &body, &[]);
+                    if r.status == 200 && (!stream || r.body.contains("data: [DONE]")) {
+                        ok += 1;
+                    } else {
+                        failed.push(format!("{} {}", r.status, &r.body[..r.body.len().min(200)]));
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+    let started = std::time::Instant::now();
+    let mut expected_generation = 1;
+    // 24 steps over 20+ s: 21 valid reloads and 3 broken configs (steps 8, 16, 24).
+    for step in 1..=24 {
+        let invalid = step % 8 == 0;
+        if invalid {
+            write_config(
+                &weir,
+                &load_config(&a, &b, step).replace("type: cache", "type: cache, colour: red"),
+            );
+            let r = reload(&weir);
+            assert_eq!(r.status, 422, "step {step}: {}", r.body);
+        } else {
+            write_config(&weir, &load_config(&a, &b, step));
+            let r = reload(&weir);
+            assert_eq!(r.status, 200, "step {step}: {}", r.body);
+            expected_generation += 1;
+        }
+        assert_eq!(generation(&weir), expected_generation, "step {step}");
+        std::thread::sleep(Duration::from_millis(850));
+    }
+    let elapsed = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (mut ok, mut failed) = (0, Vec::new());
+    for c in clients {
+        let (o, f) = c.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} failed requests, e.g. {:?}",
+        failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    eprintln!(
+        "{ok} requests in {elapsed:?} ({:.0}/s) across {} generations",
+        ok as f64 / elapsed.as_secs_f64(),
+        expected_generation
+    );
+    assert!(elapsed >= Duration::from_secs(20));
+    assert!(ok > 2000, "{ok} requests served during the reloads");
+    assert_eq!(expected_generation, 22, "21 valid reloads after generation 1");
+}
