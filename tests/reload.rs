@@ -191,7 +191,7 @@ fn in_flight_requests_finish_on_their_generation() {
 
 /// Two valid configs that differ in routes, providers and plugin settings.
 fn load_config(a: &Mock, b: &Mock, variant: usize) -> String {
-    let (providers, burst, ttl, extra_route) = if variant % 2 == 0 {
+    let (providers, burst, ttl, extra_route) = if variant.is_multiple_of(2) {
         ("a, b", 100000, "10m", "")
     } else {
         (
@@ -248,7 +248,7 @@ fn reloads_under_load_fail_no_request() {
     let mut expected_generation = 1;
     // 24 steps over 20+ s: 21 valid reloads and 3 broken configs (steps 8, 16, 24).
     for step in 1..=24 {
-        let invalid = step % 8 == 0;
+        let invalid = step.is_multiple_of(8);
         if invalid {
             write_config(
                 &weir,
