@@ -247,7 +247,7 @@ fn reloads_under_load_fail_no_request() {
     let started = std::time::Instant::now();
     let mut expected_generation = 1;
     // 24 steps over 20+ s: 21 valid reloads and 3 broken configs (steps 8, 16, 24).
-    for step in 1..=24 {
+    for step in 1..=24usize {
         let invalid = step.is_multiple_of(8);
         if invalid {
             write_config(
