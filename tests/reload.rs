@@ -228,7 +228,7 @@ fn reloads_under_load_fail_no_request() {
                 let mut i = 0u32;
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     i += 1;
-                    let stream = i % 2 == 0;
+                    let stream = i.is_multiple_of(2);
                     // Some repeat (cache hits), most are new (misses).
                     let body = serde_json::to_vec(&serde_json::json!({"model": "m", "stream": stream,
                         "messages": [{"role": "user", "content": format!("c{c} q{}", i % 7)}]}))
