@@ -214,7 +214,7 @@ fn max_bytes_bounds_memory_and_counts_evictions() {
         )
         .unwrap();
         let r = post(&url, &b, &[]);
-        assert_eq!(r.status, 200);
+        assert_eq!(r.status, 200, "request {i}: {}", &r.body[..r.body.len().min(300)]);
         stored += r.body.len();
     }
     assert!(stored > 5 << 20, "{stored} bytes of answers");
