@@ -180,6 +180,9 @@ pub struct Gateway {
     /// What the watched files looked like when last loaded, so a watcher
     /// does not reload again for a change a reload already picked up.
     loaded: std::sync::Mutex<FileStamps>,
+    /// The config the process started with: listeners and threads stay as it
+    /// set them until a binary upgrade.
+    started_with: Arc<Config>,
 }
 
 /// Modification time and length of files (`None` = missing).
@@ -204,6 +207,7 @@ impl Gateway {
         let (config, index) = config::load(path)?;
         let rt = Runtime::build(config, &index, 1, None)?;
         let stamps = file_stamps(&rt.watched_files());
+        let started_with = rt.config.clone();
         crate::metrics::CONFIG_GENERATION.set(1);
         Ok(Arc::new(Gateway {
             config_path: path.to_path_buf(),
@@ -212,6 +216,7 @@ impl Gateway {
             reloading: std::sync::Mutex::new(()),
             last_reload: std::sync::Mutex::new(None),
             loaded: std::sync::Mutex::new(stamps),
+            started_with,
         }))
     }
 
@@ -237,7 +242,7 @@ impl Gateway {
         match result {
             Ok(rt) => {
                 let g = rt.generation;
-                let needs_upgrade = upgrade_only_changes(&old.config, &rt.config);
+                let needs_upgrade = upgrade_only_changes(&self.started_with, &rt.config);
                 for change in &needs_upgrade {
                     log::warn!("config change not applied until a binary upgrade (weir serve --upgrade): {change}");
                 }

@@ -288,3 +288,35 @@ fn reloads_under_load_fail_no_request() {
     assert!(ok > 2000, "{ok} requests served during the reloads");
     assert_eq!(expected_generation, 22, "21 valid reloads after generation 1");
 }
+
+#[test]
+fn reload_needs_the_admin_token_and_reports_upgrade_only_changes() {
+    let (a, b) = (spawn_mock(&[]), spawn_mock(&[]));
+    let with_token = |c: String| {
+        c.replace(
+            "admin: { listen: \"127.0.0.1:{ADMIN}\" }",
+            "admin: { listen: \"127.0.0.1:{ADMIN}\", token: s3cret }",
+        )
+    };
+    let weir = spawn_weir(&with_token(config(&a, &b, 100, "a")), &[]);
+    assert_eq!(reload(&weir).status, 401, "POST /reload needs the token");
+    assert_eq!(
+        post(&weir.admin("/reload"), b"", &[("authorization", "Bearer wrong")]).status,
+        401
+    );
+    // A listen-address change is applied only by an upgrade: reported, not ignored.
+    let moved = with_token(config(&a, &b, 100, "a")).replace("threads: 2", "threads: 3");
+    write_config(&weir, &moved);
+    let r = post(&weir.admin("/reload"), b"", &[("authorization", "Bearer s3cret")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let status = get(&weir.admin("/status"), &[]).json();
+    let needs = status["last_reload"]["needs_upgrade"].as_array().unwrap();
+    assert!(
+        needs.iter().any(|n| n.as_str().unwrap().contains("server.threads")),
+        "{status}"
+    );
+    assert!(
+        !get(&weir.admin("/config"), &[]).body.contains("s3cret"),
+        "the token is redacted"
+    );
+}
