@@ -7,20 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-for t in wrk nginx curl; do command -v $t >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $t >/dev/null; }; done
+source benches/common.sh
+need wrk nginx curl
 # WEIR_BIN skips the build and measures a binary you already have.
 [ -n "${WEIR_BIN:-}" ] || cargo build --profile perf --bin weir >&2
 WEIR=${WEIR_BIN:-target/perf/weir}
 MOCK=19300; GW=19301; ADMIN=19302; NGINX=19303
-wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
 
 $WEIR mock --listen 127.0.0.1:$MOCK --models bench-model --completion-tokens 64 >/dev/null & pids+=($!)
 cat >"$work/weir.yaml" <<YAML

@@ -13,26 +13,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
-work=$(mktemp -d)
-pids=()
-cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$work/nginx.pid" ] && kill "$(cat "$work/nginx.pid")" 2>/dev/null || true
-  rm -rf "$work"
-}
-trap cleanup EXIT
-
-need=()
-for t in hey wrk nginx curl; do command -v $t >/dev/null 2>&1 || need+=($t); done
-if [ ${#need[@]} -gt 0 ]; then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-fi
-cargo build --profile perf --bin weir --example pingora_plain >&2
-WEIR=target/perf/weir
-PLAIN=target/perf/examples/pingora_plain
+source benches/common.sh
+need hey wrk nginx curl redis-server
+# WEIR_BIN / PLAIN_BIN skip the build and measure binaries you already have.
+[ -n "${WEIR_BIN:-}" ] || cargo build --profile perf --bin weir --example pingora_plain >&2
+WEIR=${WEIR_BIN:-target/perf/weir}
+PLAIN=${PLAIN_BIN:-target/perf/examples/pingora_plain}
 
 MOCK=19100; WEIRP=19101; ADMIN=19102; NGINX=19103; SLOW=19104; WEIR2=19105; ADMIN2=19106; PLAINP=19112
-wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; exit 1; }
 
 $WEIR mock --listen 127.0.0.1:$MOCK --models bench-model --completion-tokens 16 --threads 1 >/dev/null & pids+=($!)
 cat >"$work/weir.yaml" <<YAML
@@ -72,8 +60,6 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.body = '$BODY'
 LUA
 
-# hey prints "  99% in 0.0012 secs"; turn a percentile into microseconds.
-pct() { awk -v p="$2%" '$1==p && $2=="in" {printf "%d", $3*1000000}' "$1"; }
 
 echo
 echo "== (a) latency at fixed rates (${DUR}s each; microseconds) =="
@@ -102,7 +88,6 @@ done
 
 echo
 echo "== traffic control: chain api_key, rate_limit, circuit_breaker, least_connections vs none (wrk -t2 -c64, ${DUR}s) =="
-command -v redis-server >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null; }
 REDIS=19107; CHAIN=19108; ADMIN3=19109; RL=19110; ADMIN4=19111
 redis-server --port $REDIS --bind 127.0.0.1 --save "" --appendonly no >/dev/null & pids+=($!)
 printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
@@ -176,6 +161,7 @@ hey -z ${DUR}s -c 200 -m POST -T application/json -D "$work/body.json" \
 heypid=$!
 sleep 1
 # Probe refusal latency from a separate client while the overload runs.
+touch "$work/probe.txt"
 end=$((SECONDS + DUR - 2))
 while [ $SECONDS -lt $end ]; do
   curl -s -o /dev/null -w '%{http_code} %{time_total}\n' -H 'Content-Type: application/json' \

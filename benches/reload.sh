@@ -7,16 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-for t in hey curl; do command -v $t >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $t >/dev/null; }; done
+source benches/common.sh
+need hey curl
 bash plugins/build.sh >&2
 [ -n "${WEIR_BIN:-}" ] || cargo build --release --bin weir >&2
 WEIR=${WEIR_BIN:-target/release/weir}
 MOCK=19600; GW=19601; ADMIN=19602
-wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
 $WEIR mock --listen 127.0.0.1:$MOCK --models alpha-large,alpha-small,beta-large,m >/dev/null & pids+=($!)
 
 # The demo config on this bench's ports (both demo providers point at one mock).
@@ -56,7 +52,6 @@ RUST_LOG=error $WEIR serve -c "$work/wasm3.yaml" & pid=$!; pids+=($pid)
 wait_port $GW; wait_port $ADMIN
 BODY='{"model":"m","messages":[{"role":"user","content":"hello there"}]}'
 echo "$BODY" >"$work/body.json"
-pct() { awk -v p="$2%" '$1==p && $2=="in" {printf "%d", $3*1000000}' "$1"; }
 hey -z ${DUR}s -c 10 -q 50 -m POST -T application/json -D "$work/body.json" http://127.0.0.1:$GW/v1/chat/completions >"$work/quiet.txt"
 ( end=$((SECONDS + DUR)); while [ $SECONDS -lt $end ]; do curl -s -o /dev/null -X POST http://127.0.0.1:$ADMIN/reload; sleep 0.25; done ) &
 rl=$!

@@ -7,16 +7,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
-work=$(mktemp -d)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$work"; }
-trap cleanup EXIT
-for t in hey wrk curl; do command -v $t >/dev/null 2>&1 || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $t >/dev/null; }; done
+source benches/common.sh
+need hey wrk curl
 bash plugins/build.sh >&2
 [ -n "${WEIR_BIN:-}" ] || cargo build --profile perf --bin weir >&2
 WEIR=${WEIR_BIN:-target/perf/weir}
 MOCK=19400; GW=19401; ADMIN=19402
-wait_port() { for _ in $(seq 1 200); do (echo >/dev/tcp/127.0.0.1/$1) 2>/dev/null && return 0; sleep 0.05; done; exit 1; }
 $WEIR mock --listen 127.0.0.1:$MOCK --models bench-model >/dev/null & pids+=($!)
 cat >"$work/weir.yaml" <<YAML
 server: { listen: ["127.0.0.1:$GW"], threads: 2, max_request_body: 1MiB }
@@ -47,7 +43,6 @@ wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
 local f = io.open("$work/body.json", "rb"); wrk.body = f:read("*a"); f:close()
 LUA
-pct() { awk -v p="$2%" '$1==p && $2=="in" {printf "%d", $3*1000000}' "$1"; }
 printf "%-8s %10s %10s %14s\n" filter p50_us p99_us max_req_s
 for r in none noop redact; do
   hey -z ${DUR}s -c 10 -q 50 -m POST -T application/json -D "$work/body.json" http://127.0.0.1:$GW/$r/v1/chat/completions >"$work/hey-$r.txt"
