@@ -184,23 +184,28 @@ fn sdk_style_filters_behave_as_in_envoy() {
 fn traps_timeouts_and_memory_faults_fail_only_that_request() {
     let mock = spawn_mock(&[]);
     let plugins = [
-        wasm("boom", "panic", r#"{ when_header: x-boom }"#, ", on_error: fail_closed"),
+        wasm(
+            "boom",
+            "fault",
+            r#"{ fault: panic, when_header: x-boom }"#,
+            ", on_error: fail_closed",
+        ),
         wasm(
             "spin",
-            "spin",
-            r#"{ when_header: x-spin }"#,
+            "fault",
+            r#"{ fault: spin, when_header: x-spin }"#,
             ", on_error: fail_closed, limits: { callback_time: 20ms }",
         ),
         wasm(
             "grow",
-            "grow",
-            r#"{ when_header: x-grow }"#,
+            "fault",
+            r#"{ fault: grow, when_header: x-grow }"#,
             ", on_error: fail_closed, limits: { memory: 16MiB }",
         ),
         wasm(
             "softboom",
-            "panic",
-            r#"{ when_header: x-boom }"#,
+            "fault",
+            r#"{ fault: panic, when_header: x-boom }"#,
             ", on_error: fail_open",
         ),
     ]
