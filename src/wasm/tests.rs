@@ -450,9 +450,9 @@ async fn auditor_calls_out_counts_and_stamps() {
 
 /// A hand-written guest: the smallest module the host accepts, with a
 /// request-headers callback that loops forever when the request has one header.
-const LOOPING_GUEST: &str = r#"
-(module
-  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+/// What every hand-written guest needs after its imports: memory, the ABI
+/// version export, a bump allocator and `proxy_on_context_create`.
+const GUEST_BASE: &str = r#"
   (memory (export "memory") 2)
   (global $next (mut i32) (i32.const 1024))
   (func (export "proxy_abi_version_0_2_1"))
@@ -462,11 +462,22 @@ const LOOPING_GUEST: &str = r#"
     (global.set $next (i32.add (global.get $next) (local.get $n)))
     (local.get $p))
   (func (export "proxy_on_context_create") (param i32 i32))
+"#;
+
+/// A guest module: `imports`, then `GUEST_BASE`, then `rest`.
+fn guest(imports: &str, rest: &str) -> String {
+    format!("(module\n{imports}{GUEST_BASE}{rest})")
+}
+
+const LOOPING_IMPORTS: &str = r#"
+  (import "env" "proxy_log" (func $log (param i32 i32 i32) (result i32)))
+"#;
+const LOOPING_GUEST: &str = r#"
   (func (export "proxy_on_request_headers") (param i32 i32 i32) (result i32)
     (drop (call $log (i32.const 2) (i32.const 0) (i32.const 5)))
     (if (i32.eq (local.get 1) (i32.const 5)) (then (loop $l (br $l))))
     (i32.const 0))
-  (data (i32.const 0) "hello"))
+  (data (i32.const 0) "hello")
 "#;
 
 fn wat_plugin(name: &str, wat: &str, yaml: &str) -> Result<WasmPlugin, String> {
@@ -479,7 +490,12 @@ fn wat_plugin(name: &str, wat: &str, yaml: &str) -> Result<WasmPlugin, String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_minimal_guest_runs_and_is_interrupted() {
-    let p = wat_plugin("t-wat", LOOPING_GUEST, "{module: x, limits: {callback_time: 3ms}}").unwrap();
+    let p = wat_plugin(
+        "t-wat",
+        &guest(LOOPING_IMPORTS, LOOPING_GUEST),
+        "{module: x, limits: {callback_time: 3ms}}",
+    )
+    .unwrap();
     let mut req = request("GET", "/", &[]);
     let mut c = ctx();
     let (_, body) = exchange(&p, &mut req, &mut c, "", &["ok"]).await.unwrap();
@@ -537,8 +553,7 @@ fn config_format() {
 
 /// A guest using timers, metrics, properties and a local response given in
 /// the response-header phase.
-const RICH_GUEST: &str = r#"
-(module
+const RICH_IMPORTS: &str = r#"
   (import "env" "proxy_define_metric" (func $define (param i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_increment_metric" (func $incr (param i32 i64) (result i32)))
   (import "env" "proxy_set_tick_period_milliseconds" (func $tick (param i32) (result i32)))
@@ -546,15 +561,8 @@ const RICH_GUEST: &str = r#"
   (import "env" "proxy_add_header_map_value" (func $add (param i32 i32 i32 i32 i32) (result i32)))
   (import "env" "proxy_send_local_response"
     (func $local (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (global $next (mut i32) (i32.const 1024))
-  (func (export "proxy_abi_version_0_2_1"))
-  (func (export "proxy_on_memory_allocate") (param $n i32) (result i32)
-    (local $p i32)
-    (local.set $p (global.get $next))
-    (global.set $next (i32.add (global.get $next) (local.get $n)))
-    (local.get $p))
-  (func (export "proxy_on_context_create") (param i32 i32))
+"#;
+const RICH_GUEST: &str = r#"
   (func (export "proxy_on_vm_start") (param i32 i32) (result i32) (i32.const 1))
   (func (export "proxy_on_configure") (param i32 i32) (result i32)
     (drop (call $define (i32.const 0) (i32.const 0) (i32.const 5) (i32.const 256)))
@@ -575,12 +583,12 @@ const RICH_GUEST: &str = r#"
   (data (i32.const 16) "x-wat")
   (data (i32.const 32) "replaced")
   (data (i32.const 48) "\01\00\00\00\06\00\00\00\03\00\00\00x-repl\00yes\00")
-  (data (i32.const 96) "plugin_name"))
+  (data (i32.const 96) "plugin_name")
 "#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn timers_metrics_properties_and_late_local_responses() {
-    let p = wat_plugin("t-rich", RICH_GUEST, "{module: x, vms: 1}").unwrap();
+    let p = wat_plugin("t-rich", &guest(RICH_IMPORTS, RICH_GUEST), "{module: x, vms: 1}").unwrap();
     let mut req = request("GET", "/", &[]);
     let mut c = ctx();
     let (resp, body) = exchange(&p, &mut req, &mut c, "", &["up", "stream", ""]).await.unwrap();
