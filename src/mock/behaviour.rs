@@ -1,0 +1,299 @@
+//! The settings that `POST /mock/config` can change while the mock runs, and
+//! the request counters behind `/mock/stats`.
+
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::options::{check_fail_rate, check_fail_status, check_tokens_per_sec, MockOptions};
+
+/// Upper bound for any artificial delay, so a typo cannot park a request forever.
+pub(super) const MAX_DELAY: Duration = Duration::from_secs(3600);
+
+/// Seconds as a [`Duration`], clamped to `0..=MAX_DELAY`.
+fn clamped_secs(secs: f64) -> Duration {
+    Duration::try_from_secs_f64(secs).unwrap_or(MAX_DELAY).min(MAX_DELAY)
+}
+
+/// A consistent snapshot of the live settings, taken once per request.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(super) struct Settings {
+    pub(super) fail_rate: f64,
+    pub(super) fail_status: u16,
+    pub(super) ttft: Duration,
+    pub(super) tokens_per_sec: f64,
+    pub(super) completion_tokens: u32,
+}
+
+impl Settings {
+    /// Roll the dice for failure injection (no RNG call when it cannot fail).
+    pub(super) fn should_fail(&self) -> bool {
+        self.fail_rate >= 1.0 || (self.fail_rate > 0.0 && rand::random::<f64>() < self.fail_rate)
+    }
+
+    /// Spacing between two streamed tokens, `None` when tokens are instant.
+    pub(super) fn token_interval(&self) -> Option<Duration> {
+        (self.tokens_per_sec > 0.0).then(|| clamped_secs(1.0 / self.tokens_per_sec))
+    }
+
+    /// How long a non-streamed answer of `tokens` tokens takes.
+    pub(super) fn generation_time(&self, tokens: u32) -> Duration {
+        let decode = if self.tokens_per_sec > 0.0 {
+            clamped_secs(f64::from(tokens) / self.tokens_per_sec)
+        } else {
+            Duration::ZERO
+        };
+        (self.ttft + decode).min(MAX_DELAY)
+    }
+
+    /// The settings as `GET /mock/config` shows them.
+    pub(super) fn to_json(self) -> Value {
+        json!({
+            "fail_rate": self.fail_rate,
+            "fail_status": self.fail_status,
+            "ttft_ms": self.ttft.as_secs_f64() * 1000.0,
+            "tokens_per_sec": self.tokens_per_sec,
+            "completion_tokens": self.completion_tokens,
+        })
+    }
+}
+
+/// A change requested through `POST /mock/config`.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub(super) struct ConfigUpdate {
+    fail_rate: Option<f64>,
+    fail_status: Option<u16>,
+    ttft: Option<Duration>,
+    tokens_per_sec: Option<f64>,
+    completion_tokens: Option<u32>,
+}
+
+/// Parse and validate a `POST /mock/config` body. Unknown keys are rejected
+/// so that a typo in a test fails loudly instead of silently doing nothing.
+pub(super) fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| format!("body is not valid JSON: {e}"))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| "body must be a JSON object".to_string())?;
+    let mut update = ConfigUpdate::default();
+    for (key, v) in object {
+        let number = || v.as_f64().ok_or_else(|| format!("`{key}` must be a number"));
+        let integer = || {
+            v.as_u64()
+                .ok_or_else(|| format!("`{key}` must be a non-negative integer"))
+        };
+        match key.as_str() {
+            "fail_rate" => update.fail_rate = Some(check_fail_rate(number()?)?),
+            "fail_status" => update.fail_status = Some(check_fail_status(integer()?)?),
+            "ttft_ms" => {
+                let ms = number()?;
+                if !ms.is_finite() || ms < 0.0 {
+                    return Err(format!("ttft_ms must be >= 0, got {ms}"));
+                }
+                update.ttft = Some(clamped_secs(ms / 1000.0));
+            }
+            "tokens_per_sec" => update.tokens_per_sec = Some(check_tokens_per_sec(number()?)?),
+            "completion_tokens" => {
+                let n = integer()?;
+                let n = u32::try_from(n).map_err(|_| format!("completion_tokens is too large: {n}"))?;
+                update.completion_tokens = Some(n);
+            }
+            other => {
+                return Err(format!(
+                    "unknown setting `{other}` (known: fail_rate, fail_status, ttft_ms, \
+                     tokens_per_sec, completion_tokens)"
+                ))
+            }
+        }
+    }
+    Ok(update)
+}
+
+/// Settings that can change at runtime plus counters, all lock-free so the
+/// hot path never contends on a mutex.
+#[derive(Debug)]
+pub(super) struct Behaviour {
+    /// `f64` bit pattern.
+    fail_rate: AtomicU64,
+    fail_status: AtomicU16,
+    ttft_us: AtomicU64,
+    /// `f64` bit pattern.
+    tokens_per_sec: AtomicU64,
+    completion_tokens: AtomicU32,
+    requests: AtomicU64,
+    in_flight: AtomicU64,
+    max_in_flight: AtomicU64,
+    completions: AtomicU64,
+    next_id: AtomicU64,
+}
+
+impl Behaviour {
+    /// Start from the command-line values, with zeroed counters.
+    pub(super) fn new(opts: &MockOptions) -> Self {
+        Behaviour {
+            fail_rate: AtomicU64::new(opts.fail_rate.to_bits()),
+            fail_status: AtomicU16::new(opts.fail_status),
+            ttft_us: AtomicU64::new(duration_us(opts.ttft.min(MAX_DELAY))),
+            tokens_per_sec: AtomicU64::new(opts.tokens_per_sec.to_bits()),
+            completion_tokens: AtomicU32::new(opts.completion_tokens),
+            requests: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            max_in_flight: AtomicU64::new(0),
+            completions: AtomicU64::new(0),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// Snapshot of the live settings.
+    pub(super) fn settings(&self) -> Settings {
+        Settings {
+            fail_rate: f64::from_bits(self.fail_rate.load(Ordering::Relaxed)),
+            fail_status: self.fail_status.load(Ordering::Relaxed),
+            ttft: Duration::from_micros(self.ttft_us.load(Ordering::Relaxed)),
+            tokens_per_sec: f64::from_bits(self.tokens_per_sec.load(Ordering::Relaxed)),
+            completion_tokens: self.completion_tokens.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Apply a validated `POST /mock/config` change.
+    pub(super) fn apply(&self, update: &ConfigUpdate) {
+        if let Some(rate) = update.fail_rate {
+            self.fail_rate.store(rate.to_bits(), Ordering::Relaxed);
+        }
+        if let Some(status) = update.fail_status {
+            self.fail_status.store(status, Ordering::Relaxed);
+        }
+        if let Some(ttft) = update.ttft {
+            self.ttft_us.store(duration_us(ttft), Ordering::Relaxed);
+        }
+        if let Some(tps) = update.tokens_per_sec {
+            self.tokens_per_sec.store(tps.to_bits(), Ordering::Relaxed);
+        }
+        if let Some(n) = update.completion_tokens {
+            self.completion_tokens.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// Count an API request; the returned guard keeps it in flight until dropped
+    /// (also when the client goes away mid-answer).
+    pub(super) fn begin_request(&self) -> InFlight<'_> {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        let now = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.max_in_flight.fetch_max(now, Ordering::Relaxed);
+        InFlight(self)
+    }
+
+    /// Count a (chat) completion answered in full.
+    pub(super) fn completed(&self) {
+        self.completions.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Serial number for the next answer's id.
+    pub(super) fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// The counters as `GET /mock/stats` shows them.
+    pub(super) fn stats_json(&self) -> Value {
+        json!({
+            "requests": self.requests.load(Ordering::Relaxed),
+            "in_flight": self.in_flight.load(Ordering::Relaxed),
+            "max_in_flight": self.max_in_flight.load(Ordering::Relaxed),
+            "completions": self.completions.load(Ordering::Relaxed),
+        })
+    }
+
+    /// Zero the counters. `in_flight` cannot be zeroed (the running requests
+    /// still decrement it), so the high-water mark restarts from it instead.
+    pub(super) fn reset_stats(&self) {
+        self.requests.store(0, Ordering::Relaxed);
+        self.completions.store(0, Ordering::Relaxed);
+        self.max_in_flight
+            .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+fn duration_us(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Guard of one in-flight API request.
+pub(super) struct InFlight<'a>(&'a Behaviour);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_updates_validate() {
+        let update = parse_config_update(br#"{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10}"#).expect("valid");
+        assert_eq!(
+            update,
+            ConfigUpdate {
+                fail_rate: Some(1.0),
+                fail_status: Some(500),
+                ttft: Some(Duration::from_millis(10)),
+                ..ConfigUpdate::default()
+            }
+        );
+        assert!(parse_config_update(br#"{"fail_rate": 2}"#).is_err());
+        assert!(parse_config_update(br#"{"fail_status": 200}"#).is_err());
+        assert!(parse_config_update(br#"{"failrate": 0.5}"#).is_err());
+        assert!(parse_config_update(b"nope").is_err());
+
+        let behaviour = Behaviour::new(&MockOptions::default());
+        behaviour.apply(&update);
+        let settings = behaviour.settings();
+        assert_eq!(settings.fail_rate, 1.0);
+        assert_eq!(settings.fail_status, 500);
+        assert_eq!(settings.ttft, Duration::from_millis(10));
+        assert!(settings.should_fail());
+    }
+
+    #[test]
+    fn timing() {
+        let settings = Settings {
+            fail_rate: 0.0,
+            fail_status: 503,
+            ttft: Duration::from_millis(50),
+            tokens_per_sec: 100.0,
+            completion_tokens: 16,
+        };
+        assert!(!settings.should_fail());
+        assert_eq!(settings.token_interval(), Some(Duration::from_millis(10)));
+        assert_eq!(settings.generation_time(10), Duration::from_millis(150));
+        let instant = Settings {
+            tokens_per_sec: 0.0,
+            ..settings
+        };
+        assert_eq!(instant.token_interval(), None);
+        assert_eq!(instant.generation_time(10), Duration::from_millis(50));
+    }
+
+    #[test]
+    fn stats_track_in_flight() {
+        let behaviour = Behaviour::new(&MockOptions::default());
+        {
+            let _a = behaviour.begin_request();
+            let _b = behaviour.begin_request();
+            behaviour.completed();
+        }
+        let _c = behaviour.begin_request();
+        assert_eq!(
+            behaviour.stats_json(),
+            json!({"requests": 3, "in_flight": 1, "max_in_flight": 2, "completions": 1})
+        );
+        behaviour.reset_stats();
+        assert_eq!(
+            behaviour.stats_json(),
+            json!({"requests": 0, "in_flight": 1, "max_in_flight": 1, "completions": 0})
+        );
+    }
+}

@@ -1,0 +1,68 @@
+//! OpenAI's error envelope, for the mock's own errors and injected failures.
+
+use serde_json::{json, Value};
+
+/// OpenAI's error envelope.
+pub(super) fn error_body(message: &str, kind: &str, code: Option<&str>) -> Value {
+    json!({"error": {"message": message, "type": kind, "code": code, "param": null}})
+}
+
+/// The envelope of an injected failure, and whether it carries `retry-after`.
+pub(super) fn failure_body(status: u16) -> (Value, bool) {
+    match status {
+        429 => (
+            error_body(
+                "Rate limit reached (injected by weir mock)",
+                "rate_limit_exceeded",
+                Some("rate_limit_exceeded"),
+            ),
+            true,
+        ),
+        500..=599 => (
+            error_body(
+                "The server had an error while processing your request (injected by weir mock)",
+                "server_error",
+                None,
+            ),
+            false,
+        ),
+        _ => (
+            error_body("Request failed (injected by weir mock)", "invalid_request_error", None),
+            false,
+        ),
+    }
+}
+
+/// 404 for a model the mock does not serve.
+pub(super) fn model_not_found(model: &str) -> Value {
+    error_body(
+        &format!("The model `{model}` does not exist"),
+        "invalid_request_error",
+        Some("model_not_found"),
+    )
+}
+
+/// 400 for a request the mock cannot answer.
+pub(super) fn invalid_request(message: &str) -> Value {
+    error_body(message, "invalid_request_error", None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_envelopes() {
+        let (body, retry) = failure_body(429);
+        assert!(retry);
+        assert_eq!(body["error"]["type"], "rate_limit_exceeded");
+        let (body, retry) = failure_body(503);
+        assert!(!retry);
+        assert_eq!(body["error"]["type"], "server_error");
+        assert!(body["error"]["code"].is_null());
+        assert!(body["error"]["param"].is_null());
+        let body = model_not_found("nope");
+        assert_eq!(body["error"]["code"], "model_not_found");
+        assert_eq!(body["error"]["message"], "The model `nope` does not exist");
+    }
+}

@@ -1,0 +1,51 @@
+//! A mock OpenAI-compatible provider.
+//!
+//! Used by `weir demo`, integration tests and load benchmarks. It speaks just
+//! enough of the OpenAI API (`/chat/completions`, `/completions`,
+//! `/embeddings`, `/models`, under any path prefix) to exercise a gateway:
+//! latency shaping (time to first token, tokens per second), failure
+//! injection that can be switched at runtime, and `x-mock-*` response headers
+//! that echo what the gateway forwarded.
+//!
+//! The mock must never be the bottleneck of a benchmark, so it implements
+//! [`HttpServerApp`](pingora_core::apps::HttpServerApp) directly: responses
+//! are streamed straight onto the session, nothing is logged per request and
+//! keep-alive connections are handed back to Pingora for reuse.
+//!
+//! Control endpoints (exact paths, no prefix):
+//! - `GET /mock/config`, `POST /mock/config` with any subset of
+//!   `{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10,
+//!   "tokens_per_sec": 100, "completion_tokens": 16}`;
+//! - `GET /mock/stats` → `{"requests", "in_flight", "max_in_flight", "completions"}`;
+//! - `POST /mock/stats/reset`.
+//!
+//! Where things live:
+//! - `options`      the command line of `weir mock` and the valid range of each value
+//! - `behaviour`    the live settings (changed by `POST /mock/config`) and the stats
+//! - `routes`       which endpoint a method and path name
+//! - `app`          the Pingora application: read a request, answer it on the session
+//! - `errors`       OpenAI error envelopes, injected failures included
+//! - `completions`  chat and text completions: token counts, answers, stream chunks
+//! - `sse`          server-sent event framing and the pre-rendered token events
+//! - `embeddings`   deterministic embeddings, as floats or base64
+//! - `server`       the Pingora service (`mock_service`) and the standalone `run`
+//! - `tls`          the TLS files, checked before Pingora would panic on them
+//!
+//! Layer rule: the mock stands in for a provider, so it imports nothing of the
+//! gateway (pipeline, plugins, wasm, runtime, proxy, provider, upstream,
+//! config); `crate::llm` is the only weir module it may use.
+
+mod app;
+mod behaviour;
+mod completions;
+mod embeddings;
+mod errors;
+mod options;
+mod routes;
+mod server;
+mod sse;
+mod tls;
+
+pub use app::MockApp;
+pub use options::{parse_duration, MockOptions};
+pub use server::{mock_service, run};

@@ -1,0 +1,125 @@
+//! The command line of `weir mock`, and the valid range of each value (the
+//! same checks guard `POST /mock/config`).
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+/// Run a mock OpenAI-compatible provider (options of `weir mock`).
+#[derive(Debug, Clone, clap::Args)]
+pub struct MockOptions {
+    /// Address to listen on
+    #[arg(long, default_value = "127.0.0.1:9000")]
+    pub listen: String,
+    /// Time to first token (e.g. 50ms)
+    #[arg(long, default_value = "0ms", value_parser = parse_duration)]
+    pub ttft: Duration,
+    /// Completion tokens per second when streaming/generating (0 = instant)
+    #[arg(long, default_value_t = 0.0)]
+    pub tokens_per_sec: f64,
+    /// Completion tokens in each answer
+    #[arg(long, default_value_t = 16)]
+    pub completion_tokens: u32,
+    /// Share of requests that fail (0.0..=1.0)
+    #[arg(long, default_value_t = 0.0)]
+    pub fail_rate: f64,
+    /// Status of an injected failure
+    #[arg(long, default_value_t = 503)]
+    pub fail_status: u16,
+    /// Models served, comma separated; others get 404 (empty = any model)
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Serve TLS with this PEM certificate chain
+    #[arg(long, requires = "tls_key")]
+    pub tls_cert: Option<String>,
+    /// PEM private key matching --tls-cert
+    #[arg(long, requires = "tls_cert")]
+    pub tls_key: Option<String>,
+    /// Worker threads
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+}
+
+impl Default for MockOptions {
+    /// The same values as the command line defaults.
+    fn default() -> Self {
+        MockOptions {
+            listen: "127.0.0.1:9000".to_string(),
+            ttft: Duration::ZERO,
+            tokens_per_sec: 0.0,
+            completion_tokens: 16,
+            fail_rate: 0.0,
+            fail_status: 503,
+            models: Vec::new(),
+            tls_cert: None,
+            tls_key: None,
+            threads: 1,
+        }
+    }
+}
+
+/// Parse a human readable duration such as `50ms`, `1s` or `1m 30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("invalid duration `{s}`: {e}"))
+}
+
+/// Check the options up front, so a bad value is a readable error rather
+/// than a panic inside Pingora once the server starts.
+pub(super) fn validate_options(opts: &MockOptions) -> Result<(), String> {
+    resolve(&opts.listen)?;
+    check_fail_rate(opts.fail_rate)?;
+    check_fail_status(u64::from(opts.fail_status))?;
+    check_tokens_per_sec(opts.tokens_per_sec)?;
+    if opts.threads == 0 {
+        return Err("--threads must be at least 1".to_string());
+    }
+    Ok(())
+}
+
+/// A failure share within `0.0..=1.0`.
+pub(super) fn check_fail_rate(rate: f64) -> Result<f64, String> {
+    if rate.is_finite() && (0.0..=1.0).contains(&rate) {
+        Ok(rate)
+    } else {
+        Err(format!("fail_rate must be between 0.0 and 1.0, got {rate}"))
+    }
+}
+
+/// A status that an injected failure can carry.
+pub(super) fn check_fail_status(status: u64) -> Result<u16, String> {
+    // Only final error statuses make sense: a 1xx would break HTTP framing and
+    // a 2xx/3xx is not a failure.
+    match u16::try_from(status) {
+        Ok(s) if (400..=599).contains(&s) => Ok(s),
+        _ => Err(format!("fail_status must be within 400..=599, got {status}")),
+    }
+}
+
+/// A finite, non-negative token rate (0 = instant).
+pub(super) fn check_tokens_per_sec(tps: f64) -> Result<f64, String> {
+    if tps.is_finite() && tps >= 0.0 {
+        Ok(tps)
+    } else {
+        Err(format!("tokens_per_sec must be >= 0, got {tps}"))
+    }
+}
+
+/// The first socket address `listen` resolves to.
+pub(super) fn resolve(listen: &str) -> Result<SocketAddr, String> {
+    listen
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid listen address `{listen}`: {e}"))?
+        .next()
+        .ok_or_else(|| format!("listen address `{listen}` resolves to nothing"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
+        assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
+        assert!(parse_duration("fast").is_err());
+    }
+}

@@ -1,0 +1,161 @@
+//! Server-sent event framing of a streamed answer, and the pre-rendered
+//! token events that keep streaming cheap.
+
+use bytes::Bytes;
+use serde_json::Value;
+
+use super::completions::{token_piece, Generation};
+
+/// One server-sent event carrying a JSON payload.
+pub(super) fn sse_event(payload: &Value) -> Bytes {
+    let mut event = b"data: ".to_vec();
+    // Serialising a `Value` cannot fail (keys are strings).
+    if serde_json::to_writer(&mut event, payload).is_err() {
+        event.truncate(6);
+        event.extend_from_slice(b"{}");
+    }
+    event.extend_from_slice(b"\n\n");
+    Bytes::from(event)
+}
+
+/// The stream terminator OpenAI sends.
+pub(super) const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// Pre-rendered token events of one generation.
+///
+/// Every token chunk is the same JSON except for the token text, so the
+/// event is rendered once around a marker and each token costs a copy rather
+/// than building and serialising a JSON tree (streaming benchmarks write
+/// tens of thousands of events per second).
+pub(super) struct TokenEvents {
+    /// `(before, after)` the token text; `None` falls back to full rendering.
+    template: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl TokenEvents {
+    /// Stands for the token text; token pieces (` tokN`) never need escaping.
+    const MARKER: &'static str = "@@weir-mock-token@@";
+
+    /// Render the template of `generation`'s token events.
+    pub(super) fn new(generation: &Generation) -> Self {
+        let rendered = sse_event(&generation.piece_chunk(Self::MARKER, None));
+        let marker = Self::MARKER.as_bytes();
+        let positions: Vec<usize> = rendered
+            .windows(marker.len())
+            .enumerate()
+            .filter_map(|(at, window)| (window == marker).then_some(at))
+            .collect();
+        // The model name is client controlled and could contain the marker:
+        // only use the template when the marker is unambiguous.
+        let template = match positions.as_slice() {
+            [at] => Some((rendered[..*at].to_vec(), rendered[at + marker.len()..].to_vec())),
+            _ => None,
+        };
+        TokenEvents { template }
+    }
+
+    /// The event of token `index`.
+    pub(super) fn event(&self, generation: &Generation, index: u32) -> Bytes {
+        match &self.template {
+            Some((before, after)) => {
+                let piece = token_piece(index);
+                let mut event = Vec::with_capacity(before.len() + piece.len() + after.len());
+                event.extend_from_slice(before);
+                event.extend_from_slice(piece.as_bytes());
+                event.extend_from_slice(after);
+                Bytes::from(event)
+            }
+            None => sse_event(&generation.token_chunk(index)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::completions::{completion_text, Kind};
+    use super::*;
+    use serde_json::json;
+
+    fn generation(request: Value, kind: Kind, configured: u32) -> Generation {
+        Generation::plan(kind, &request, "gpt-test", configured, 7, 1_700_000_000)
+    }
+
+    fn parse_sse(event: &Bytes) -> Value {
+        let text = std::str::from_utf8(event).expect("utf-8");
+        let json = text
+            .strip_prefix("data: ")
+            .and_then(|t| t.strip_suffix("\n\n"))
+            .expect("framed as one SSE event");
+        serde_json::from_str(json).expect("json payload")
+    }
+
+    #[test]
+    fn streamed_chunks_rebuild_the_answer() {
+        let request = json!({
+            "stream": true,
+            "stream_options": {"include_usage": true},
+            "messages": [{"role": "user", "content": "x"}],
+        });
+        let g = generation(request, Kind::Chat, 4);
+        assert!(g.stream && g.include_usage);
+
+        let role = g.role_chunk().expect("chat has a role chunk");
+        assert_eq!(role["object"], "chat.completion.chunk");
+        assert_eq!(
+            role["choices"],
+            json!([{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": null}])
+        );
+        assert!(role["usage"].is_null());
+
+        let text: String = (0..g.tokens)
+            .map(|i| {
+                let chunk = parse_sse(&sse_event(&g.token_chunk(i)));
+                chunk["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .expect("content")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(text, completion_text(4));
+
+        let finish = g.finish_chunk();
+        assert_eq!(finish["choices"][0]["delta"], json!({}));
+        assert_eq!(finish["choices"][0]["finish_reason"], "stop");
+
+        let usage = g.usage_chunk().expect("usage requested");
+        assert_eq!(usage["choices"], json!([]));
+        assert_eq!(usage["usage"]["completion_tokens"], 4);
+        assert_eq!(usage["usage"]["prompt_tokens"], 4);
+    }
+
+    #[test]
+    fn token_template_matches_full_rendering() {
+        for (kind, request) in [
+            (Kind::Chat, json!({"stream": true})),
+            (
+                Kind::Chat,
+                json!({"stream": true, "stream_options": {"include_usage": true}}),
+            ),
+            (Kind::Text, json!({"stream": true})),
+        ] {
+            let g = generation(request, kind, 12);
+            let events = TokenEvents::new(&g);
+            assert!(events.template.is_some());
+            for i in 0..g.tokens {
+                assert_eq!(events.event(&g, i), sse_event(&g.token_chunk(i)));
+            }
+        }
+        // A model name containing the marker falls back to full rendering.
+        let tricky = Generation::plan(Kind::Chat, &json!({}), TokenEvents::MARKER, 3, 1, 0);
+        let events = TokenEvents::new(&tricky);
+        assert!(events.template.is_none());
+        assert_eq!(events.event(&tricky, 2), sse_event(&tricky.token_chunk(2)));
+    }
+
+    #[test]
+    fn sse_event_framing() {
+        let event = sse_event(&json!({"a": 1}));
+        assert_eq!(&event[..], b"data: {\"a\":1}\n\n");
+        assert_eq!(SSE_DONE, b"data: [DONE]\n\n");
+    }
+}
