@@ -90,7 +90,7 @@ impl Admin {
                 (
                     name.clone(),
                     json!({
-                        "type": p.conf.type_name(),
+                        "type": p.conf.type_name,
                         "in_flight": s.in_flight,
                         "queued": s.waiting,
                         "oldest_wait_ms": s.oldest_wait.as_millis() as u64,

@@ -41,7 +41,7 @@ pub fn run(path: &Path) -> Result<(), String> {
         .and_then(|p| p.models.pairs().into_iter().next())
         .map(|(m, _)| m);
     let model = model.unwrap_or_default();
-    let auth = if cfg.plugins.values().any(|p| p.type_name() == "api_key") {
+    let auth = if cfg.plugins.values().any(|p| p.type_name == "api_key") {
         " -H 'Authorization: Bearer sk-demo'"
     } else {
         ""

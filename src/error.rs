@@ -84,6 +84,9 @@ pub struct WeirError {
     pub retry_after: Option<u64>,
     /// The envelope's `param`.
     pub param: Option<&'static str>,
+    /// Further headers the refusing plugin adds (its own response phase does
+    /// not run on its own refusal).
+    pub headers: Vec<(String, String)>,
 }
 
 impl WeirError {
@@ -94,7 +97,13 @@ impl WeirError {
             queue: None,
             retry_after: None,
             param: None,
+            headers: Vec::new(),
         }
+    }
+
+    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.headers.push((name.into(), value.into()));
+        self
     }
 
     pub fn with_queue(mut self, queue: impl Into<String>, retry_after_secs: u64) -> Self {
@@ -139,6 +148,9 @@ impl WeirError {
         }
         if let Some(q) = &self.queue {
             let _ = h.insert_header("x-weir-queue", q.as_str());
+        }
+        for (k, v) in &self.headers {
+            let _ = h.insert_header(k.clone(), v.as_str());
         }
         let status = self.status();
         if status == 429 || status == 503 {

@@ -4,6 +4,7 @@
 use crate::bulkhead::{Bulkhead, Limits};
 use crate::config::{BulkheadConf, ProviderConf};
 use crate::metrics;
+use indexmap::IndexMap;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::WrappedX509;
 use prometheus::IntGauge;
@@ -80,6 +81,18 @@ impl Endpoint {
     }
 }
 
+/// A bulkhead's limits as config spells them.
+pub fn limits(c: &BulkheadConf) -> Limits {
+    Limits {
+        max_concurrent: c.max_concurrent,
+        queue: c.queue,
+        queue_timeout: c.queue_timeout.0,
+    }
+}
+
+/// A generation's providers by name.
+pub type Providers = IndexMap<String, Arc<Provider>>;
+
 /// Read PEM CA certificates.
 pub fn load_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     let data = std::fs::read(path).map_err(|e| format!("cannot read CA file {}: {e}", path.display()))?;
@@ -110,8 +123,9 @@ pub struct Provider {
     pub models: HashMap<String, String>,
     pub bulkhead: Arc<Bulkhead>,
     /// In-flight requests; the metric child is keyed by name, so the count
-    /// survives any rebuild of the provider set.
-    pub in_flight: IntGauge,
+    /// survives any rebuild of the provider set. Changed only through
+    /// [`Provider::in_flight`]'s guard.
+    in_flight: IntGauge,
     /// Result of the active health check; carried over across reloads.
     pub healthy: Arc<AtomicBool>,
 }
@@ -151,7 +165,7 @@ impl Provider {
                 peer.options.ca = Some(Arc::from(list.into_boxed_slice()));
             }
         }
-        let limits: Limits = conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT).limits();
+        let limits = limits(&conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT));
         // Keep the bulkhead (and its queue) when its limits are unchanged.
         let bulkhead = match previous {
             Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
@@ -170,6 +184,18 @@ impl Provider {
         })
     }
 
+    /// Count one request in flight until the guard is dropped (on every
+    /// path, a cancelled future included).
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+
+    /// Requests in flight now.
+    pub fn in_flight_now(&self) -> u64 {
+        self.in_flight.get().max(0) as u64
+    }
+
     /// False only after an active health check failed.
     pub fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
@@ -178,6 +204,15 @@ impl Provider {
     /// The upstream name of a public model, if this provider serves it.
     pub fn upstream_model(&self, public: &str) -> Option<&str> {
         self.models.get(public).map(String::as_str)
+    }
+}
+
+/// One request in flight at a provider; counted down on drop.
+pub struct InFlight(IntGauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

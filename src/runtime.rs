@@ -1,76 +1,101 @@
 //! One immutable, fully built value per config generation: routes, providers
-//! and plugin instances. The [`Gateway`] holds the current one behind an
-//! atomic pointer; a request keeps the generation it started with.
+//! and plugin instances. Building one does all the I/O a config implies
+//! (keys files, CA files, wasm modules, name resolution), reports what fails
+//! as located config errors, and carries unchanged providers and plugins
+//! (with their state) over from the previous generation. The [`Gateway`]
+//! holds the current generation behind an atomic pointer; a request keeps
+//! the generation it started with.
 
+use crate::bulkhead::Bulkhead;
 use crate::config::locate::LineIndex;
-use crate::config::{self, Config, ConfigErrors, MatchConf};
-use crate::plugins::{self, PluginInstance};
-use crate::provider::{self, Provider};
+use crate::config::{self, Checker, Config, ConfigErrors, PluginConf};
+use crate::pipeline::{PluginInstance, Route, Settings};
+use crate::plugins;
+use crate::provider::{self, Provider, Providers};
 use arc_swap::ArcSwap;
-use indexmap::IndexMap;
 use pingora_http::RequestHeader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-/// A route as it serves requests.
-pub struct Route {
-    pub name: String,
-    pub matcher: MatchConf,
-    methods: Vec<http::Method>,
-    pub plugins: Vec<Arc<PluginInstance>>,
-    pub providers: Vec<Arc<Provider>>,
-    pub retries: u32,
-    /// Public model names this route serves, in config order, unique.
-    pub models: Vec<(String, String)>,
-}
-
-impl Route {
-    /// Does this route take the request?
-    pub fn matches(&self, req: &RequestHeader) -> bool {
-        let path = req.uri.path();
-        if let Some(p) = &self.matcher.path {
-            if path != p {
-                return false;
-            }
-        }
-        if let Some(p) = &self.matcher.path_prefix {
-            if !path.starts_with(p.as_str()) {
-                return false;
-            }
-        }
-        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
-            return false;
-        }
-        self.matcher.headers.iter().all(|(k, v)| {
-            req.headers
-                .get(k.as_str())
-                .is_some_and(|h| h.as_bytes() == v.as_bytes())
-        })
-    }
-
-    /// Providers that serve `model`, in route order.
-    pub fn candidates(&self, model: &str) -> Vec<Arc<Provider>> {
-        self.providers
-            .iter()
-            .filter(|p| p.upstream_model(model).is_some())
-            .cloned()
-            .collect()
-    }
-}
-
 /// Everything a config generation serves with.
 pub struct Runtime {
     pub generation: u64,
     pub config: Arc<Config>,
-    pub routes: Vec<Route>,
-    pub providers: IndexMap<String, Arc<Provider>>,
-    pub plugins: IndexMap<String, Arc<PluginInstance>>,
+    pub routes: Vec<Arc<Route>>,
+    pub providers: Arc<Providers>,
+    pub plugins: indexmap::IndexMap<String, Arc<PluginInstance>>,
     pub max_request_body: usize,
 }
 
+/// SHA-256 of each file (`None`: unreadable).
+fn digests(files: Vec<PathBuf>) -> Vec<(PathBuf, Option<[u8; 32]>)> {
+    use sha2::{Digest, Sha256};
+    files
+        .into_iter()
+        .map(|f| {
+            let d = std::fs::read(&f).ok().map(|b| Sha256::digest(&b).into());
+            (f, d)
+        })
+        .collect()
+}
+
+/// Parse and build one plugin through its type's factory. An instance of
+/// the previous generation with the same entry, built from the same file
+/// contents, is reused whole, so its state carries over.
+fn build_plugin(
+    name: &str,
+    conf: &PluginConf,
+    source: &Path,
+    previous: Option<&Arc<PluginInstance>>,
+    ck: &mut Checker,
+) -> Option<Arc<PluginInstance>> {
+    let at = format!("plugins.{name}");
+    let Some(kind) = plugins::find(&conf.type_name) else {
+        let known: Vec<String> = plugins::registry().iter().map(|t| format!("`{}`", t.name())).collect();
+        ck.error(
+            format!("{at}.type"),
+            format!(
+                "unknown variant `{}`, expected one of {}",
+                conf.type_name,
+                known.join(", ")
+            ),
+        );
+        return None;
+    };
+    let value = serde_yaml_ng::Value::Mapping(conf.settings.clone());
+    let settings = Settings {
+        name,
+        at: &at,
+        value: &value,
+        bulkhead: conf.bulkhead(),
+        source,
+    };
+    let spec = kind.parse(&settings, ck)?;
+    let files = digests(spec.files());
+    if let Some(p) = previous {
+        if &p.conf == conf && p.files == files && files.iter().all(|(_, d)| d.is_some()) {
+            return Some(p.clone());
+        }
+    }
+    let plugin = spec.build(&at, ck)?;
+    let limits = provider::limits(&conf.bulkhead());
+    let bulkhead = match previous {
+        Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
+        _ => Bulkhead::new(format!("plugin:{name}"), limits),
+    };
+    Some(Arc::new(PluginInstance {
+        name: name.to_string(),
+        conf: conf.clone(),
+        capabilities: plugin.capabilities(),
+        plugin,
+        bulkhead,
+        files,
+    }))
+}
+
 impl Runtime {
-    /// Compile a checked config. Unchanged providers and plugins of
+    /// Build a checked config. Unchanged providers and plugins of
     /// `previous` are carried over by name and definition.
     pub fn build(
         config: Config,
@@ -78,8 +103,8 @@ impl Runtime {
         generation: u64,
         previous: Option<&Runtime>,
     ) -> Result<Runtime, ConfigErrors> {
-        let mut ck = config::Checker::new(&config.source, index);
-        let mut providers = IndexMap::new();
+        let mut ck = Checker::new(&config.source, index);
+        let mut providers = Providers::new();
         for (name, conf) in &config.providers {
             let ca = match &conf.tls.ca_file {
                 Some(f) => match provider::load_ca(&ck.resolve(f)) {
@@ -99,14 +124,11 @@ impl Runtime {
                 Err(e) => ck.error(format!("providers.{name}.url"), e),
             }
         }
-        let mut plugins = IndexMap::new();
+        let mut plugins = indexmap::IndexMap::new();
         for (name, conf) in &config.plugins {
             let prev = previous.and_then(|p| p.plugins.get(name));
-            match plugins::build(name, conf, &config, prev) {
-                Ok(p) => {
-                    plugins.insert(name.clone(), p);
-                }
-                Err(e) => ck.error(format!("plugins.{name}"), e),
+            if let Some(p) = build_plugin(name, conf, &config.source, prev, &mut ck) {
+                plugins.insert(name.clone(), p);
             }
         }
         if !ck.errors.is_empty() {
@@ -125,7 +147,8 @@ impl Runtime {
                         }
                     }
                 }
-                Route {
+                let chain: Vec<Arc<PluginInstance>> = r.plugins.iter().map(|p| plugins[p].clone()).collect();
+                Arc::new(Route {
                     name: r.name.clone(),
                     methods: r
                         .matcher
@@ -134,11 +157,12 @@ impl Runtime {
                         .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
                         .collect(),
                     matcher: r.matcher.clone(),
-                    plugins: r.plugins.iter().map(|p| plugins[p].clone()).collect(),
+                    stream_usage: chain.iter().any(|p| p.capabilities.stream_usage),
+                    plugins: chain,
                     providers,
                     retries: r.retries,
                     models,
-                }
+                })
             })
             .collect();
         Ok(Runtime {
@@ -146,14 +170,14 @@ impl Runtime {
             max_request_body: config.server.max_request_body.0 as usize,
             config: Arc::new(config),
             routes,
-            providers,
+            providers: Arc::new(providers),
             plugins,
         })
     }
 
     /// The first route whose match holds.
-    pub fn route_for(&self, req: &RequestHeader) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(req))
+    pub fn route_for(&self, req: &RequestHeader) -> Option<Arc<Route>> {
+        self.routes.iter().find(|r| r.matches(req)).cloned()
     }
 }
 
@@ -317,12 +341,8 @@ impl Runtime {
     pub fn watched_files(&self) -> Vec<PathBuf> {
         let src = &self.config.source;
         let mut files = vec![src.clone()];
-        for p in self.config.plugins.values() {
-            match p {
-                crate::config::PluginConf::ApiKey(c) => files.push(config::resolve_relative(src, &c.keys_file)),
-                crate::config::PluginConf::Wasm(c) => files.push(config::resolve_relative(src, &c.module)),
-                _ => {}
-            }
+        for p in self.plugins.values() {
+            files.extend(p.files.iter().map(|(f, _)| f.clone()));
         }
         for p in self.config.providers.values() {
             if let Some(ca) = &p.tls.ca_file {

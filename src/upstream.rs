@@ -3,6 +3,7 @@
 //! header within `first_byte`, then read the body chunk by chunk within `idle`.
 //! Driving the upstream side here (instead of Pingora's proxy loop) is what
 //! lets weir inspect and rewrite bodies of any size and replay them on failover.
+//! The proxy's attempts and a wasm filter's `http_call` both use this code.
 
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::Provider;
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use pingora_core::connectors::http::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::time::{Duration, Instant};
@@ -21,8 +23,29 @@ pub struct Upstream {
 
 impl Default for Upstream {
     fn default() -> Self {
-        Upstream {
-            connector: Connector::new(Some(ConnectorOptions::new(1024))),
+        Upstream::new(1024)
+    }
+}
+
+/// Where an exchange goes, and how long its steps may take.
+pub struct Target<'a> {
+    /// For errors and logs.
+    pub name: &'a str,
+    pub peer: &'a HttpPeer,
+    /// From the end of sending to the response header.
+    pub first_byte: Duration,
+    /// Longest gap while writing the request or reading the body.
+    pub idle: Duration,
+}
+
+impl<'a> Target<'a> {
+    /// A provider, with its configured timeouts.
+    pub fn provider(p: &'a Provider) -> Self {
+        Target {
+            name: &p.name,
+            peer: &p.peer,
+            first_byte: p.conf.timeouts.first_byte.0,
+            idle: p.conf.timeouts.idle.0,
         }
     }
 }
@@ -44,22 +67,30 @@ fn classify(e: &pingora_error::Error, provider: &str, during: &str) -> WeirError
 }
 
 impl Upstream {
+    /// Pools keeping up to `idle_per_pool` idle connections each. A pool
+    /// belongs to the tokio runtime its connections were made on.
+    pub fn new(idle_per_pool: usize) -> Self {
+        Upstream {
+            connector: Connector::new(Some(ConnectorOptions::new(idle_per_pool))),
+        }
+    }
+
     /// Send a request and wait for the response header.
-    pub async fn send(&self, p: &Provider, req: &RequestHeader, body: &Bytes) -> Result<Exchange, WeirError> {
+    pub async fn send(&self, p: &Target<'_>, req: &RequestHeader, body: &Bytes) -> Result<Exchange, WeirError> {
         // A pooled connection may have been closed by the provider; retry once on a new one.
         let mut attempts = 0;
         loop {
             attempts += 1;
             let (mut s, reused) = self
                 .connector
-                .get_http_session(&p.peer)
+                .get_http_session(p.peer)
                 .await
-                .map_err(|e| classify(&e, &p.name, "could not be reached"))?;
+                .map_err(|e| classify(&e, p.name, "could not be reached"))?;
             match self.exchange(&mut s, p, req, body).await {
                 Ok(ttfb) => {
                     return Ok(Exchange {
                         session: s,
-                        idle: p.conf.timeouts.idle.0,
+                        idle: p.idle,
                         ttfb,
                     })
                 }
@@ -76,12 +107,11 @@ impl Upstream {
     async fn exchange(
         &self,
         s: &mut HttpSession,
-        p: &Provider,
+        p: &Target<'_>,
         req: &RequestHeader,
         body: &Bytes,
     ) -> Result<Duration, (WeirError, bool)> {
-        let t = &p.conf.timeouts;
-        s.set_write_timeout(Some(t.idle.0));
+        s.set_write_timeout(Some(p.idle));
         let started = Instant::now();
         let send = async {
             s.write_request_header(Box::new(req.clone())).await?;
@@ -91,16 +121,17 @@ impl Upstream {
             s.finish_request_body().await
         };
         send.await
-            .map_err(|e| (classify(&e, &p.name, "failed while sending"), false))?;
-        match tokio::time::timeout(t.first_byte.0, s.read_response_header()).await {
+            .map_err(|e| (classify(&e, p.name, "failed while sending"), false))?;
+        match tokio::time::timeout(p.first_byte, s.read_response_header()).await {
             Ok(Ok(())) => Ok(started.elapsed()),
-            Ok(Err(e)) => Err((classify(&e, &p.name, "failed before answering"), false)),
+            Ok(Err(e)) => Err((classify(&e, p.name, "failed before answering"), false)),
             Err(_) => Err((
                 WeirError::new(
                     ErrorKind::UpstreamTimeout,
                     format!(
                         "provider '{}' sent no response within {}",
-                        p.name, p.conf.timeouts.first_byte
+                        p.name,
+                        humantime::format_duration(p.first_byte)
                     ),
                 ),
                 true,
@@ -109,10 +140,10 @@ impl Upstream {
     }
 
     /// Return a finished exchange's connection to the pool, or close it.
-    pub async fn finish(&self, mut ex: Exchange, p: &Provider) {
+    pub async fn finish(&self, mut ex: Exchange, peer: &HttpPeer) {
         if ex.session.response_done() {
             self.connector
-                .release_http_session(ex.session, &p.peer, p.peer.options.idle_timeout)
+                .release_http_session(ex.session, peer, peer.options.idle_timeout)
                 .await;
         } else {
             ex.session.shutdown().await;
@@ -135,6 +166,21 @@ impl Exchange {
                 format!("provider '{provider}' went idle mid-response"),
             )),
         }
+    }
+
+    /// Read the rest of the body, at most `max` bytes.
+    pub async fn read_all(&mut self, provider: &str, max: usize) -> Result<Bytes, WeirError> {
+        let mut data = bytes::BytesMut::new();
+        while let Some(c) = self.chunk(provider).await? {
+            if data.len() + c.len() > max {
+                return Err(WeirError::new(
+                    ErrorKind::Upstream,
+                    format!("'{provider}' answered with a body over {max} bytes"),
+                ));
+            }
+            data.extend_from_slice(&c);
+        }
+        Ok(data.freeze())
     }
 
     pub fn done(&mut self) -> bool {

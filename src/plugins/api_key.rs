@@ -2,9 +2,8 @@
 //! `x-api-key`); the keys file holds only SHA-256 digests, each with a name
 //! and optional allowed models and routes. Comparison is constant-time.
 
-use crate::config::{BulkheadConf, Checker, Config};
 use crate::error::{ErrorKind, WeirError};
-use crate::pipeline::{Flow, Identity, Plugin, RequestCtx};
+use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use pingora_http::RequestHeader;
 use serde::{Deserialize, Serialize};
@@ -19,9 +18,15 @@ use subtle::ConstantTimeEq;
 #[serde(deny_unknown_fields)]
 pub struct ApiKeyConf {
     pub keys_file: PathBuf,
-    #[serde(default)]
-    pub bulkhead: Option<BulkheadConf>,
 }
+
+/// The `api_key` plugin type.
+pub static TYPE: Typed<ApiKeyConf> = Typed {
+    name: "api_key",
+    check: crate::pipeline::no_check,
+    files: |c, b| vec![b.resolve(&c.keys_file)],
+    build: |c, b| Ok(Arc::new(ApiKeys::load(c, b)?)),
+};
 
 /// The keys file.
 #[derive(Debug, Deserialize)]
@@ -70,26 +75,19 @@ fn parse_keys_file(path: &Path) -> Result<KeysFile, String> {
     Ok(file)
 }
 
-/// Config-time checks.
-pub fn check(c: &ApiKeyConf, at: &str, ck: &mut Checker) {
-    if let Err(e) = parse_keys_file(&ck.resolve(&c.keys_file)) {
-        ck.error(format!("{at}.keys_file"), e);
-    }
-}
-
 /// SHA-256 hex of a key, as the keys file stores it.
 pub fn digest_hex(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
 impl ApiKeys {
-    pub fn load(c: &ApiKeyConf, config: &Config) -> Result<ApiKeys, String> {
-        let path = crate::config::resolve_relative(&config.source, &c.keys_file);
-        let file = parse_keys_file(&path)?;
+    /// Read the keys file (errors are about `keys_file`).
+    pub fn load(c: &ApiKeyConf, b: &BuildCtx) -> Result<ApiKeys, BuildError> {
+        let file = parse_keys_file(&b.resolve(&c.keys_file)).map_err(|e| ("keys_file", e))?;
         let mut buckets: HashMap<u64, Vec<Key>> = HashMap::new();
         for k in file.keys {
             let mut digest = [0u8; 32];
-            hex::decode_to_slice(&k.sha256, &mut digest).map_err(|e| format!("{}: {e}", k.name))?;
+            hex::decode_to_slice(&k.sha256, &mut digest).map_err(|e| ("keys_file", format!("{}: {e}", k.name)))?;
             let key = Key {
                 digest,
                 identity: Identity {
@@ -142,11 +140,12 @@ impl Plugin for ApiKeys {
         let Some(key) = self.find(presented) else {
             return Err(WeirError::new(ErrorKind::Authentication, "unknown API key"));
         };
-        if let (Some(routes), Some(route)) = (&key.routes, ctx.route()) {
-            if !routes.iter().any(|r| r == &route.name) {
+        if let Some(routes) = &key.routes {
+            let route = ctx.route_name();
+            if !routes.iter().any(|r| r == route) {
                 return Err(WeirError::new(
                     ErrorKind::Permission,
-                    format!("key '{}' may not use route '{}'", key.identity.name, route.name),
+                    format!("key '{}' may not use route '{route}'", key.identity.name),
                 ));
             }
         }
@@ -187,13 +186,14 @@ mod tests {
         )
         .unwrap();
         let conf = ApiKeyConf {
-            keys_file: path.clone(),
-            bulkhead: None,
+            keys_file: "keys.yaml".into(),
         };
-        let cfg_text = "server: {listen: ['127.0.0.1:1']}\nproviders: {}\nroutes: []\n";
-        let mut config: Config = serde_yaml_ng::from_str(cfg_text).unwrap();
-        config.source = dir.path().join("weir.yaml");
-        let keys = ApiKeys::load(&conf, &config).unwrap();
+        let b = BuildCtx {
+            name: "keys".into(),
+            bulkhead: crate::config::BulkheadConf::PLUGIN_DEFAULT,
+            source: dir.path().join("weir.yaml"),
+        };
+        let keys = ApiKeys::load(&conf, &b).map_err(|e| e.1).unwrap();
         assert_eq!(&*keys.find("sk-alice").unwrap().identity.name, "alice");
         assert!(keys.find("sk-bob").is_none());
         assert!(keys.find("").is_none());

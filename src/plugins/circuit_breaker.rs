@@ -2,16 +2,16 @@
 //! candidate set; if every candidate is open the request gets 503
 //! `circuit_open` with `Retry-After` = time until the first half-open.
 
-use crate::config::{BulkheadConf, Checker, Dur};
+use crate::config::{Checker, Dur};
 use crate::error::{ErrorKind, WeirError};
 use crate::metrics;
-use crate::pipeline::{Attempt, Plugin, RequestCtx};
+use crate::pipeline::{Admission, Attempt, AttemptHold, Plugin, RequestCtx, Typed};
 use crate::provider::Provider;
 use crate::traffic::breaker::{Admit, Breaker, BreakerConf, State};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Plugin settings.
@@ -36,9 +36,15 @@ pub struct CircuitBreakerConf {
     /// What counts as a failure.
     #[serde(default)]
     pub failure_on: FailureOn,
-    #[serde(default)]
-    pub bulkhead: Option<BulkheadConf>,
 }
+
+/// The `circuit_breaker` plugin type.
+pub static TYPE: Typed<CircuitBreakerConf> = Typed {
+    name: "circuit_breaker",
+    check,
+    files: crate::pipeline::no_files,
+    build: |c, _| Ok(Arc::new(CircuitBreaker::new(c))),
+};
 
 /// Which outcomes count as failures.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
@@ -87,8 +93,8 @@ fn d_probes() -> u32 {
     2
 }
 
-/// Config-time checks.
-pub fn check(c: &CircuitBreakerConf, at: &str, ck: &mut Checker) {
+/// Checks of the values.
+fn check(c: &CircuitBreakerConf, at: &str, ck: &mut Checker) {
     if !(0.0..=1.0).contains(&c.failure_rate) || c.failure_rate == 0.0 {
         ck.error(format!("{at}.failure_rate"), "must be in (0, 1]");
     }
@@ -100,44 +106,56 @@ pub fn check(c: &CircuitBreakerConf, at: &str, ck: &mut Checker) {
     }
 }
 
-/// Per-request: which attempts were probes.
-#[derive(Default)]
-struct Probes(Vec<(String, bool)>);
-
 /// See the module doc.
 pub struct CircuitBreaker {
+    shared: Arc<Breakers>,
+}
+
+/// The breakers of every provider, shared with the attempts in flight.
+struct Breakers {
     conf: CircuitBreakerConf,
     breaker: BreakerConf,
-    breakers: Mutex<HashMap<String, Breaker>>,
+    by_provider: Mutex<HashMap<String, Breaker>>,
+}
+
+/// One attempt's stake: whether it is a half-open probe, to be recorded or given back.
+struct Hold {
+    shared: Arc<Breakers>,
+    provider: Arc<Provider>,
+    probe: bool,
 }
 
 impl CircuitBreaker {
     pub fn new(conf: &CircuitBreakerConf) -> Self {
         CircuitBreaker {
-            breaker: BreakerConf {
-                failure_rate: conf.failure_rate,
-                min_requests: conf.min_requests,
-                window: conf.window.0,
-                consecutive_failures: conf.consecutive_failures,
-                open_for: conf.open_for.0,
-                half_open_probes: conf.half_open_probes,
-            },
-            conf: conf.clone(),
-            breakers: Mutex::new(HashMap::new()),
+            shared: Arc::new(Breakers {
+                breaker: BreakerConf {
+                    failure_rate: conf.failure_rate,
+                    min_requests: conf.min_requests,
+                    window: conf.window.0,
+                    consecutive_failures: conf.consecutive_failures,
+                    open_for: conf.open_for.0,
+                    half_open_probes: conf.half_open_probes,
+                },
+                conf: conf.clone(),
+                by_provider: Mutex::new(HashMap::new()),
+            }),
         }
     }
+}
 
-    fn transition(provider: &str, to: State) {
-        metrics::CIRCUIT_STATE.with_label_values(&[provider]).set(to as i64);
-        metrics::CIRCUIT_TRANSITIONS
-            .with_label_values(&[provider, to.name()])
-            .inc();
-        match to {
-            State::Open => log::warn!("circuit breaker for provider '{provider}' opened"),
-            _ => log::info!("circuit breaker for provider '{provider}' is now {}", to.name()),
-        }
+fn transition(provider: &str, to: State) {
+    metrics::CIRCUIT_STATE.with_label_values(&[provider]).set(to as i64);
+    metrics::CIRCUIT_TRANSITIONS
+        .with_label_values(&[provider, to.name()])
+        .inc();
+    match to {
+        State::Open => log::warn!("circuit breaker for provider '{provider}' opened"),
+        _ => log::info!("circuit breaker for provider '{provider}' is now {}", to.name()),
     }
+}
 
+impl Breakers {
     fn is_failure(&self, a: &Attempt) -> bool {
         let f = self.conf.failure_on;
         match *a {
@@ -148,7 +166,40 @@ impl CircuitBreaker {
             }
             Attempt::Failed(ErrorKind::UpstreamTimeout) => f.timeout,
             Attempt::Failed(_) => f.connect_error,
+            Attempt::Aborted => false,
         }
+    }
+
+    /// Run `f` on the provider's breaker (made on first use); report a transition.
+    fn with<T>(&self, provider: &str, f: impl FnOnce(&mut Breaker, Instant) -> (T, Option<State>)) -> T {
+        let now = Instant::now();
+        let (out, moved) = {
+            let mut map = self.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+            let b = map
+                .entry(provider.to_string())
+                .or_insert_with(|| Breaker::new(self.breaker, now));
+            f(b, now)
+        };
+        if let Some(to) = moved {
+            transition(provider, to);
+        }
+        out
+    }
+}
+
+impl AttemptHold for Hold {
+    fn end(&mut self, attempt: &Attempt) {
+        let (probe, name) = (self.probe, self.provider.name.as_str());
+        if *attempt == Attempt::Aborted {
+            // No outcome: the attempt says nothing about the provider, and
+            // a probe it held goes back for the next request to take.
+            if probe {
+                self.shared.with(name, |b, _| ((), b.release_probe()));
+            }
+            return;
+        }
+        let failed = self.shared.is_failure(attempt);
+        self.shared.with(name, |b, now| ((), b.record(!failed, probe, now)));
     }
 }
 
@@ -156,7 +207,7 @@ impl CircuitBreaker {
 impl Plugin for CircuitBreaker {
     fn upstream_choice(&self, ctx: &mut RequestCtx) -> Result<(), WeirError> {
         let now = Instant::now();
-        let map = self.breakers.lock().unwrap();
+        let map = self.shared.by_provider.lock().unwrap_or_else(|p| p.into_inner());
         let mut soonest: Option<Duration> = None;
         ctx.candidates
             .retain(|p| match map.get(&p.name).and_then(|b| b.blocked_for(now)) {
@@ -177,52 +228,21 @@ impl Plugin for CircuitBreaker {
         Ok(())
     }
 
-    fn attempt_start(&self, p: &Provider, ctx: &mut RequestCtx) -> bool {
-        let now = Instant::now();
-        let (admit, moved) = {
-            let mut map = self.breakers.lock().unwrap();
-            let b = map
-                .entry(p.name.clone())
-                .or_insert_with(|| Breaker::new(self.breaker, now));
-            b.admit(now)
-        };
-        if let Some(to) = moved {
-            Self::transition(&p.name, to);
-        }
-        let probe = match admit {
+    fn attempt_start(&self, p: &Arc<Provider>) -> Admission {
+        let probe = match self.shared.with(&p.name, |b, now| b.admit(now)) {
             Admit::Yes => false,
             Admit::Probe => true,
-            Admit::No(_) => return false,
+            Admit::No(_) => return Admission::Skip,
         };
-        if ctx.state::<Probes>().is_none() {
-            ctx.set_state(Probes::default());
-        }
-        if let Some(probes) = ctx.state::<Probes>() {
-            probes.0.push((p.name.clone(), probe));
-        }
-        true
-    }
-
-    fn attempt_end(&self, p: &Provider, attempt: &Attempt, ctx: &mut RequestCtx) {
-        let probe = ctx
-            .state::<Probes>()
-            .and_then(|pr| pr.0.iter().rev().find(|(n, _)| *n == p.name).map(|(_, probe)| *probe))
-            .unwrap_or(false);
-        let failed = self.is_failure(attempt);
-        let moved = {
-            let mut map = self.breakers.lock().unwrap();
-            let now = Instant::now();
-            let b = map
-                .entry(p.name.clone())
-                .or_insert_with(|| Breaker::new(self.breaker, now));
-            b.record(!failed, probe, now)
-        };
-        if let Some(to) = moved {
-            Self::transition(&p.name, to);
-        }
+        Admission::Go(Some(Box::new(Hold {
+            shared: self.shared.clone(),
+            provider: p.clone(),
+            probe,
+        })))
     }
 
     fn breaker_state(&self, provider: &str) -> Option<State> {
-        self.breakers.lock().unwrap().get(provider).map(|b| b.state())
+        let map = self.shared.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+        map.get(provider).map(|b| b.state())
     }
 }

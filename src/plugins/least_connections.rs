@@ -1,9 +1,8 @@
 //! `least_connections`: order the candidates by in-flight requests relative
 //! to weight (ties rotate), healthy providers with room first.
 
-use crate::config::BulkheadConf;
 use crate::error::WeirError;
-use crate::pipeline::{Plugin, RequestCtx};
+use crate::pipeline::{Plugin, RequestCtx, Typed};
 use crate::traffic::least_conn::{order, Load};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -12,10 +11,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// Plugin settings.
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
-pub struct LeastConnectionsConf {
-    #[serde(default)]
-    pub bulkhead: Option<BulkheadConf>,
-}
+pub struct LeastConnectionsConf {}
+
+/// The `least_connections` plugin type.
+pub static TYPE: Typed<LeastConnectionsConf> = Typed {
+    name: "least_connections",
+    check: crate::pipeline::no_check,
+    files: crate::pipeline::no_files,
+    build: |_, _| Ok(std::sync::Arc::new(LeastConnections::default())),
+};
 
 /// See the module doc.
 #[derive(Default)]
@@ -36,7 +40,7 @@ impl Plugin for LeastConnections {
                 let s = p.bulkhead.snapshot();
                 let l = p.bulkhead.limits();
                 Load {
-                    in_flight: p.in_flight.get().max(0) as u64,
+                    in_flight: p.in_flight_now(),
                     weight: p.conf.weight,
                     available: p.is_healthy() && !(s.in_flight >= l.max_concurrent && s.waiting >= l.queue),
                 }

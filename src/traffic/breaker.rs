@@ -118,6 +118,15 @@ impl Breaker {
         (admit, moved)
     }
 
+    /// Give back a half-open probe whose attempt ended with no outcome (the
+    /// client left): the next request may probe instead. Never a transition.
+    pub fn release_probe(&mut self) -> Option<State> {
+        if self.state == State::HalfOpen {
+            self.probes_out = self.probes_out.saturating_sub(1);
+        }
+        None
+    }
+
     /// Record an outcome; returns the new state if it changed.
     pub fn record(&mut self, success: bool, probe: bool, now: Instant) -> Option<State> {
         match self.state {
@@ -262,5 +271,22 @@ mod tests {
             assert_eq!(b.record(true, false, later), None);
         }
         assert_eq!(b.record(false, false, later), None, "1 of 10 in the window");
+    }
+
+    #[test]
+    fn a_probe_given_back_can_be_taken_again() {
+        let t0 = Instant::now();
+        let mut c = conf();
+        c.half_open_probes = 1;
+        let mut b = Breaker::new(c, t0);
+        for _ in 0..5 {
+            b.record(false, false, t0);
+        }
+        let t1 = t0 + Duration::from_secs(30);
+        assert_eq!(b.admit(t1).0, Admit::Probe);
+        assert!(matches!(b.admit(t1).0, Admit::No(_)), "the only probe is out");
+        assert_eq!(b.release_probe(), None);
+        assert_eq!(b.admit(t1).0, Admit::Probe, "given back, taken again");
+        assert_eq!(b.record(true, true, t1), Some(State::Closed));
     }
 }

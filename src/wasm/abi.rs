@@ -301,13 +301,12 @@ fn resolve_target(h: &Host, upstream: &str) -> Option<Target> {
     {
         return Some(Target::Addr(*addr));
     }
-    let rt = h
+    let providers = h
         .stream
         .as_deref()
-        .and_then(|s| s.props.runtime.clone())
-        .or_else(|| h.plugin.latest_runtime());
-    rt.and_then(|rt| rt.providers.get(upstream).cloned())
-        .map(Target::Provider)
+        .and_then(|s| s.props.providers.clone())
+        .or_else(|| h.plugin.latest_providers());
+    providers.and_then(|ps| ps.get(upstream).cloned()).map(Target::Provider)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -351,6 +350,7 @@ fn http_call(
         context: h.effective,
         upstream,
         target,
+        route: h.stream.as_deref().and_then(|s| s.props.route.clone()),
         headers,
         body: Bytes::from(body),
         timeout: http_call::timeout_of(timeout_ms as u32),

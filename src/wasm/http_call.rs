@@ -3,16 +3,22 @@
 //! or to an address the plugin's `http_call_allow` lists. The answer (or a
 //! failure, as an empty answer, as Envoy gives it) goes back to the filter
 //! through `proxy_on_http_call_response`.
+//!
+//! The exchange is `upstream.rs`'s, as for the proxy's own attempts; a call
+//! to a provider also goes through the pipeline's attempt (the provider's
+//! bulkhead and in-flight count, and the admission of the calling request's
+//! route, such as its circuit breaker).
 
 use super::maps::HeaderMap;
+use crate::error::WeirError;
 use crate::metrics;
+use crate::pipeline::{self, Route};
 use crate::provider::Provider;
-use bytes::{Bytes, BytesMut};
+use crate::upstream::{Target as Peer, Upstream};
+use bytes::Bytes;
 use once_cell::sync::Lazy;
-use pingora_core::connectors::http::Connector;
-use pingora_core::connectors::ConnectorOptions;
 use pingora_core::upstreams::peer::HttpPeer;
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,6 +44,8 @@ pub(crate) struct CallRequest {
     pub context: u32,
     pub upstream: String,
     pub target: Target,
+    /// The calling request's route: its chain admits calls to providers.
+    pub route: Option<Arc<Route>>,
     pub headers: Vec<(Vec<u8>, Vec<u8>)>,
     pub body: Bytes,
     pub timeout: Duration,
@@ -74,10 +82,10 @@ pub(crate) static BACKGROUND: Lazy<tokio::runtime::Runtime> = Lazy::new(|| {
 
 /// Connection pools belong to one tokio runtime: this one is the
 /// background runtime's; request-time calls use their plugin's own.
-pub(crate) static BACKGROUND_CONNECTOR: Lazy<Connector> = Lazy::new(new_connector);
+pub(crate) static BACKGROUND_UPSTREAM: Lazy<Upstream> = Lazy::new(new_upstream);
 
-pub(crate) fn new_connector() -> Connector {
-    Connector::new(Some(ConnectorOptions::new(64)))
+pub(crate) fn new_upstream() -> Upstream {
+    Upstream::new(64)
 }
 
 fn header<'a>(pairs: &'a [(Vec<u8>, Vec<u8>)], name: &[u8]) -> Option<&'a [u8]> {
@@ -127,74 +135,46 @@ pub(crate) fn request_header(req: &CallRequest) -> Result<RequestHeader, String>
     Ok(h)
 }
 
-fn peer_of(target: &Target, timeout: Duration) -> HttpPeer {
-    match target {
-        Target::Provider(p) => p.peer.clone(),
-        Target::Addr(a) => {
-            let mut peer = HttpPeer::new(*a, false, String::new());
-            peer.options.connection_timeout = Some(timeout);
-            peer.options.idle_timeout = Some(Duration::from_secs(60));
-            peer
-        }
-    }
-}
-
 /// Send one request and read the whole answer.
 async fn exchange(
-    connector: &Connector,
-    peer: &HttpPeer,
+    upstream: &Upstream,
+    req: &CallRequest,
     head: &RequestHeader,
-    body: &Bytes,
-) -> Result<(pingora_http::ResponseHeader, Bytes), String> {
-    // A pooled connection the server has closed fails at once: retry once on a fresh one.
-    for attempt in 0..2 {
-        let (mut s, reused) = connector
-            .get_http_session(peer)
-            .await
-            .map_err(|e| format!("connect: {}", e.etype().as_str()))?;
-        let sent = async {
-            s.write_request_header(Box::new(head.clone())).await?;
-            if !body.is_empty() {
-                s.write_request_body(body.clone(), true).await?;
-            }
-            s.finish_request_body().await?;
-            s.read_response_header().await
+) -> Result<(ResponseHeader, Bytes), WeirError> {
+    match &req.target {
+        Target::Provider(p) => {
+            let chain = req.route.as_ref().map_or(&[][..], |r| &r.plugins[..]);
+            pipeline::call_provider(upstream, chain, p, head, &req.body, MAX_RESPONSE_BODY).await
         }
-        .await;
-        if let Err(e) = sent {
-            if reused && attempt == 0 {
-                continue;
-            }
-            return Err(format!("request: {}", e.etype().as_str()));
-        }
-        let resp = s.response_header().cloned().ok_or("no response header")?;
-        let mut data = BytesMut::new();
-        loop {
-            match s.read_response_body().await {
-                Ok(Some(c)) => {
-                    if data.len() + c.len() > MAX_RESPONSE_BODY {
-                        s.shutdown().await;
-                        return Err(format!("answer body over {MAX_RESPONSE_BODY} bytes"));
-                    }
-                    data.extend_from_slice(&c);
+        Target::Addr(a) => {
+            let mut peer = HttpPeer::new(*a, false, String::new());
+            peer.options.connection_timeout = Some(req.timeout);
+            peer.options.idle_timeout = Some(Duration::from_secs(60));
+            let target = Peer {
+                name: &req.upstream,
+                peer: &peer,
+                first_byte: req.timeout,
+                idle: req.timeout,
+            };
+            let mut ex = upstream.send(&target, head, &req.body).await?;
+            let header = ex.header().clone();
+            match ex.read_all(&req.upstream, MAX_RESPONSE_BODY).await {
+                Ok(body) => {
+                    upstream.finish(ex, &peer).await;
+                    Ok((header, body))
                 }
-                Ok(None) => break,
-                Err(e) => return Err(format!("response: {}", e.etype().as_str())),
+                Err(e) => {
+                    ex.abort().await;
+                    Err(e)
+                }
             }
         }
-        if s.response_done() {
-            connector.release_http_session(s, peer, peer.options.idle_timeout).await;
-        } else {
-            s.shutdown().await;
-        }
-        return Ok((resp, data.freeze()));
     }
-    Err("request failed".into())
 }
 
 /// Perform a call within its timeout. A failure is an answer with no
 /// headers and no body, which is what filters written for Envoy expect.
-pub(crate) async fn perform(connector: &Connector, plugin: &str, req: CallRequest) -> CallResponse {
+pub(crate) async fn perform(upstream: &Upstream, plugin: &str, req: CallRequest) -> CallResponse {
     let mut out = CallResponse {
         token: req.token,
         context: req.context,
@@ -210,8 +190,7 @@ pub(crate) async fn perform(connector: &Connector, plugin: &str, req: CallReques
             return out;
         }
     };
-    let peer = peer_of(&req.target, req.timeout);
-    let result = tokio::time::timeout(req.timeout, exchange(connector, &peer, &head, &req.body)).await;
+    let result = tokio::time::timeout(req.timeout, exchange(upstream, &req, &head)).await;
     let outcome = match result {
         Ok(Ok((resp, body))) => {
             let mut pairs = vec![(b":status".to_vec(), resp.status.as_str().as_bytes().to_vec())];
@@ -249,6 +228,7 @@ mod tests {
             context: 2,
             upstream: "127.0.0.1:9500".into(),
             target: Target::Addr("127.0.0.1:9500".parse().unwrap()),
+            route: None,
             headers: headers
                 .iter()
                 .map(|(k, v)| (k.as_bytes().to_vec(), v.as_bytes().to_vec()))

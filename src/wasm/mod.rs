@@ -21,15 +21,14 @@ mod properties;
 mod shared;
 mod vm;
 
-use crate::config::{resolve_relative, BulkheadConf, Checker, Config, Dur, Size};
+use crate::config::{Checker, Dur, Size};
 use crate::error::{ErrorKind, WeirError};
-use crate::llm;
 use crate::metrics;
-use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx};
+use crate::pipeline::{BuildCtx, BuildError, Flow, LocalResponse, Plugin, RequestCtx, Typed};
 use abi::{Body, LocalReply, Stream, ACTION_CONTINUE};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http_call::{CallRequest, CallResponse, BACKGROUND, BACKGROUND_CONNECTOR};
+use http_call::{CallRequest, CallResponse, BACKGROUND, BACKGROUND_UPSTREAM};
 use pingora_http::{RequestHeader, ResponseHeader};
 use properties::Props;
 use serde::{Deserialize, Serialize};
@@ -105,11 +104,16 @@ pub struct WasmConf {
     /// `host:port` addresses `http_call` may reach besides provider names.
     #[serde(default)]
     pub http_call_allow: Vec<String>,
-    /// Bounds the requests the plugin works on at once (those waiting on an
-    /// `http_call` included).
-    #[serde(default)]
-    pub bulkhead: Option<BulkheadConf>,
 }
+
+/// The `wasm` plugin type. Its bulkhead bounds the requests the plugin
+/// works on at once (those waiting on an `http_call` included).
+pub static TYPE: Typed<WasmConf> = Typed {
+    name: "wasm",
+    check,
+    files: |c, b| vec![b.resolve(&c.module)],
+    build: |c, b| Ok(Arc::new(WasmPlugin::new(c, b)?)),
+};
 
 fn resolve_allow(list: &[String]) -> Result<Vec<(String, SocketAddr)>, (usize, String)> {
     list.iter()
@@ -125,11 +129,8 @@ fn resolve_allow(list: &[String]) -> Result<Vec<(String, SocketAddr)>, (usize, S
         .collect()
 }
 
-/// Config-time checks; the module is compiled (and kept for the build).
-pub fn check(c: &WasmConf, at: &str, ck: &mut Checker) {
-    if let Err(e) = vm::load(&ck.resolve(&c.module)) {
-        ck.error(format!("{at}.module"), e);
-    }
+/// Checks of the values (the module is compiled when the plugin is built).
+fn check(c: &WasmConf, at: &str, ck: &mut Checker) {
     if !(1..=64).contains(&c.vms) {
         ck.error(format!("{at}.vms"), "must be between 1 and 64");
     }
@@ -145,18 +146,6 @@ pub fn check(c: &WasmConf, at: &str, ck: &mut Checker) {
     }
 }
 
-fn module_path(c: &WasmConf, config: &Config) -> PathBuf {
-    resolve_relative(&config.source, &c.module)
-}
-
-/// SHA-256 of the module file: an unchanged plugin whose module is also
-/// unchanged is kept (VMs and all) across a reload.
-pub fn module_digest(c: &WasmConf, config: &Config) -> Result<[u8; 32], String> {
-    let path = module_path(c, config);
-    let bytes = std::fs::read(&path).map_err(|e| format!("module: cannot read {}: {e}", path.display()))?;
-    Ok(vm::digest(&bytes))
-}
-
 /// A Proxy-Wasm filter as a weir plugin.
 pub struct WasmPlugin {
     core: Arc<Core>,
@@ -167,18 +156,18 @@ impl WasmPlugin {
     /// Compile (or take from the cache), instantiate `vms` VMs and configure
     /// each; a module that fails to start, or whose `on_configure` refuses
     /// its config, fails the build.
-    pub fn new(name: &str, c: &WasmConf, config: &Config) -> Result<WasmPlugin, String> {
-        Self::from_path(name, c, &module_path(c, config))
+    pub fn new(c: &WasmConf, b: &BuildCtx) -> Result<WasmPlugin, BuildError> {
+        Self::from_path(&b.name, c, &b.resolve(&c.module))
     }
 
-    fn from_path(name: &str, c: &WasmConf, path: &Path) -> Result<WasmPlugin, String> {
-        let (module, _) = vm::load(path).map_err(|e| format!("module: {e}"))?;
+    fn from_path(name: &str, c: &WasmConf, path: &Path) -> Result<WasmPlugin, BuildError> {
+        let (module, _) = vm::load(path).map_err(|e| ("module", e))?;
         let plugin_config = match &c.config {
             serde_json::Value::Null => Bytes::new(),
-            v => Bytes::from(serde_json::to_vec(v).map_err(|e| format!("config: {e}"))?),
+            v => Bytes::from(serde_json::to_vec(v).map_err(|e| ("config", e.to_string()))?),
         };
         let http_call_allow =
-            resolve_allow(&c.http_call_allow).map_err(|(i, e)| format!("http_call_allow[{i}]: {e}"))?;
+            resolve_allow(&c.http_call_allow).map_err(|(i, e)| ("http_call_allow", format!("[{i}]: {e}")))?;
         let core = Core::new(CoreConf {
             name: name.to_string(),
             module,
@@ -187,7 +176,8 @@ impl WasmPlugin {
             vms: c.vms.max(1),
             max_memory: c.limits.memory.0.min(usize::MAX as u64) as usize,
             callback_time: c.limits.callback_time.0,
-        })?;
+        })
+        .map_err(|e| ("", e))?;
         Ok(WasmPlugin {
             core,
             on_error: c.on_error,
@@ -315,34 +305,8 @@ impl WasmPlugin {
         let Some(body) = s.request_body.take().filter(|b| b.changed) else {
             return Ok(Flow::Continue);
         };
-        ctx.body = body.data;
-        if ctx.head.is_none() {
-            return Ok(Flow::Continue);
-        }
-        // The body changed: the model (and its span, used by the model
-        // rewrite) must be read again, and the candidates follow the model.
-        let head = llm::parse_head(&ctx.body).map_err(|e| {
-            WeirError::new(
-                ErrorKind::Plugin,
-                format!("plugin '{}' produced an invalid request body: {e}", self.name()),
-            )
-        })?;
-        let model_changed = ctx.head.as_ref().is_some_and(|h| h.model != head.model);
-        ctx.head = Some(head);
-        if model_changed {
-            let model = ctx.head.as_ref().map(|h| h.model.clone()).unwrap_or_default();
-            if let Some(route) = ctx.route() {
-                let candidates = route.candidates(&model);
-                if candidates.is_empty() {
-                    return Err(WeirError::new(
-                        ErrorKind::ModelNotFound,
-                        format!("model '{model}' is not served on route '{}'", route.name),
-                    )
-                    .with_param("model"));
-                }
-                ctx.candidates = candidates;
-            }
-        }
+        // The head is read again and the candidates follow a changed model.
+        ctx.set_body(body.data, self.name())?;
         Ok(Flow::Continue)
     }
 
@@ -566,13 +530,13 @@ impl ReqState {
             match tokio::runtime::Handle::try_current() {
                 Ok(h) => {
                     h.spawn(async move {
-                        let r = http_call::perform(&core.connector, core.name(), call).await;
+                        let r = http_call::perform(&core.upstream, core.name(), call).await;
                         let _ = tx.send(r);
                     });
                 }
                 Err(_) => {
                     BACKGROUND.spawn(async move {
-                        let r = http_call::perform(&BACKGROUND_CONNECTOR, core.name(), call).await;
+                        let r = http_call::perform(&BACKGROUND_UPSTREAM, core.name(), call).await;
                         let _ = tx.send(r);
                     });
                 }
@@ -617,27 +581,18 @@ impl Drop for ReqState {
 
 /// Take this plugin's state out of the request (so `ctx` stays usable).
 fn take_state(ctx: &mut RequestCtx) -> Option<Box<ReqState>> {
-    let slot = ctx.plugin_state.get_mut(ctx.plugin_index)?;
-    match slot.take()?.downcast::<ReqState>() {
-        Ok(s) => Some(s),
-        Err(other) => {
-            *slot = Some(other);
-            None
-        }
-    }
+    ctx.take_state::<ReqState>()
 }
 
 fn put_state(ctx: &mut RequestCtx, st: Box<ReqState>) {
-    if let Some(slot) = ctx.plugin_state.get_mut(ctx.plugin_index) {
-        *slot = Some(st);
-    }
+    ctx.put_state(st);
 }
 
 #[async_trait]
 impl Plugin for WasmPlugin {
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
-        if let Some(rt) = &ctx.runtime {
-            self.core.info.note_runtime(rt);
+        if let Some(providers) = &ctx.providers {
+            self.core.info.note_providers(ctx.generation, providers);
         }
         let (vm, generation, id) = match self.open_context().await {
             Ok(x) => x,

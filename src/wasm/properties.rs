@@ -5,8 +5,8 @@
 //! integers, as Envoy encodes them.
 
 use super::maps::HeaderMap;
-use crate::pipeline::RequestCtx;
-use crate::runtime::Runtime;
+use crate::pipeline::{RequestCtx, Route};
+use crate::provider::Providers;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -16,14 +16,15 @@ use std::sync::Arc;
 pub(crate) struct Props {
     pub request_id: String,
     pub source: Option<SocketAddr>,
-    pub route: Option<String>,
+    /// The matched route (its chain applies to the filter's `http_call`s).
+    pub route: Option<Arc<Route>>,
     pub model: Option<String>,
     pub provider: Option<String>,
     pub api_key_name: Option<Arc<str>>,
     pub response_code: Option<u16>,
-    /// The config generation of the request: `http_call` resolves provider
-    /// names in it.
-    pub runtime: Option<Arc<Runtime>>,
+    /// The providers of the request's config generation: `http_call`
+    /// resolves provider names in it.
+    pub providers: Option<Arc<Providers>>,
 }
 
 impl Props {
@@ -31,12 +32,12 @@ impl Props {
         Props {
             request_id: ctx.request_id.clone(),
             source: ctx.client_addr,
-            route: ctx.route().map(|r| r.name.clone()),
+            route: ctx.route.clone(),
             model: ctx.head.as_ref().map(|h| h.model.clone()),
             provider: ctx.provider.as_ref().map(|p| p.name.clone()),
             api_key_name: ctx.identity.as_ref().map(|i| i.name.clone()),
             response_code: (ctx.status != 0).then_some(ctx.status),
-            runtime: ctx.runtime.clone(),
+            providers: ctx.providers.clone(),
         }
     }
 }
@@ -110,7 +111,7 @@ pub(crate) fn lookup(view: &View, path: &[&[u8]]) -> Option<Vec<u8>> {
         [b"response", b"headers", name] => view.response_headers.and_then(|h| h.get(name)),
         [b"source", b"address"] => props.and_then(|p| p.source).map(|a| a.to_string().into_bytes()),
         [b"source", b"port"] => props.and_then(|p| p.source).map(|a| int(a.port() as i64)),
-        [b"weir", b"route"] => str_opt(props.and_then(|p| p.route.as_deref())),
+        [b"weir", b"route"] => str_opt(props.and_then(|p| p.route.as_ref()).map(|r| r.name.as_str())),
         [b"weir", b"model"] => str_opt(props.and_then(|p| p.model.as_deref())),
         [b"weir", b"provider"] => str_opt(props.and_then(|p| p.provider.as_deref())),
         [b"weir", b"api_key_name"] => str_opt(props.and_then(|p| p.api_key_name.as_deref())),

@@ -12,13 +12,13 @@
 //! at most once per 100 ms.
 
 use super::abi::{self, Host, Stream, ACTION_CONTINUE};
-use super::http_call::{self, CallRequest, CallResponse, BACKGROUND, BACKGROUND_CONNECTOR};
+use super::http_call::{self, CallRequest, CallResponse, BACKGROUND, BACKGROUND_UPSTREAM};
 use super::shared::{lock, SharedState};
 use crate::metrics;
-use crate::runtime::Runtime;
+use crate::provider::Providers;
+use crate::upstream::Upstream;
 use bytes::Bytes;
 use once_cell::sync::Lazy;
-use pingora_core::connectors::http::Connector;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -144,21 +144,21 @@ pub(crate) struct PluginInfo {
     pub http_call_allow: Vec<(String, SocketAddr)>,
     pub state: Arc<SharedState>,
     pub events: UnboundedSender<Event>,
-    /// The newest config generation a request brought: root contexts'
-    /// `http_call`s resolve provider names in it.
-    runtime: Mutex<Weak<Runtime>>,
-    runtime_generation: AtomicU64,
+    /// The providers of the newest config generation a request brought:
+    /// root contexts' `http_call`s resolve provider names in them.
+    providers: Mutex<Weak<Providers>>,
+    providers_generation: AtomicU64,
 }
 
 impl PluginInfo {
-    pub fn latest_runtime(&self) -> Option<Arc<Runtime>> {
-        lock(&self.runtime).upgrade()
+    pub fn latest_providers(&self) -> Option<Arc<Providers>> {
+        lock(&self.providers).upgrade()
     }
 
-    pub fn note_runtime(&self, rt: &Arc<Runtime>) {
-        let g = rt.generation + 1;
-        if self.runtime_generation.fetch_max(g, Ordering::Relaxed) < g {
-            *lock(&self.runtime) = Arc::downgrade(rt);
+    pub fn note_providers(&self, generation: u64, providers: &Arc<Providers>) {
+        let g = generation + 1;
+        if self.providers_generation.fetch_max(g, Ordering::Relaxed) < g {
+            *lock(&self.providers) = Arc::downgrade(providers);
         }
     }
 
@@ -171,8 +171,8 @@ impl PluginInfo {
             http_call_allow: Vec::new(),
             state: Arc::new(SharedState::default()),
             events: tokio::sync::mpsc::unbounded_channel().0,
-            runtime: Mutex::new(Weak::new()),
-            runtime_generation: AtomicU64::new(0),
+            providers: Mutex::new(Weak::new()),
+            providers_generation: AtomicU64::new(0),
         }
     }
 }
@@ -387,8 +387,8 @@ pub(crate) struct Core {
     limit: Duration,
     startup_limit: Duration,
     max_memory: usize,
-    /// Pool for calls made while a request waits (on the proxy's runtime).
-    pub connector: Connector,
+    /// Pools for calls made while a request waits (on the proxy's runtime).
+    pub upstream: Upstream,
     tick_changed: Arc<Notify>,
 }
 
@@ -479,8 +479,8 @@ impl Core {
             vm_config: Bytes::new(),
             http_call_allow: c.http_call_allow,
             events: tx,
-            runtime: Mutex::new(Weak::new()),
-            runtime_generation: AtomicU64::new(0),
+            providers: Mutex::new(Weak::new()),
+            providers_generation: AtomicU64::new(0),
         });
         let mut linker = abi::linker(&ENGINE).map_err(|e| format!("wasm host functions: {e}"))?;
         let mut probe = Store::new(&ENGINE, Host::new(info.clone(), 0, 0));
@@ -523,7 +523,7 @@ impl Core {
             limit: c.callback_time,
             startup_limit: c.callback_time.max(MIN_STARTUP_TIME),
             max_memory: c.max_memory,
-            connector: http_call::new_connector(),
+            upstream: http_call::new_upstream(),
             tick_changed: Arc::new(Notify::new()),
         });
         for i in 0..core.slots.len() {
@@ -649,7 +649,7 @@ impl Core {
             let events = self.info.events.clone();
             let name = self.info.name.clone();
             BACKGROUND.spawn(async move {
-                let resp = http_call::perform(&BACKGROUND_CONNECTOR, &name, call).await;
+                let resp = http_call::perform(&BACKGROUND_UPSTREAM, &name, call).await;
                 let _ = events.send(Event::CallDone {
                     vm: index,
                     generation,

@@ -11,11 +11,11 @@
 
 mod store;
 
-use crate::config::{BulkheadConf, Checker, Dur, Size};
+use crate::config::{Checker, Dur, Size};
 use crate::error::WeirError;
 use crate::llm;
 use crate::metrics;
-use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx};
+use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -49,9 +49,18 @@ pub struct CacheConf {
     /// Cache only requests with `temperature: 0`.
     #[serde(default)]
     pub only_deterministic: bool,
-    #[serde(default)]
-    pub bulkhead: Option<BulkheadConf>,
 }
+
+/// The `cache` plugin type.
+pub static TYPE: Typed<CacheConf> = Typed {
+    name: "cache",
+    check,
+    files: crate::pipeline::no_files,
+    build: |c, b| {
+        let cache = Cache::new(&b.name, c, b.bulkhead.queue_timeout.0).map_err(|e| ("store", e))?;
+        Ok(Arc::new(cache))
+    },
+};
 
 fn d_ttl() -> Dur {
     Dur(Duration::from_secs(600))
@@ -67,7 +76,7 @@ fn d_store() -> String {
 }
 
 /// Config-time checks.
-pub fn check(c: &CacheConf, at: &str, ck: &mut Checker) {
+fn check(c: &CacheConf, at: &str, ck: &mut Checker) {
     if let Some(k) = &c.key_by {
         if k != "api_key" {
             ck.error(format!("{at}.key_by"), format!("'{k}': the only choice is api_key"));
@@ -140,6 +149,8 @@ pub struct Cache {
     redis_down: AtomicBool,
     inflight: Arc<Mutex<HashMap<String, watch::Receiver<Option<bool>>>>>,
     counters: Counters,
+    /// Longest a coalesced miss waits for its leader.
+    wait: Duration,
 }
 
 fn directives(req: &RequestHeader) -> (bool, bool) {
@@ -162,7 +173,9 @@ fn canonical(body: &[u8], upstream_model: &str) -> Option<Vec<u8>> {
 }
 
 impl Cache {
-    pub fn new(name: &str, conf: &CacheConf) -> Result<Cache, String> {
+    /// `wait`: longest a coalesced miss waits for its leader (the plugin's
+    /// queue timeout).
+    pub fn new(name: &str, conf: &CacheConf, wait: Duration) -> Result<Cache, String> {
         let redis = match conf.store.as_str() {
             "memory" => None,
             url => Some(Arc::new(RedisStore::new(
@@ -190,6 +203,7 @@ impl Cache {
             },
             name: name.to_string(),
             conf: conf.clone(),
+            wait,
         })
     }
 
@@ -354,7 +368,7 @@ impl Plugin for Cache {
             return Ok(Flow::Continue);
         };
         let mut h = Sha256::new();
-        h.update(ctx.route().map_or("", |r| r.name.as_str()).as_bytes());
+        h.update(ctx.route_name().as_bytes());
         h.update([0]);
         if self.conf.key_by.is_some() {
             h.update(ctx.identity.as_ref().map_or("", |i| &*i.name).as_bytes());
@@ -374,13 +388,7 @@ impl Plugin for Cache {
             let waiting = self.inflight.lock().unwrap().get(&key).cloned();
             if let Some(mut rx) = waiting {
                 self.counters.coalesced.inc();
-                let limit = self
-                    .conf
-                    .bulkhead
-                    .unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
-                    .queue_timeout
-                    .0;
-                let leader_stored = match tokio::time::timeout(limit, rx.wait_for(|v| v.is_some())).await {
+                let leader_stored = match tokio::time::timeout(self.wait, rx.wait_for(|v| v.is_some())).await {
                     Ok(Ok(v)) => *v == Some(true),
                     _ => false,
                 };

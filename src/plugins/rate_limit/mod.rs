@@ -7,10 +7,10 @@
 mod store;
 pub mod tokens;
 
-use crate::config::{BulkheadConf, Checker};
+use crate::config::Checker;
 use crate::error::{ErrorKind, WeirError};
 use crate::metrics;
-use crate::pipeline::{Flow, Plugin, RequestCtx};
+use crate::pipeline::{Capabilities, Flow, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
@@ -34,9 +34,19 @@ pub struct RateLimitConf {
     pub store: String,
     #[serde(default)]
     pub on_store_error: OnStoreError,
-    #[serde(default)]
-    pub bulkhead: Option<BulkheadConf>,
 }
+
+/// The `rate_limit` plugin type.
+pub static TYPE: Typed<RateLimitConf> = Typed {
+    name: "rate_limit",
+    check,
+    files: crate::pipeline::no_files,
+    build: |c, b| {
+        Ok(std::sync::Arc::new(
+            RateLimit::new(&b.name, c).map_err(|e| ("store", e))?,
+        ))
+    },
+};
 
 fn d_key() -> String {
     "api_key".into()
@@ -79,8 +89,8 @@ pub enum OnStoreError {
     FailClosed,
 }
 
-/// Config-time checks.
-pub fn check(c: &RateLimitConf, at: &str, ck: &mut Checker) {
+/// Checks of the values.
+fn check(c: &RateLimitConf, at: &str, ck: &mut Checker) {
     let key_ok = matches!(c.key.as_str(), "api_key" | "ip" | "model" | "route" | "global")
         || c.key
             .strip_prefix("header:")
@@ -203,7 +213,7 @@ impl RateLimit {
         let client_ip = ctx.client_addr.map(|a| a.ip().to_string()).unwrap_or_default();
         let k = match self.conf.key.as_str() {
             "global" => "global".to_string(),
-            "route" => format!("route:{}", ctx.route()?.name),
+            "route" => format!("route:{}", ctx.route.as_ref()?.name),
             "model" => format!("model:{}", ctx.head.as_ref()?.model),
             "ip" => format!("ip:{client_ip}"),
             // No identity (no api_key plugin before this one): fall back to the IP.
@@ -262,14 +272,19 @@ impl RateLimit {
         }
     }
 
-    fn refuse(&self, dim: Dim, d: &Decision) -> WeirError {
+    /// The 429, carrying the limit headers of what the request took.
+    fn refuse(&self, dim: Dim, d: &Decision, ctx: &mut RequestCtx) -> WeirError {
         metrics::RATE_LIMITED.with_label_values(&[&self.name, dim.name()]).inc();
         let secs = d.wait.as_secs_f64().ceil().max(1.0) as u64;
-        WeirError::new(
+        let mut e = WeirError::new(
             ErrorKind::RateLimited,
             format!("rate limit '{}' ({}) exceeded; retry in {secs}s", self.name, dim.name()),
         )
-        .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs)
+        .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs);
+        if let Some(t) = ctx.state::<Taken>() {
+            e.headers = self.limit_headers(t);
+        }
+        e
     }
 
     async fn check_requests(&self, ctx: &mut RequestCtx, key: &str) -> Result<(), WeirError> {
@@ -278,8 +293,27 @@ impl RateLimit {
         if d.allowed {
             Ok(())
         } else {
-            Err(self.refuse(Dim::Requests, &d))
+            Err(self.refuse(Dim::Requests, &d, ctx))
         }
+    }
+
+    /// OpenAI's `x-ratelimit-*` headers for what the request took so far.
+    fn limit_headers(&self, t: &Taken) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (dim, d) in [(Dim::Requests, t.requests), (Dim::Tokens, t.tokens)] {
+            let Some(d) = d else { continue };
+            let n = dim.name();
+            out.push((
+                format!("x-ratelimit-limit-{n}"),
+                format!("{}", self.shape(dim).capacity as u64),
+            ));
+            out.push((
+                format!("x-ratelimit-remaining-{n}"),
+                format!("{}", d.remaining.max(0.0) as u64),
+            ));
+            out.push((format!("x-ratelimit-reset-{n}"), reset_str(d.reset)));
+        }
+        out
     }
 }
 
@@ -306,6 +340,13 @@ fn reset_str(d: Duration) -> String {
 
 #[async_trait]
 impl Plugin for RateLimit {
+    /// Tokens are settled against the provider's usage, streams included.
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            stream_usage: self.conf.tokens.is_some(),
+        }
+    }
+
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
         // Refuse cheaply, before the body is read, when the key is already known.
         let Some(key) = self.key(ctx, Some(req)) else {
@@ -336,31 +377,17 @@ impl Plugin for RateLimit {
             let d = self.take(Dim::Tokens, &key, estimate as f64).await?;
             with_taken(ctx, |t| t.tokens = Some(d));
             if !d.allowed {
-                return Err(self.refuse(Dim::Tokens, &d));
+                return Err(self.refuse(Dim::Tokens, &d, ctx));
             }
             with_taken(ctx, |t| t.reserved = Some((key, estimate as f64)));
-            if head.stream && !head.include_usage {
-                ctx.want_stream_usage = true;
-            }
         }
         Ok(Flow::Continue)
     }
 
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
         let Some(t) = ctx.state::<Taken>() else { return };
-        let (requests, tokens) = (t.requests, t.tokens);
-        for (dim, d) in [(Dim::Requests, requests), (Dim::Tokens, tokens)] {
-            let Some(d) = d else { continue };
-            let n = dim.name();
-            let _ = resp.insert_header(
-                format!("x-ratelimit-limit-{n}"),
-                format!("{}", self.shape(dim).capacity as u64),
-            );
-            let _ = resp.insert_header(
-                format!("x-ratelimit-remaining-{n}"),
-                format!("{}", d.remaining.max(0.0) as u64),
-            );
-            let _ = resp.insert_header(format!("x-ratelimit-reset-{n}"), reset_str(d.reset));
+        for (k, v) in self.limit_headers(t) {
+            let _ = resp.insert_header(k, v);
         }
     }
 

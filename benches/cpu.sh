@@ -1,0 +1,142 @@
+#!/usr/bin/env bash
+# CPU cost per proxied request, side by side in one run: one or more weir
+# binaries (labelled), a bare Pingora proxy (benches/pingora_plain.rs) and nginx
+# (2 workers), each in front of the same nginx upstream answering a static chat
+# completion. Each target gets a fixed-rate run (hey -q); the CPU it used over
+# the run (utime+stime from /proc, master and workers for nginx) divided by the
+# 200s it served is the figure. Each weir runs twice: no plugins, and the chain
+# api_key, rate_limit, circuit_breaker, least_connections (limits never bind).
+#
+# Usage: benches/cpu.sh [seconds per target (default 10)]
+#   WEIR_BINS="before=/path/to/weir after=target/release/weir"  labelled binaries
+#     (unset: builds and measures weir=target/release/weir)
+#   PLAIN_BIN  bare Pingora proxy (default target/release/examples/pingora_plain)
+#   RATE       request rate of the fixed-rate runs (default 5000/s)
+#   MAX=1      adds a max-throughput pass (wrk -t2 -c64) per target
+# Exits 1 when a target answers mostly non-200.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+DUR=${1:-10}; RATE=${RATE:-5000}
+cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BIN=${PLAIN_BIN:-} RATE=$RATE MAX=${MAX:-} benches/cpu.sh $DUR"
+source benches/common.sh
+need hey wrk nginx
+if [ -z "${WEIR_BINS:-}" ]; then
+  cargo build --release --bin weir --example pingora_plain >&2
+  WEIR_BINS=weir=target/release/weir
+fi
+PLAIN=${PLAIN_BIN:-target/release/examples/pingora_plain}
+HZ=$(getconf CLK_TCK)
+
+UP=19700; NGINX=19701; PLAINP=19702   # weir binary i: 19710+4i .. 19713+4i
+
+# nginx NAME: runs $work/NAME.conf in the foreground, so its pid (the master's)
+# is cleaned up on exit like the others.
+nginx_run() { mkdir -p "$work/$1"; nginx -p "$work/$1" -c "$work/$1.conf" -g 'daemon off;' & pids+=($!); }
+ANSWER='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"hello hello hello hello hello hello hello hello"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":16,"total_tokens":25}}'
+cat >"$work/upstream.conf" <<NGX
+worker_processes 1;
+pid nginx.pid; error_log error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$UP; keepalive_requests 1000000;
+           location / { default_type application/json; return 200 '$ANSWER'; } }
+}
+NGX
+cat >"$work/proxy.conf" <<NGX
+worker_processes 2;
+pid nginx.pid; error_log error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$NGINX; keepalive_requests 1000000;
+           location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                        proxy_buffering off; } }
+}
+NGX
+nginx_run upstream; uppid=$!
+nginx_run proxy; nginxpid=$!
+$PLAIN 127.0.0.1:$PLAINP 127.0.0.1:$UP 2 >"$work/plain.log" 2>&1 & plainpid=$!; pids+=($!)
+
+printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
+# weir_conf PORT CHAIN(0|1): one provider (two for the chain) on the upstream, one route.
+weir_conf() {
+  local bh='bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s }'
+  echo "server: { listen: [\"127.0.0.1:$1\"], threads: 2 }"
+  echo "admin: { listen: \"127.0.0.1:$(($1 + 1))\" }"
+  echo "providers:"
+  echo "  up: { url: \"http://127.0.0.1:$UP/v1\", models: [bench-model], $bh }"
+  [ "$2" = 0 ] && { echo "routes: [ { name: chat, providers: [up] } ]"; return; }
+  echo "  up2: { url: \"http://127.0.0.1:$UP/v1\", models: [bench-model], $bh }"
+  cat <<YAML
+plugins:
+  keys: { type: api_key, keys_file: $work/keys.yaml }
+  limits: { type: rate_limit, key: api_key, requests: { per_second: 1000000, burst: 1000000 },
+            tokens: { per_minute: 1000000000, burst: 1000000000 } }
+  breaker: { type: circuit_breaker }
+  balance: { type: least_connections }
+routes: [ { name: chat, plugins: [keys, limits, breaker, balance], providers: [up, up2] } ]
+YAML
+}
+# targets: "name port pid api-key" rows, in table order.
+plain_rows=(); chain_rows=(); notes=(); i=0
+for lb in $WEIR_BINS; do
+  label=${lb%%=*}; bin=${lb#*=}; port=$((19710 + 4 * i)); i=$((i + 1))
+  for chain in 0 1; do
+    p=$((port + 2 * chain)); weir_conf $p $chain >"$work/$label-$chain.yaml"
+    RUST_LOG=error $bin serve -c "$work/$label-$chain.yaml" >"$work/$label-$chain.log" 2>&1 & wpid=$!; pids+=($!)
+    if [ $chain = 0 ]; then wait_port $p; plain_rows+=("$label $p $wpid -")
+    elif (wait_port $p) 2>/dev/null; then chain_rows+=("$label+chain $p $wpid sk-bench")
+    else notes+=("$label+chain skipped: did not start ($(grep -m1 . "$work/$label-$chain.log" || echo 'no log'))"); fi
+  done
+done
+wait_port $UP; wait_port $NGINX; wait_port $PLAINP
+rows=("${plain_rows[@]}" "${chain_rows[@]}" "pingora_plain $PLAINP $plainpid -" "nginx $NGINX $nginxpid -"
+      "upstream-direct $UP $uppid -")
+
+BODY='{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
+echo "$BODY" >"$work/body.json"
+printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' "'$BODY'" >"$work/post.lua"
+sed '1a wrk.headers["Authorization"] = "Bearer sk-bench"' "$work/post.lua" >"$work/post-auth.lua"
+
+# ticks PID: CPU clock ticks (utime+stime) of PID and its children.
+ticks() {
+  local t=0 p
+  for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(sed 's/.*) //' /proc/$p/stat | awk '{print $12 + $13}'))); done
+  echo $t
+}
+
+table="| target | req/s | non-200 | CPU µs/request |${MAX:+ max req/s (wrk) |}"$'\n'"|---|---:|---:|---:|${MAX:+---:|}"
+failed=()
+for row in "${rows[@]}"; do
+  read -r name port pid key <<<"$row"
+  [ "$key" = - ] && key=
+  url=http://127.0.0.1:$port/v1/chat/completions
+  h=(-m POST -T application/json -D "$work/body.json" ${key:+-H "Authorization: Bearer $key"})
+  echo "measuring $name" >&2
+  hey -n 2000 -c 10 "${h[@]}" "$url" >/dev/null   # warm-up: connection pools, lazy initialisation
+  t0=$(ticks "$pid")
+  hey -z ${DUR}s -c 50 -q $((RATE / 50)) "${h[@]}" "$url" >"$work/hey-$name.txt"
+  t1=$(ticks "$pid")
+  read -r ok bad rps < <(awk '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
+    if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
+    END {printf "%d %d %.0f\n", ok, bad, r}' "$work/hey-$name.txt")
+  us=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$ok" 'BEGIN {if (n) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}')
+  [ $((2 * ok)) -gt $((ok + bad)) ] || failed+=("$name: $ok x 200, $bad non-200 (see hey's report below)")
+  max=
+  if [ -n "${MAX:-}" ]; then
+    max=" $(wrk -t2 -c64 -d${DUR}s -s "$work/post${key:+-auth}.lua" "$url" | awk '/Requests\/sec/ {printf "%.0f", $2}') |"
+  fi
+  table+=$'\n'"| $name | $rps | $bad | $us |$max"
+done
+
+echo
+echo "CPU per proxied request: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc), ${DUR}s per target at $RATE req/s (hey -c 50 -q $((RATE / 50)))"
+echo "command: $cmdline"
+echo
+echo "$table"
+for n in "${notes[@]}"; do echo "note: $n"; done
+[ ${#failed[@]} = 0 ] && exit 0
+for f in "${failed[@]}"; do echo "FAILED $f" >&2; cat "$work/hey-${f%%:*}.txt" >&2; done
+exit 1

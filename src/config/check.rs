@@ -1,0 +1,108 @@
+//! Checks of a parsed config that need no I/O: references between
+//! sections, addresses, limits.
+
+use super::errors::Checker;
+use super::schema::{BulkheadConf, Config};
+
+/// Semantic checks: references, addresses, limits. Nothing here reads a
+/// file or builds anything: the runtime build does (and reports) that.
+pub(super) fn check(c: &Config, ck: &mut Checker) {
+    if c.server.listen.is_empty() {
+        ck.error("server.listen", "at least one listen address is required");
+    }
+    for (i, l) in c.server.listen.iter().enumerate() {
+        if l.parse::<std::net::SocketAddr>().is_err() {
+            ck.error(
+                format!("server.listen[{i}]"),
+                format!("'{l}' is not an address like 0.0.0.0:8080"),
+            );
+        }
+    }
+    if c.server.threads == 0 {
+        ck.error("server.threads", "must be at least 1");
+    }
+    if let Some(a) = &c.admin {
+        if a.listen.parse::<std::net::SocketAddr>().is_err() {
+            ck.error(
+                "admin.listen",
+                format!("'{}' is not an address like 127.0.0.1:9901", a.listen),
+            );
+        }
+    }
+    if c.providers.is_empty() {
+        ck.error("providers", "at least one provider is required");
+    }
+    for (name, p) in &c.providers {
+        let at = format!("providers.{name}");
+        if p.models.pairs().is_empty() {
+            ck.error(format!("{at}.models"), "at least one model is required");
+        }
+        if let Some(b) = &p.bulkhead {
+            check_bulkhead(ck, &format!("{at}.bulkhead"), b);
+        }
+    }
+    for (name, p) in &c.plugins {
+        let at = format!("plugins.{name}");
+        let b = p.bulkhead();
+        check_bulkhead(ck, &format!("{at}.bulkhead"), &b);
+        if p.type_name.is_empty() {
+            ck.error(format!("{at}.type"), "the plugin type is required");
+        }
+    }
+    let mut route_names = std::collections::HashMap::new();
+    for (i, r) in c.routes.iter().enumerate() {
+        let at = format!("routes[{i}]");
+        if let Some(first) = route_names.insert(r.name.as_str(), i) {
+            ck.error(
+                format!("{at}.name"),
+                format!("duplicate name '{}' (also routes[{first}])", r.name),
+            );
+        }
+        for (j, p) in r.plugins.iter().enumerate() {
+            if !c.plugins.contains_key(p) {
+                ck.error(format!("{at}.plugins[{j}]"), format!("unknown plugin '{p}'"));
+            }
+        }
+        if r.providers.is_empty() {
+            ck.error(format!("{at}.providers"), "at least one provider is required");
+        }
+        for (j, p) in r.providers.iter().enumerate() {
+            if !c.providers.contains_key(p) {
+                ck.error(format!("{at}.providers[{j}]"), format!("unknown provider '{p}'"));
+            }
+        }
+        for (j, m) in r.matcher.methods.iter().enumerate() {
+            if http::Method::from_bytes(m.as_bytes()).is_err() {
+                ck.error(
+                    format!("{at}.match.methods[{j}]"),
+                    format!("'{m}' is not an HTTP method"),
+                );
+            }
+        }
+        for (j, (h, _)) in r.matcher.headers.iter().enumerate() {
+            if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
+                ck.error(
+                    format!("{at}.match.headers"),
+                    format!("'{h}' (entry {j}) is not a header name"),
+                );
+            }
+        }
+        if let Some(p) = r.matcher.path_prefix.as_ref().or(r.matcher.path.as_ref()) {
+            if !p.starts_with('/') {
+                ck.error(format!("{at}.match"), format!("path '{p}' must start with '/'"));
+            }
+        }
+    }
+    if c.routes.is_empty() {
+        ck.error("routes", "at least one route is required");
+    }
+}
+
+fn check_bulkhead(ck: &mut Checker, at: &str, b: &BulkheadConf) {
+    if b.max_concurrent == 0 {
+        ck.error(format!("{at}.max_concurrent"), "must be at least 1");
+    }
+    if b.queue_timeout.0.is_zero() && b.queue > 0 {
+        ck.error(format!("{at}.queue_timeout"), "must be above zero when queue > 0");
+    }
+}

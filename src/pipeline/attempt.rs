@@ -1,0 +1,141 @@
+//! Attempts at providers. Whatever an attempt takes is held by a guard and
+//! given back in `Drop` on every path (an early return, a client that
+//! leaves, a dropped future): the provider's bulkhead slot, its in-flight
+//! count, and each plugin's stake (a breaker's half-open probe).
+//!
+//! The failover loop of a request and a wasm filter's `http_call` to a
+//! provider both go through [`AttemptGuard`] and the one upstream exchange
+//! in `upstream.rs`, so a provider's bulkhead and breaker apply to both.
+
+use super::chain::PluginInstance;
+use super::plugin::{Admission, Attempt, AttemptHold};
+use crate::bulkhead::{Bulkhead, Permit, Refusal};
+use crate::error::{ErrorKind, WeirError};
+use crate::provider::{InFlight, Provider};
+use crate::upstream::{Target, Upstream};
+use bytes::Bytes;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
+
+/// A refusal by a bulkhead as weir's error (naming the queue).
+pub fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
+    match r {
+        Refusal::Full { waiting, retry_after } => WeirError::new(
+            ErrorKind::QueueFull,
+            format!(
+                "queue '{}' is full ({waiting} waiting); retry in {retry_after}s",
+                b.name()
+            ),
+        )
+        .with_queue(b.name(), retry_after),
+        Refusal::Timeout { waited, retry_after } => WeirError::new(
+            ErrorKind::QueueTimeout,
+            format!(
+                "waited {}ms in queue '{}' without a free slot; retry in {retry_after}s",
+                waited.as_millis(),
+                b.name()
+            ),
+        )
+        .with_queue(b.name(), retry_after),
+    }
+}
+
+/// A slot in `b`, waiting in its queue if need be.
+pub async fn acquire(b: &Arc<Bulkhead>) -> Result<Permit, WeirError> {
+    b.acquire().await.map_err(|r| refusal_error(r, b))
+}
+
+/// The error when every plugin-admitted path to a provider is closed.
+pub(super) fn skipped_error(p: &Provider) -> WeirError {
+    WeirError::new(
+        ErrorKind::CircuitOpen,
+        format!("provider '{}' is not taking requests", p.name),
+    )
+    .with_queue("circuit_breaker", 1)
+}
+
+/// One attempt at a provider, from its bulkhead slot to the end of its
+/// response. [`AttemptGuard::end`] records the outcome; a guard dropped
+/// without one tells every hold [`Attempt::Aborted`].
+pub struct AttemptGuard {
+    holds: Vec<Box<dyn AttemptHold>>,
+    ended: bool,
+    _in_flight: InFlight,
+    _permit: Permit,
+}
+
+impl AttemptGuard {
+    /// Ask each plugin of the chain, in order, to admit an attempt at
+    /// `provider` (whose slot `permit` is). `None`: a plugin skipped it;
+    /// what earlier plugins took is given back.
+    pub fn admit(plugins: &[Arc<PluginInstance>], provider: &Arc<Provider>, permit: Permit) -> Option<AttemptGuard> {
+        let mut guard = AttemptGuard {
+            holds: Vec::new(),
+            ended: false,
+            _in_flight: provider.in_flight(),
+            _permit: permit,
+        };
+        for p in plugins {
+            match p.plugin.attempt_start(provider) {
+                Admission::Go(Some(h)) => guard.holds.push(h),
+                Admission::Go(None) => {}
+                Admission::Skip => return None,
+            }
+        }
+        Some(guard)
+    }
+
+    /// How the attempt went (once; later calls are ignored).
+    pub fn end(&mut self, attempt: &Attempt) {
+        if std::mem::replace(&mut self.ended, true) {
+            return;
+        }
+        for h in &mut self.holds {
+            h.end(attempt);
+        }
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        self.end(&Attempt::Aborted);
+    }
+}
+
+/// A whole exchange with a provider outside a request's own failover (a
+/// wasm filter's `http_call`): the provider's bulkhead, the chain's
+/// admission, the in-flight count and the answer read to its end (at most
+/// `max_body` bytes).
+pub async fn call_provider(
+    upstream: &Upstream,
+    plugins: &[Arc<PluginInstance>],
+    provider: &Arc<Provider>,
+    req: &RequestHeader,
+    body: &Bytes,
+    max_body: usize,
+) -> Result<(ResponseHeader, Bytes), WeirError> {
+    let permit = acquire(&provider.bulkhead).await?;
+    let mut attempt = AttemptGuard::admit(plugins, provider, permit).ok_or_else(|| skipped_error(provider))?;
+    let mut ex = match upstream.send(&Target::provider(provider), req, body).await {
+        Ok(ex) => ex,
+        Err(e) => {
+            attempt.end(&Attempt::Failed(e.kind));
+            return Err(e);
+        }
+    };
+    let header = ex.header().clone();
+    attempt.end(&Attempt::Answered {
+        status: header.status.as_u16(),
+        ttfb: ex.ttfb,
+    });
+    match ex.read_all(&provider.name, max_body).await {
+        Ok(data) => {
+            upstream.finish(ex, &provider.peer).await;
+            Ok((header, data))
+        }
+        Err(e) => {
+            ex.abort().await;
+            Err(e)
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! A route as it serves: its plugin chain and its providers, built once per
+//! config generation by the runtime.
+
+use super::plugin::{Capabilities, Plugin};
+use crate::bulkhead::Bulkhead;
+use crate::config::{MatchConf, PluginConf};
+use crate::error::{ErrorKind, WeirError};
+use crate::provider::Provider;
+use pingora_http::RequestHeader;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// A configured plugin: its code, its settings and its own bulkhead.
+pub struct PluginInstance {
+    pub name: String,
+    /// The config entry it was built from (its identity across reloads).
+    pub conf: PluginConf,
+    pub plugin: Arc<dyn Plugin>,
+    pub bulkhead: Arc<Bulkhead>,
+    pub capabilities: Capabilities,
+    /// The files it was built from, with their SHA-256 at build time
+    /// (`None`: unreadable).
+    pub files: Vec<(PathBuf, Option<[u8; 32]>)>,
+}
+
+/// A route as it serves requests.
+pub struct Route {
+    pub name: String,
+    pub matcher: MatchConf,
+    pub methods: Vec<http::Method>,
+    /// The chain, in route order.
+    pub plugins: Vec<Arc<PluginInstance>>,
+    pub providers: Vec<Arc<Provider>>,
+    pub retries: u32,
+    /// (public model, first provider serving it), in config order, unique.
+    pub models: Vec<(String, String)>,
+    /// Some plugin of the chain needs usage on streams.
+    pub stream_usage: bool,
+}
+
+impl Route {
+    /// Does this route take the request?
+    pub fn matches(&self, req: &RequestHeader) -> bool {
+        let path = req.uri.path();
+        if let Some(p) = &self.matcher.path {
+            if path != p {
+                return false;
+            }
+        }
+        if let Some(p) = &self.matcher.path_prefix {
+            if !path.starts_with(p.as_str()) {
+                return false;
+            }
+        }
+        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
+            return false;
+        }
+        self.matcher.headers.iter().all(|(k, v)| {
+            req.headers
+                .get(k.as_str())
+                .is_some_and(|h| h.as_bytes() == v.as_bytes())
+        })
+    }
+
+    /// Providers that serve `model`, in route order.
+    pub fn candidates(&self, model: &str) -> Vec<Arc<Provider>> {
+        self.providers
+            .iter()
+            .filter(|p| p.upstream_model(model).is_some())
+            .cloned()
+            .collect()
+    }
+
+    /// The error for a model this route does not serve.
+    pub fn model_not_found(&self, model: &str) -> WeirError {
+        WeirError::new(
+            ErrorKind::ModelNotFound,
+            format!("model '{model}' is not served on route '{}'", self.name),
+        )
+        .with_param("model")
+    }
+}

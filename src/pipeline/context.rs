@@ -1,0 +1,167 @@
+//! [`RequestCtx`]: the one place a request's state lives, from the first
+//! phase to the log phase. Plugins see this and nothing of Pingora or of the
+//! runtime: what they need of the route is here.
+
+use super::chain::Route;
+use crate::error::{ErrorKind, WeirError};
+use crate::llm::{self, RequestHead, Usage};
+use crate::provider::{Provider, Providers};
+use bytes::Bytes;
+use std::any::Any;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Who the client is, once an auth plugin has said so.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    /// The key's name from the keys file (never the key itself).
+    pub name: Arc<str>,
+    /// Models this key may use; `None` = any.
+    pub models: Option<Arc<[String]>>,
+}
+
+/// Per-request state: one value per request, owned by Pingora's session.
+pub struct RequestCtx {
+    pub started: Instant,
+    /// The config generation this request started on and finishes on.
+    pub generation: u64,
+    /// That generation's providers by name (a filter's `http_call` target).
+    pub providers: Option<Arc<Providers>>,
+    /// That generation's `server.max_request_body`.
+    pub max_request_body: usize,
+    /// The matched route.
+    pub route: Option<Arc<Route>>,
+    pub request_id: String,
+    /// The client's address.
+    pub client_addr: Option<std::net::SocketAddr>,
+    pub identity: Option<Identity>,
+    /// Parsed head of a JSON body (LLM endpoints).
+    pub head: Option<RequestHead>,
+    /// The request body as it will be sent (after plugins, before the model
+    /// rewrite). Plugins change it with [`RequestCtx::set_body`].
+    pub body: Bytes,
+    /// Providers that may serve this request, in the order they will be tried.
+    pub candidates: Vec<Arc<Provider>>,
+    /// The provider that answered (or was last tried).
+    pub provider: Option<Arc<Provider>>,
+    /// Status sent to the client (0 until a header is written).
+    pub status: u16,
+    /// What went wrong, if weir answered with an error.
+    pub error: Option<WeirError>,
+    /// Token usage the provider reported.
+    pub usage: Option<Usage>,
+    /// Time the provider took to send its response header.
+    pub upstream_ttfb: Option<Duration>,
+    /// Per-plugin state, indexed like the route's plugin list.
+    plugin_state: Vec<Option<Box<dyn Any + Send + Sync>>>,
+    /// Which plugin's hook runs now (index into the route's plugins).
+    plugin_index: usize,
+    /// How many of the route's plugins have had a request phase run: the
+    /// response phases run over these, in reverse.
+    pub(super) entered: usize,
+}
+
+impl Default for RequestCtx {
+    fn default() -> Self {
+        RequestCtx {
+            started: Instant::now(),
+            generation: 0,
+            providers: None,
+            max_request_body: 0,
+            route: None,
+            request_id: String::new(),
+            client_addr: None,
+            identity: None,
+            head: None,
+            body: Bytes::new(),
+            candidates: Vec::new(),
+            provider: None,
+            status: 0,
+            error: None,
+            usage: None,
+            upstream_ttfb: None,
+            plugin_state: Vec::new(),
+            plugin_index: 0,
+            entered: 0,
+        }
+    }
+}
+
+impl RequestCtx {
+    /// The matched route's name ("" before a route matched).
+    pub fn route_name(&self) -> &str {
+        self.route.as_ref().map_or("", |r| r.name.as_str())
+    }
+
+    /// The public model the client asked for, if the body named one.
+    pub fn model(&self) -> Option<&str> {
+        self.head.as_ref().map(|h| h.model.as_str())
+    }
+
+    /// The running plugin's own per-request state.
+    pub fn state<T: Any + Send + Sync>(&mut self) -> Option<&mut T> {
+        self.plugin_state.get_mut(self.plugin_index)?.as_mut()?.downcast_mut()
+    }
+
+    /// Set the running plugin's per-request state.
+    pub fn set_state<T: Any + Send + Sync>(&mut self, v: T) {
+        self.put_state(Box::new(v));
+    }
+
+    /// Take the running plugin's state out (to use it beside `&mut self`);
+    /// give it back with [`RequestCtx::put_state`].
+    pub fn take_state<T: Any + Send + Sync>(&mut self) -> Option<Box<T>> {
+        let slot = self.plugin_state.get_mut(self.plugin_index)?;
+        match slot.take()?.downcast::<T>() {
+            Ok(s) => Some(s),
+            Err(other) => {
+                *slot = Some(other);
+                None
+            }
+        }
+    }
+
+    /// Give back state taken with [`RequestCtx::take_state`].
+    pub fn put_state<T: Any + Send + Sync>(&mut self, v: Box<T>) {
+        let i = self.plugin_index;
+        if self.plugin_state.len() <= i {
+            self.plugin_state.resize_with(i + 1, || None);
+        }
+        self.plugin_state[i] = Some(v);
+    }
+
+    /// Make plugin `i` the running one.
+    pub(super) fn enter(&mut self, i: usize) {
+        self.plugin_index = i;
+    }
+
+    /// Replace the request body. For an LLM request the head is read again,
+    /// and if the model changed the candidates follow it; a body that is no
+    /// longer a valid request, or names a model the route does not serve,
+    /// is the `who`'s error.
+    pub fn set_body(&mut self, body: Bytes, who: &str) -> Result<(), WeirError> {
+        self.body = body;
+        if self.head.is_none() {
+            return Ok(());
+        }
+        let head = llm::parse_head(&self.body).map_err(|e| {
+            WeirError::new(
+                ErrorKind::Plugin,
+                format!("plugin '{who}' produced an invalid request body: {e}"),
+            )
+        })?;
+        let model_changed = self.head.as_ref().is_some_and(|h| h.model != head.model);
+        self.head = Some(head);
+        if model_changed {
+            if let Some(route) = self.route.clone() {
+                let model = self.model().unwrap_or_default().to_string();
+                let candidates = route.candidates(&model);
+                if candidates.is_empty() {
+                    return Err(route.model_not_found(&model));
+                }
+                self.candidates = candidates;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,120 @@
+//! What a plugin is: the [`Plugin`] trait, whose methods are the phases of a
+//! request in the order they run, and what passes between it and the
+//! pipeline (flows, attempts, capabilities).
+
+use super::context::RequestCtx;
+use crate::error::{ErrorKind, WeirError};
+use crate::provider::Provider;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A response a plugin gives instead of the provider's.
+pub struct LocalResponse {
+    pub header: ResponseHeader,
+    pub body: Bytes,
+}
+
+/// What a request phase decided.
+pub enum Flow {
+    /// Go on to the next plugin / phase.
+    Continue,
+    /// Answer the client with this response. Later request phases are
+    /// skipped; the response goes through the response phases of the
+    /// plugins that ran before this one.
+    Respond(Box<LocalResponse>),
+}
+
+/// Whether a plugin lets an attempt at a provider go ahead.
+pub enum Admission {
+    /// Go; the hold (if any) is told how the attempt ended.
+    Go(Option<Box<dyn AttemptHold>>),
+    /// Skip this provider (as an open breaker does), without counting a retry.
+    Skip,
+}
+
+/// A plugin's stake in one attempt (a breaker's half-open probe, say). The
+/// pipeline calls [`AttemptHold::end`] exactly once: with the outcome, or
+/// with [`Attempt::Aborted`] if the attempt was abandoned on any path (the
+/// client left, the future was dropped).
+pub trait AttemptHold: Send + Sync {
+    fn end(&mut self, attempt: &Attempt);
+}
+
+/// How one attempt at a provider went.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Attempt {
+    /// The provider answered with this status after `ttfb`.
+    Answered { status: u16, ttfb: Duration },
+    /// It failed before answering (unreachable, reset, timeout).
+    Failed(ErrorKind),
+    /// Abandoned before an outcome was known: says nothing about the provider.
+    Aborted,
+}
+
+/// What a plugin needs from the pipeline, declared once at build time.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The provider's token `usage` on streams, even when the client did not
+    /// ask for it: weir asks the provider and removes the extra chunk
+    /// before the client sees it.
+    pub stream_usage: bool,
+}
+
+/// A pipeline stage. Every method has a default that does nothing, so a
+/// plugin implements only the phases it cares about. Request phases run in
+/// route order; response phases in reverse route order (the first plugin
+/// of a route sees the request first and the response last).
+#[async_trait]
+pub trait Plugin: Send + Sync {
+    /// What this plugin needs of the pipeline (asked once, when built).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
+
+    /// 1. Request headers, before the body is read. May change the header
+    ///    sent upstream, refuse (`Err`), or answer locally.
+    async fn request_headers(&self, _req: &mut RequestHeader, _ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        Ok(Flow::Continue)
+    }
+
+    /// 2. Request body, complete and parsed once (`ctx.head`). May replace
+    ///    the body with [`RequestCtx::set_body`]; the model rewrite happens
+    ///    after this phase.
+    async fn request_body(&self, _ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
+        Ok(Flow::Continue)
+    }
+
+    /// 3. Upstream choice: filter or reorder `ctx.candidates`. An empty list
+    ///    after this phase is the plugin's refusal (it should return `Err`).
+    fn upstream_choice(&self, _ctx: &mut RequestCtx) -> Result<(), WeirError> {
+        Ok(())
+    }
+
+    /// 3b. Before each attempt at a provider (this request's, or a wasm
+    ///     filter's `http_call` on this route).
+    fn attempt_start(&self, _provider: &Arc<Provider>) -> Admission {
+        Admission::Go(None)
+    }
+
+    /// 4. Response header, before it is sent to the client: the provider's,
+    ///    a local response or weir's own error. Reverse route order.
+    fn response_headers(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}
+
+    /// 5. A response body chunk, before it is sent; `end` marks the last.
+    ///    Reverse route order; never buffered by the pipeline.
+    fn response_body(&self, _chunk: &mut Bytes, _end: bool, _ctx: &mut RequestCtx) {}
+
+    /// 6. The request is over (answered, refused or failed). Route order.
+    fn log(&self, _ctx: &mut RequestCtx) {}
+
+    /// Update this plugin's state gauges (called when `/metrics` is scraped).
+    fn refresh_metrics(&self) {}
+
+    /// Breaker state of a provider, if this plugin keeps one (for `/status`).
+    fn breaker_state(&self, _provider: &str) -> Option<crate::traffic::breaker::State> {
+        None
+    }
+}

@@ -1,0 +1,467 @@
+//! The chain, run both ways. Request phases go through the route's plugins
+//! in order, each holding a slot of its plugin's bulkhead; then the body is
+//! read and parsed, candidates chosen, and providers tried (`attempts`).
+//! Every response — the provider's, a plugin's local answer, weir's own
+//! error once a route matched — goes back through the response phases of
+//! the plugins that ran, in reverse route order, the one that answered
+//! excepted.
+
+use super::attempt::{self, AttemptGuard};
+use super::chain::Route;
+use super::context::RequestCtx;
+use super::downstream::Downstream;
+use super::plugin::{Attempt, Flow, LocalResponse};
+use crate::bulkhead::{Bulkhead, Permit};
+use crate::error::{ErrorKind, WeirError};
+use crate::llm;
+use crate::metrics;
+use crate::provider::Provider;
+use crate::traffic::retry_budget::RetryBudget;
+use crate::upstream::{Target, Upstream};
+use bytes::{Bytes, BytesMut};
+use pingora_http::{RequestHeader, ResponseHeader};
+use std::sync::Arc;
+
+/// What runs requests: the connection pools to providers and the retry
+/// budget, shared by every config generation.
+pub struct Pipeline {
+    pub(super) upstream: Upstream,
+    retry_budget: RetryBudget,
+}
+
+impl Default for Pipeline {
+    fn default() -> Self {
+        Pipeline {
+            upstream: Upstream::default(),
+            // Envoy's default: retries at most 20% of active requests, at least 3.
+            retry_budget: RetryBudget::new(0.2, 3),
+        }
+    }
+}
+
+/// How a request ended, for the Pingora glue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// A complete response was written.
+    Answered,
+    /// The client went away; nothing more to write.
+    ClientGone,
+    /// The response had started when it failed: close the connection so the
+    /// client sees a truncated body, never a clean end.
+    Aborted,
+}
+
+/// How a request ended when it did not end in a response weir could write.
+pub(super) enum Failure {
+    /// An error weir answers with its envelope; `by` is the plugin that
+    /// refused, if one did (its own response phases do not run).
+    Refuse(WeirError, Option<usize>),
+    ClientGone,
+    Aborted(WeirError),
+}
+
+impl From<WeirError> for Failure {
+    fn from(e: WeirError) -> Self {
+        Failure::Refuse(e, None)
+    }
+}
+
+/// LLM endpoints whose body must be an OpenAI JSON request.
+fn is_llm_endpoint(path: &str) -> bool {
+    path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/embeddings")
+}
+
+/// Wait for a bulkhead slot, leaving the queue at once if the client goes
+/// away. `watch_client` only when the request body has been read completely.
+async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
+    if !watch_client {
+        return attempt::acquire(b).await.map_err(Failure::from);
+    }
+    tokio::select! {
+        r = attempt::acquire(b) => r.map_err(Failure::from),
+        _ = d.gone() => Err(Failure::ClientGone),
+    }
+}
+
+/// Headers never copied from client to provider.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "content-length",
+    "host",
+];
+
+/// Client credentials for weir itself, never forwarded.
+const CLIENT_KEYS: &[&str] = &["authorization", "api-key", "x-api-key"];
+
+/// The request header as the provider gets it.
+fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body_len: usize) -> RequestHeader {
+    let path = p
+        .endpoint
+        .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
+        .expect("method and path come from a valid request");
+    for (name, value) in client.headers.iter() {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n) || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n)) {
+            continue;
+        }
+        let _ = req.append_header(name.clone(), value.clone());
+    }
+    let _ = req.insert_header("host", p.endpoint.authority());
+    let _ = req.insert_header("x-request-id", request_id);
+    if let Some(auth) = &p.authorization {
+        let _ = req.insert_header("authorization", auth.as_str());
+    }
+    if body_len > 0 || client.method != http::Method::GET {
+        let _ = req.insert_header("content-length", body_len.to_string());
+    }
+    req
+}
+
+impl Pipeline {
+    /// Serve one request: `route` is the matched one (`None`: no route took
+    /// it). Always ends with a response written or the connection to drop.
+    pub async fn serve<D: Downstream>(&self, route: Option<Arc<Route>>, d: &mut D, ctx: &mut RequestCtx) -> Ended {
+        let _active = self.retry_budget.request();
+        let result = match route {
+            None => Err(WeirError::new(
+                ErrorKind::NotFound,
+                format!("no route for {} {}", d.req_header().method, d.req_header().uri.path()),
+            )
+            .into()),
+            Some(route) => {
+                ctx.route = Some(route.clone());
+                self.run(&route, d, ctx).await
+            }
+        };
+        match result {
+            Ok(()) => Ended::Answered,
+            Err(Failure::Refuse(e, by)) => {
+                if d.response_started() {
+                    ctx.error = Some(e);
+                    return Ended::Aborted;
+                }
+                if e.status() >= 500 {
+                    log::warn!("request {}: {e}", ctx.request_id);
+                }
+                self.respond_error(d, ctx, e, by).await;
+                Ended::Answered
+            }
+            Err(Failure::ClientGone) => {
+                ctx.status = 499;
+                Ended::ClientGone
+            }
+            Err(Failure::Aborted(e)) => {
+                log::warn!("request {}: response cut short: {e}", ctx.request_id);
+                ctx.error = Some(e);
+                Ended::Aborted
+            }
+        }
+    }
+
+    /// The log phase, route order, whatever the outcome.
+    pub fn log(&self, ctx: &mut RequestCtx) {
+        let Some(route) = ctx.route.clone() else { return };
+        for (i, p) in route.plugins.iter().enumerate() {
+            ctx.enter(i);
+            p.plugin.log(ctx);
+        }
+    }
+
+    async fn run<D: Downstream>(&self, route: &Arc<Route>, d: &mut D, ctx: &mut RequestCtx) -> Result<(), Failure> {
+        // Phase 1: request headers. A plugin holds a slot of its bulkhead
+        // while it works on the request (not while the body is read).
+        let no_body = d.body_empty();
+        for (i, p) in route.plugins.iter().enumerate() {
+            let _slot = wait(d, &p.bulkhead, no_body).await?;
+            ctx.enter(i);
+            ctx.entered = ctx.entered.max(i + 1);
+            match p.plugin.request_headers(d.req_header_mut(), ctx).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(r)) => return self.respond_local(d, ctx, *r, Some(i)).await,
+                Err(e) => return Err(Failure::Refuse(e, Some(i))),
+            }
+        }
+
+        let method = d.req_header().method.clone();
+        let llm = method == http::Method::POST && is_llm_endpoint(d.req_header().uri.path());
+        if method == http::Method::GET && d.req_header().uri.path() == "/v1/models" {
+            return self.list_models(d, ctx, route).await;
+        }
+
+        // Read the body, bounded.
+        ctx.body = read_body(d, ctx.max_request_body).await?;
+        if llm {
+            let head = llm::parse_head(&ctx.body).map_err(WeirError::invalid)?;
+            ctx.head = Some(head);
+        } else if !ctx.body.is_empty() {
+            // Other routed paths: use a model if the body names one, else forward as is.
+            ctx.head = llm::parse_head(&ctx.body).ok();
+        }
+        ctx.candidates = match &ctx.head {
+            Some(h) => route.candidates(&h.model),
+            None => route.providers.clone(),
+        };
+        if ctx.candidates.is_empty() {
+            return Err(route.model_not_found(ctx.model().unwrap_or_default()).into());
+        }
+
+        // Phase 2: request body.
+        for (i, p) in route.plugins.iter().enumerate() {
+            let _slot = wait(d, &p.bulkhead, true).await?;
+            ctx.enter(i);
+            match p.plugin.request_body(ctx).await {
+                Ok(Flow::Continue) => {}
+                Ok(Flow::Respond(r)) => return self.respond_local(d, ctx, *r, Some(i)).await,
+                Err(e) => return Err(Failure::Refuse(e, Some(i))),
+            }
+        }
+        // A plugin needs usage the client did not ask for: ask the provider.
+        let strip_usage = route.stream_usage && ctx.head.as_ref().is_some_and(|h| h.stream && !h.include_usage);
+        if strip_usage {
+            if let Some(head) = &ctx.head {
+                ctx.body = llm::with_stream_usage(&ctx.body, head);
+                ctx.head = Some(llm::parse_head(&ctx.body).map_err(WeirError::invalid)?);
+            }
+        }
+
+        // Phase 3: upstream choice.
+        for (i, p) in route.plugins.iter().enumerate() {
+            ctx.enter(i);
+            p.plugin.upstream_choice(ctx).map_err(|e| Failure::Refuse(e, Some(i)))?;
+        }
+        self.attempts(d, ctx, route, strip_usage).await
+    }
+
+    /// Try the candidates in order: the first, then up to `retries` others
+    /// (within the retry budget), only while nothing has reached the client.
+    /// A provider whose bulkhead refuses, or that a plugin skips, costs no retry.
+    async fn attempts<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+        strip_usage: bool,
+    ) -> Result<(), Failure> {
+        let max_sends = route.retries as usize + 1;
+        let candidates = std::mem::take(&mut ctx.candidates);
+        let mut sends = 0;
+        let mut last_err = None;
+        let mut _retry = None;
+        for (ci, provider) in candidates.iter().enumerate() {
+            if sends >= max_sends {
+                break;
+            }
+            if sends > 0 {
+                match self.retry_budget.try_retry() {
+                    Some(g) => {
+                        _retry = Some(g);
+                        metrics::RETRIES.with_label_values(&[&route.name, "tried"]).inc();
+                    }
+                    None => {
+                        metrics::RETRIES
+                            .with_label_values(&[&route.name, "budget_exhausted"])
+                            .inc();
+                        break;
+                    }
+                }
+            }
+            ctx.provider = Some(provider.clone());
+            let permit = match wait(d, &provider.bulkhead, true).await {
+                Ok(p) => p,
+                Err(Failure::Refuse(e, _)) => {
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(f) => return Err(f),
+            };
+            let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
+                last_err.get_or_insert_with(|| attempt::skipped_error(provider));
+                continue;
+            };
+            let body = match (&ctx.head, provider.upstream_model(ctx.model().unwrap_or_default())) {
+                (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
+                _ => ctx.body.clone(),
+            };
+            let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len());
+            sends += 1;
+            let target = Target::provider(provider);
+            let sent = tokio::select! {
+                r = self.upstream.send(&target, &req, &body) => Some(r),
+                _ = d.gone() => None,
+            };
+            let ex = match sent {
+                // The attempt guard gives back what it holds.
+                None => return Err(Failure::ClientGone),
+                Some(Err(e)) => {
+                    log::warn!("request {}: {e}", ctx.request_id);
+                    attempt.end(&Attempt::Failed(e.kind));
+                    last_err = Some(e);
+                    continue;
+                }
+                Some(Ok(ex)) => ex,
+            };
+            let status = ex.header().status.as_u16();
+            attempt.end(&Attempt::Answered { status, ttfb: ex.ttfb });
+            let another = ci + 1 < candidates.len() && sends < max_sends;
+            if (status == 429 || status >= 500) && another {
+                log::warn!(
+                    "request {}: provider '{}' answered {status}; trying another",
+                    ctx.request_id,
+                    provider.name
+                );
+                ex.abort().await;
+                continue;
+            }
+            ctx.upstream_ttfb = Some(ex.ttfb);
+            return self.relay(d, ctx, route, provider, ex, strip_usage).await;
+        }
+        Err(last_err
+            .unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered"))
+            .into())
+    }
+
+    /// `GET /v1/models`: the models this route (and this key) may use.
+    async fn list_models<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx, route: &Route) -> Result<(), Failure> {
+        let allowed = ctx.identity.as_ref().and_then(|i| i.models.clone());
+        let data: Vec<serde_json::Value> = route
+            .models
+            .iter()
+            .filter(|(m, _)| allowed.as_ref().is_none_or(|a| a.contains(m)))
+            .map(|(m, provider)| serde_json::json!({"id": m, "object": "model", "created": 0, "owned_by": provider}))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({"object": "list", "data": data})).unwrap_or_default();
+        let mut h = ResponseHeader::build(200, Some(3)).expect("200");
+        let _ = h.insert_header("content-type", "application/json");
+        let r = LocalResponse {
+            header: h,
+            body: body.into(),
+        };
+        self.respond_local(d, ctx, r, None).await
+    }
+
+    /// A complete response made by weir or a plugin (`by`), through the
+    /// response phases, body included.
+    async fn respond_local<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        r: LocalResponse,
+        by: Option<usize>,
+    ) -> Result<(), Failure> {
+        let LocalResponse { mut header, body } = r;
+        let body = finish_local(ctx, &mut header, body, by);
+        d.write_header(header, false).await.map_err(|_| Failure::ClientGone)?;
+        d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
+    }
+
+    /// Answer with weir's error envelope.
+    async fn respond_error<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx, e: WeirError, by: Option<usize>) {
+        // Refusing must stay cheap: don't drain a large unread body, close instead.
+        if !d.body_done() {
+            let declared = declared_length(d.req_header());
+            if declared.is_none_or(|n| n > 64 * 1024) {
+                d.no_keepalive();
+            }
+        }
+        let body = e.body();
+        let mut header = e.response_header(body.len(), &ctx.request_id);
+        ctx.error = Some(e);
+        let body = finish_local(ctx, &mut header, body, by);
+        if d.write_header(header, false).await.is_ok() {
+            let _ = d.write_body(body, true).await;
+        }
+    }
+}
+
+/// Run a complete local response through the response phases (reverse
+/// route order, over the plugins that ran, `by` excepted) and fix its length.
+fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Bytes, by: Option<usize>) -> Bytes {
+    let _ = header.insert_header("content-length", body.len().to_string());
+    let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
+    if let Some(route) = ctx.route.clone() {
+        let entered = ctx.entered;
+        let order = || (0..entered).rev().filter(|i| Some(*i) != by);
+        for i in order() {
+            ctx.enter(i);
+            route.plugins[i].plugin.response_headers(header, ctx);
+        }
+        ctx.status = header.status.as_u16();
+        let len = body.len();
+        for i in order() {
+            ctx.enter(i);
+            route.plugins[i].plugin.response_body(&mut body, true, ctx);
+        }
+        if body.len() != len {
+            let _ = header.insert_header("content-length", body.len().to_string());
+        }
+    }
+    ctx.status = header.status.as_u16();
+    body
+}
+
+fn declared_length(req: &RequestHeader) -> Option<usize> {
+    req.headers
+        .get("content-length")
+        .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+}
+
+/// Read the request body up to `max` bytes.
+async fn read_body<D: Downstream>(d: &mut D, max: usize) -> Result<Bytes, Failure> {
+    let declared = declared_length(d.req_header());
+    if declared.is_some_and(|n| n > max) {
+        return Err(refuse_large_body(d, max, 0).await);
+    }
+    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    loop {
+        match d.read_body().await {
+            Ok(Some(chunk)) => {
+                if buf.len() + chunk.len() > max {
+                    let seen = buf.len() + chunk.len();
+                    drop(buf);
+                    return Err(refuse_large_body(d, max, seen).await);
+                }
+                buf.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(buf.freeze()),
+            Err(()) => return Err(Failure::ClientGone),
+        }
+    }
+}
+
+/// A body over `max`: most clients send the whole body before reading the
+/// answer, so discard it (bounded in bytes and time, never buffered) to let
+/// them see the 413; past the bound the connection is simply closed.
+async fn refuse_large_body<D: Downstream>(d: &mut D, max: usize, mut seen: usize) -> Failure {
+    const DRAIN_LIMIT: usize = 64 << 20;
+    let expects_continue = d
+        .req_header()
+        .headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+    if !expects_continue {
+        let drain = async {
+            while seen <= DRAIN_LIMIT.max(2 * max) {
+                match d.read_body().await {
+                    Ok(Some(c)) => seen += c.len(),
+                    _ => break,
+                }
+            }
+        };
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(10), drain).await;
+    }
+    Failure::Refuse(
+        WeirError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than max_request_body ({max} bytes)"),
+        ),
+        None,
+    )
+}
