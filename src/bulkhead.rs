@@ -7,7 +7,8 @@
 use crate::metrics;
 use prometheus::{Histogram, IntCounter};
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;
 
@@ -103,7 +104,7 @@ impl Bulkhead {
     /// Dropping the returned future while it waits leaves the queue at once.
     pub async fn acquire(self: &Arc<Self>) -> Result<Permit, Refusal> {
         let (id, rx) = {
-            let mut st = self.state.lock().unwrap();
+            let mut st = self.state.lock();
             if st.in_flight < self.limits.max_concurrent && st.waiters.is_empty() {
                 st.in_flight += 1;
                 return Ok(Permit { bulkhead: self.clone() });
@@ -140,7 +141,7 @@ impl Bulkhead {
             }
             _ => {
                 guard.armed = false;
-                let mut st = self.state.lock().unwrap();
+                let mut st = self.state.lock();
                 if let Some(pos) = st.waiters.iter().position(|w| w.id == id) {
                     st.waiters.remove(pos);
                     let retry_after = self.retry_after_locked(&st);
@@ -161,7 +162,7 @@ impl Bulkhead {
 
     /// Current in-flight, waiting and oldest wait.
     pub fn snapshot(&self) -> Snapshot {
-        let st = self.state.lock().unwrap();
+        let st = self.state.lock();
         Snapshot {
             in_flight: st.in_flight,
             waiting: st.waiters.len(),
@@ -181,7 +182,7 @@ impl Bulkhead {
     }
 
     fn release(&self) {
-        let mut st = self.state.lock().unwrap();
+        let mut st = self.state.lock();
         let now = Instant::now();
         if let Some(last) = st.last_release {
             let dt = now.duration_since(last).as_secs_f64();
@@ -216,7 +217,7 @@ impl Drop for WaitGuard<'_> {
         if !self.armed {
             return;
         }
-        let mut st = self.bulkhead.state.lock().unwrap();
+        let mut st = self.bulkhead.state.lock();
         if let Some(pos) = st.waiters.iter().position(|w| w.id == self.id) {
             st.waiters.remove(pos);
         } else {
@@ -290,7 +291,7 @@ mod tests {
             let (b, order) = (b.clone(), order.clone());
             tasks.push(tokio::spawn(async move {
                 let _p = b.acquire().await.unwrap();
-                order.lock().unwrap().push(i);
+                order.lock().push(i);
             }));
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
@@ -298,7 +299,7 @@ mod tests {
         for t in tasks {
             t.await.unwrap();
         }
-        assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+        assert_eq!(*order.lock(), vec![0, 1, 2, 3, 4]);
     }
 
     #[tokio::test]

@@ -1,22 +1,21 @@
 //! weir: a programmable edge proxy for LLM providers, built on Pingora.
+//! ARCHITECTURE.md has the layers and the arrows allowed between them.
 //!
-//! Where things live:
-//! - `config/`   the YAML schema, `${VAR}` expansion, located errors
-//! - `runtime`   one built value per config generation, swapped whole; reload
-//! - `reload`    reload triggers: SIGHUP and watched files
-//! - `server`    Pingora server wiring for `weir serve`
-//! - `proxy`     Pingora's phases mapped onto weir's pipeline
-//! - `pipeline`  the `Plugin` trait (phases in run order) and per-request state
+//! Where things live, from the leaves up:
+//! - `config/`   the YAML schema as plain data, `${VAR}` expansion, located errors
+//! - `metrics`, `error`, `llm`  Prometheus metrics; error kinds -> status,
+//!   envelope, Retry-After; the OpenAI wire format (head, model rewrite, usage)
+//! - `traffic/`  token bucket, breaker, least-connection order, retry budget
 //! - `bulkhead`  bounded concurrency + bounded FIFO wait queue
-//! - `provider`, `upstream`  where providers live and one exchange with them
-//! - `traffic/`  token bucket, breaker, least-connection picker, retry budget
-//! - `health`    active health checks of providers
-//! - `plugins/`  built-in plugins
+//! - `provider`, `upstream`  a provider as it serves; one exchange with it
+//! - `pipeline/` the `Plugin` trait (phases in run order), plugin factories,
+//!   per-request state, and the chain run both ways (attempts, relay)
+//! - `plugins/`  the built-in plugin types and the registry of every type
 //! - `wasm/`     the Proxy-Wasm host: operators' own filters as a plugin type
-//! - `llm`       OpenAI request head, model rewrite, usage in JSON and SSE
-//! - `error`     error kinds -> status, envelope, Retry-After
-//! - `metrics`, `admin`  Prometheus metrics and the admin API
-//! - `mock`, `demo`      the mock provider and `weir demo`
+//! - `runtime`   config -> one built generation (all I/O), swapped whole; reload
+//! - `proxy`     the Pingora glue; `server` wires `weir serve`
+//! - `reload`, `health`, `admin`  reload triggers, health checks, admin API
+//! - `mock/`, `demo`  the mock provider and `weir demo`
 
 pub mod admin;
 pub mod bulkhead;

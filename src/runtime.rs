@@ -13,6 +13,7 @@ use crate::pipeline::{PluginInstance, Route, Settings};
 use crate::plugins;
 use crate::provider::{self, Provider, Providers};
 use arc_swap::ArcSwap;
+use parking_lot::Mutex;
 use pingora_http::RequestHeader;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -199,11 +200,11 @@ pub struct Gateway {
     current: ArcSwap<Runtime>,
     generation: AtomicU64,
     /// One reload at a time (file watch, SIGHUP and the admin API may race).
-    reloading: std::sync::Mutex<()>,
-    last_reload: std::sync::Mutex<Option<ReloadStatus>>,
+    reloading: Mutex<()>,
+    last_reload: Mutex<Option<ReloadStatus>>,
     /// What the watched files looked like when last loaded, so a watcher
     /// does not reload again for a change a reload already picked up.
-    loaded: std::sync::Mutex<FileStamps>,
+    loaded: Mutex<FileStamps>,
     /// The config the process started with: listeners and threads stay as it
     /// set them until a binary upgrade.
     started_with: Arc<Config>,
@@ -237,9 +238,9 @@ impl Gateway {
             config_path: path.to_path_buf(),
             current: ArcSwap::from_pointee(rt),
             generation: AtomicU64::new(1),
-            reloading: std::sync::Mutex::new(()),
-            last_reload: std::sync::Mutex::new(None),
-            loaded: std::sync::Mutex::new(stamps),
+            reloading: Mutex::new(()),
+            last_reload: Mutex::new(None),
+            loaded: Mutex::new(stamps),
             started_with,
         }))
     }
@@ -253,9 +254,9 @@ impl Gateway {
     /// swap it in whole, or change nothing. Blocking: call it off the async
     /// runtime (a reload compiles wasm and resolves names).
     pub fn reload(&self) -> Result<u64, ConfigErrors> {
-        let _one_at_a_time = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let _one_at_a_time = self.reloading.lock();
         let old = self.current.load_full();
-        *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = file_stamps(&old.watched_files());
+        *self.loaded.lock() = file_stamps(&old.watched_files());
         let result = config::load(&self.config_path).and_then(|(config, index)| {
             let next = self.generation.load(Ordering::SeqCst) + 1;
             Runtime::build(config, &index, next, Some(&old))
@@ -271,12 +272,12 @@ impl Gateway {
                     log::warn!("config change not applied until a binary upgrade (weir serve --upgrade): {change}");
                 }
                 self.generation.store(g, Ordering::SeqCst);
-                *self.loaded.lock().unwrap_or_else(|p| p.into_inner()) = file_stamps(&rt.watched_files());
+                *self.loaded.lock() = file_stamps(&rt.watched_files());
                 self.current.store(Arc::new(rt));
                 crate::metrics::CONFIG_RELOADS.with_label_values(&["ok"]).inc();
                 crate::metrics::CONFIG_GENERATION.set(g as i64);
                 log::info!("config reloaded: generation {g}");
-                *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadStatus {
+                *self.last_reload.lock() = Some(ReloadStatus {
                     at,
                     ok: true,
                     generation: g,
@@ -291,7 +292,7 @@ impl Gateway {
                     "config reload failed, still serving generation {}:\n{e}",
                     old.generation
                 );
-                *self.last_reload.lock().unwrap_or_else(|p| p.into_inner()) = Some(ReloadStatus {
+                *self.last_reload.lock() = Some(ReloadStatus {
                     at,
                     ok: false,
                     generation: old.generation,
@@ -305,12 +306,12 @@ impl Gateway {
 
     /// The watched files as the last reload (or start) saw them.
     pub fn loaded_stamps(&self) -> FileStamps {
-        self.loaded.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.loaded.lock().clone()
     }
 
     /// The last reload's outcome, if there was one.
     pub fn last_reload(&self) -> Option<ReloadStatus> {
-        self.last_reload.lock().unwrap_or_else(|p| p.into_inner()).clone()
+        self.last_reload.lock().clone()
     }
 }
 

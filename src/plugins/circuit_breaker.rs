@@ -11,7 +11,8 @@ use crate::traffic::breaker::{Admit, Breaker, BreakerConf, State};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Plugin settings.
@@ -174,7 +175,7 @@ impl Breakers {
     fn with<T>(&self, provider: &str, f: impl FnOnce(&mut Breaker, Instant) -> (T, Option<State>)) -> T {
         let now = Instant::now();
         let (out, moved) = {
-            let mut map = self.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+            let mut map = self.by_provider.lock();
             let b = map
                 .entry(provider.to_string())
                 .or_insert_with(|| Breaker::new(self.breaker, now));
@@ -207,7 +208,7 @@ impl AttemptHold for Hold {
 impl Plugin for CircuitBreaker {
     fn upstream_choice(&self, ctx: &mut RequestCtx) -> Result<(), WeirError> {
         let now = Instant::now();
-        let map = self.shared.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.shared.by_provider.lock();
         let mut soonest: Option<Duration> = None;
         ctx.candidates
             .retain(|p| match map.get(&p.name).and_then(|b| b.blocked_for(now)) {
@@ -242,7 +243,7 @@ impl Plugin for CircuitBreaker {
     }
 
     fn breaker_state(&self, provider: &str) -> Option<State> {
-        let map = self.shared.by_provider.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.shared.by_provider.lock();
         map.get(provider).map(|b| b.state())
     }
 }

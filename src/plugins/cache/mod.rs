@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use parking_lot::Mutex;
+use std::sync::Arc;
 use std::time::Duration;
 use store::{MemoryStore, RedisStore};
 use tokio::sync::watch;
@@ -127,7 +128,7 @@ struct Leader {
 
 impl Drop for Leader {
     fn drop(&mut self) {
-        self.inflight.lock().unwrap().remove(&self.key);
+        self.inflight.lock().remove(&self.key);
         let _ = self.tx.send(Some(self.stored));
     }
 }
@@ -385,7 +386,7 @@ impl Plugin for Cache {
                 }
             }
             // Coalesce: wait for an identical miss already on its way.
-            let waiting = self.inflight.lock().unwrap().get(&key).cloned();
+            let waiting = self.inflight.lock().get(&key).cloned();
             if let Some(mut rx) = waiting {
                 self.counters.coalesced.inc();
                 let leader_stored = match tokio::time::timeout(self.wait, rx.wait_for(|v| v.is_some())).await {
@@ -407,7 +408,7 @@ impl Plugin for Cache {
         }
         self.counters.miss.inc();
         let leader = {
-            let mut map = self.inflight.lock().unwrap();
+            let mut map = self.inflight.lock();
             if no_cache || map.contains_key(&key) {
                 None
             } else {

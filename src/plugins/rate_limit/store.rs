@@ -4,7 +4,7 @@
 use crate::plugins::redis::LazyRedis;
 use crate::traffic::token_bucket::TokenBucket;
 use std::collections::HashMap;
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::{Duration, Instant};
 
 /// A bucket's shape.
@@ -38,7 +38,7 @@ impl MemoryStore {
     /// Take `n` tokens (or give back `-n`).
     pub fn take(&self, key: &str, shape: Shape, n: f64) -> Decision {
         let now = Instant::now();
-        let mut map = self.buckets.lock().unwrap();
+        let mut map = self.buckets.lock();
         if map.len() >= MAX_KEYS && !map.contains_key(key) {
             map.retain(|_, b| !b.is_full_at(now));
         }
