@@ -5,9 +5,9 @@
 //! only for a few instructions, never across an await.
 
 use crate::metrics;
+use parking_lot::Mutex;
 use prometheus::{Histogram, IntCounter};
 use std::collections::VecDeque;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::oneshot;

@@ -9,9 +9,9 @@ use crate::pipeline::{Admission, Attempt, AttemptHold, Plugin, RequestCtx, Typed
 use crate::provider::Provider;
 use crate::traffic::breaker::{Admit, Breaker, BreakerConf, State};
 use async_trait::async_trait;
+use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
-use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 

@@ -3,8 +3,8 @@
 
 use crate::plugins::redis::LazyRedis;
 use crate::traffic::token_bucket::TokenBucket;
-use std::collections::HashMap;
 use parking_lot::Mutex;
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// A bucket's shape.
