@@ -7,9 +7,10 @@ use super::abi::{status, Status};
 use super::vm::Event;
 use crate::metrics;
 use once_cell::sync::Lazy;
+use parking_lot::Mutex;
 use prometheus::{Histogram, IntGauge};
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Weak};
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Bounds that keep a misbehaving filter from growing weir without limit.
@@ -17,12 +18,6 @@ const MAX_SHARED_DATA_BYTES: usize = 64 << 20;
 const MAX_QUEUES: usize = 1024;
 const MAX_QUEUE_ITEMS: usize = 10_000;
 const MAX_METRICS: usize = 1024;
-
-/// Lock, ignoring poisoning: the data stays consistent at every await-free
-/// step, and a panic elsewhere must not take shared data down with it.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Who is told when an item arrives on a queue: the root context of one VM.
 #[derive(Clone)]
@@ -73,7 +68,7 @@ static BY_PLUGIN: Lazy<Mutex<HashMap<String, Weak<SharedState>>>> = Lazy::new(De
 impl SharedState {
     /// The state of plugin `name`: its predecessor's if that is still alive.
     pub fn for_plugin(name: &str) -> Arc<SharedState> {
-        let mut all = lock(&BY_PLUGIN);
+        let mut all = BY_PLUGIN.lock();
         all.retain(|_, w| w.strong_count() > 0);
         if let Some(s) = all.get(name).and_then(Weak::upgrade) {
             return s;
@@ -85,12 +80,12 @@ impl SharedState {
 
     /// `(value, cas)` of a key.
     pub fn get(&self, key: &[u8]) -> Option<(Vec<u8>, u32)> {
-        lock(&self.data).map.get(key).cloned()
+        self.data.lock().map.get(key).cloned()
     }
 
     /// Set a key. A non-zero `cas` must match the entry's current one.
     pub fn set(&self, key: &[u8], value: &[u8], cas: u32) -> Status {
-        let mut d = lock(&self.data);
+        let mut d = self.data.lock();
         let (old_len, next_cas) = match d.map.get(key) {
             Some((_, c)) if cas != 0 && cas != *c => return status::CAS_MISMATCH,
             Some((v, c)) => (key.len() + v.len(), c.wrapping_add(1).max(1)),
@@ -107,7 +102,7 @@ impl SharedState {
 
     /// Register (or take over) a queue; its owner is told of new items.
     pub fn register_queue(&self, name: &[u8], owner: QueueOwner) -> Option<u32> {
-        let mut q = lock(&self.queues);
+        let mut q = self.queues.lock();
         if let Some(&id) = q.by_name.get(name) {
             q.list[id as usize].owner = Some(owner);
             return Some(id);
@@ -125,12 +120,12 @@ impl SharedState {
     }
 
     pub fn resolve_queue(&self, name: &[u8]) -> Option<u32> {
-        lock(&self.queues).by_name.get(name).copied()
+        self.queues.lock().by_name.get(name).copied()
     }
 
     /// Take the oldest item: `Err(NOT_FOUND)` for an unknown queue, `Ok(None)` if empty.
     pub fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, Status> {
-        let mut q = lock(&self.queues);
+        let mut q = self.queues.lock();
         let queue = q.list.get_mut(id as usize).ok_or(status::NOT_FOUND)?;
         Ok(queue.items.pop_front())
     }
@@ -138,7 +133,7 @@ impl SharedState {
     /// Add an item (dropping the oldest when full) and tell the owner.
     pub fn enqueue(&self, id: u32, value: &[u8]) -> Status {
         let owner = {
-            let mut q = lock(&self.queues);
+            let mut q = self.queues.lock();
             let Some(queue) = q.list.get_mut(id as usize) else {
                 return status::NOT_FOUND;
             };
@@ -156,7 +151,7 @@ impl SharedState {
 
     /// Define a metric (the same name gives the same id).
     pub fn define_metric(&self, plugin: &str, kind: u32, name: &[u8]) -> Result<u32, Status> {
-        let mut m = lock(&self.metrics);
+        let mut m = self.metrics.lock();
         if let Some(&id) = m.by_name.get(name) {
             return Ok(id);
         }
@@ -176,7 +171,7 @@ impl SharedState {
     }
 
     pub fn increment_metric(&self, id: u32, by: i64) -> Status {
-        match lock(&self.metrics).list.get(id as usize) {
+        match self.metrics.lock().list.get(id as usize) {
             Some(Metric::Gauge(g)) => {
                 g.add(by);
                 status::OK
@@ -187,7 +182,7 @@ impl SharedState {
     }
 
     pub fn record_metric(&self, id: u32, value: u64) -> Status {
-        match lock(&self.metrics).list.get(id as usize) {
+        match self.metrics.lock().list.get(id as usize) {
             Some(Metric::Gauge(g)) => {
                 g.set(value.min(i64::MAX as u64) as i64);
                 status::OK
@@ -201,7 +196,7 @@ impl SharedState {
     }
 
     pub fn get_metric(&self, id: u32) -> Result<u64, Status> {
-        match lock(&self.metrics).list.get(id as usize) {
+        match self.metrics.lock().list.get(id as usize) {
             Some(Metric::Gauge(g)) => Ok(g.get().max(0) as u64),
             Some(Metric::Histogram(_)) => Err(status::BAD_ARGUMENT),
             None => Err(status::NOT_FOUND),

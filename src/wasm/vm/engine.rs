@@ -5,11 +5,10 @@
 //! shared; modules are cached by content hash so `check` and `build` (and a
 //! reload that keeps a module) compile each file once.
 
-use crate::wasm::shared::lock;
 use once_cell::sync::Lazy;
+use parking_lot::Mutex;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use std::sync::Mutex;
 use std::time::Duration;
 use wasmtime::{Engine, ExternType, Module};
 
@@ -51,13 +50,13 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 pub(crate) fn load(path: &std::path::Path) -> Result<(Module, [u8; 32]), String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let d = digest(&bytes);
-    if let Some(m) = lock(&MODULES).get(&d) {
+    if let Some(m) = MODULES.lock().get(&d) {
         return Ok((m.clone(), d));
     }
     let module =
         Module::new(&ENGINE, &bytes).map_err(|e| format!("{} is not a valid wasm module: {e:#}", path.display()))?;
     validate(&module).map_err(|e| format!("{}: {e}", path.display()))?;
-    let mut cache = lock(&MODULES);
+    let mut cache = MODULES.lock();
     if cache.len() >= MODULE_CACHE {
         cache.clear();
     }

@@ -26,7 +26,7 @@ pub(crate) use instance::Callback;
 
 use super::abi::{self, Host, Stream, ACTION_CONTINUE};
 use super::http_call::{self, CallRequest, CallResponse, BACKGROUND, BACKGROUND_UPSTREAM};
-use super::shared::{lock, SharedState};
+use super::shared::SharedState;
 use crate::metrics;
 use crate::provider::Providers;
 use crate::upstream::Upstream;
@@ -34,10 +34,11 @@ use bytes::Bytes;
 use engine::ENGINE;
 use fault::classify;
 use instance::{Vm, ROOT_CONTEXT};
+use parking_lot::Mutex;
 use std::net::SocketAddr;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tokio::sync::Notify;
@@ -81,13 +82,13 @@ pub(crate) struct PluginInfo {
 
 impl PluginInfo {
     pub fn latest_providers(&self) -> Option<Arc<Providers>> {
-        lock(&self.providers).upgrade()
+        self.providers.lock().upgrade()
     }
 
     pub fn note_providers(&self, generation: u64, providers: &Arc<Providers>) {
         let g = generation + 1;
         if self.providers_generation.fetch_max(g, Ordering::Relaxed) < g {
-            *lock(&self.providers) = Arc::downgrade(providers);
+            *self.providers.lock() = Arc::downgrade(providers);
         }
     }
 
@@ -203,7 +204,7 @@ impl Core {
         });
         for i in 0..core.slots.len() {
             let vm = core.instantiate(i, 0).map_err(|f| f.message)?;
-            let mut g = lock(&core.slots[i].state);
+            let mut g = core.slots[i].state.lock();
             g.vm = Some(vm);
             g.built_at = Some(Instant::now());
         }
@@ -271,7 +272,7 @@ impl Core {
         generation: Option<u64>,
         f: impl FnOnce(&mut Vm) -> wasmtime::Result<R>,
     ) -> Result<R, Fault> {
-        let mut g = lock(&self.slots[index].state);
+        let mut g = self.slots[index].state.lock();
         let vm = match g.vm.as_mut() {
             Some(vm) if generation.is_none_or(|x| x == vm.generation) => vm,
             _ => return Err(Fault::gone()),
@@ -298,7 +299,7 @@ impl Core {
 
     /// Rebuild a dead VM unless one was built within `interval`.
     fn rebuild(&self, index: usize, interval: Duration) -> bool {
-        let mut g = lock(&self.slots[index].state);
+        let mut g = self.slots[index].state.lock();
         if g.vm.is_some() {
             return true;
         }
@@ -343,7 +344,7 @@ impl Core {
         let wait = self
             .slots
             .iter()
-            .filter_map(|s| lock(&s.state).built_at)
+            .filter_map(|s| s.state.lock().built_at)
             .map(|t| REBUILD_INTERVAL.saturating_sub(t.elapsed()))
             .min()
             .unwrap_or(REBUILD_INTERVAL);
@@ -396,7 +397,7 @@ impl Core {
 
     /// Live VMs (for the `weir_wasm_vms` gauge).
     pub fn live_vms(&self) -> usize {
-        self.slots.iter().filter(|s| lock(&s.state).vm.is_some()).count()
+        self.slots.iter().filter(|s| s.state.lock().vm.is_some()).count()
     }
 
     /// Ticks that are due; returns when the next one is.
