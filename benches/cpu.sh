@@ -12,13 +12,18 @@
 #     (unset: builds and measures weir=target/release/weir)
 #   PLAIN_BIN  bare Pingora proxy (default target/release/examples/pingora_plain)
 #   RATE       request rate of the fixed-rate runs (default 5000/s)
+#   ROUNDS     runs every target this many times, interleaved (default 1);
+#              the figure is over all rounds, each round's in parentheses
 #   MAX=1      adds a max-throughput pass (wrk -t2 -c64) per target
 # Exits 1 when a target answers mostly non-200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-DUR=${1:-10}; RATE=${RATE:-5000}
-cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BIN=${PLAIN_BIN:-} RATE=$RATE MAX=${MAX:-} benches/cpu.sh $DUR"
+DUR=${1:-10}; RATE=${RATE:-5000}; ROUNDS=${ROUNDS:-1}
+cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BIN=${PLAIN_BIN:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-} benches/cpu.sh $DUR"
 source benches/common.sh
+# Pingora (weir, pingora_plain) takes SIGINT as fast shutdown; on SIGTERM it
+# drains for up to 5 minutes (so no SIGTERM until SIGINT had time to act).
+trap 'kill -INT "${pids[@]}" 2>/dev/null; sleep 1; cleanup' EXIT
 need hey wrk nginx
 if [ -z "${WEIR_BINS:-}" ]; then
   cargo build --release --bin weir --example pingora_plain >&2
@@ -107,36 +112,57 @@ ticks() {
   echo $t
 }
 
-table="| target | req/s | non-200 | CPU µs/request |${MAX:+ max req/s (wrk) |}"$'\n'"|---|---:|---:|---:|${MAX:+---:|}"
+us() { awk -v t="$1" -v hz="$HZ" -v n="$2" 'BEGIN {if (n) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}'; }
+
+# ROUNDS rounds, each running every target once in turn, so that a change in
+# the machine's background load spreads over all targets instead of hitting one.
+declare -A cpu served non200 rate rounds
+for r in $(seq "$ROUNDS"); do
+  for row in "${rows[@]}"; do
+    read -r name port pid key <<<"$row"
+    [ "$key" = - ] && key=
+    url=http://127.0.0.1:$port/v1/chat/completions
+    h=(-m POST -T application/json -D "$work/body.json" ${key:+-H "Authorization: Bearer $key"})
+    echo "round $r/$ROUNDS: $name" >&2
+    # warm-up: connection pools, lazy initialisation
+    if [ "$r" = 1 ]; then hey -n 2000 -c 10 "${h[@]}" "$url" >/dev/null; fi
+    t0=$(ticks "$pid")
+    hey -z "${DUR}s" -c 50 -q $((RATE / 50)) "${h[@]}" "$url" >"$work/hey-$name.txt"
+    t1=$(ticks "$pid")
+    read -r ok bad rps < <(awk '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
+      if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
+      END {printf "%d %d %.0f\n", ok, bad, r}' "$work/hey-$name.txt")
+    cpu[$name]=$((${cpu[$name]:-0} + t1 - t0)); served[$name]=$((${served[$name]:-0} + ok))
+    non200[$name]=$((${non200[$name]:-0} + bad)); rate[$name]=$((${rate[$name]:-0} + rps))
+    rounds[$name]+=" $(us $((t1 - t0)) "$ok")"
+  done
+done
+
+table="| target | req/s | non-200 | CPU µs/request |${MAX:+ max req/s (wrk) |}"
+table+=$'\n'"|---|---:|---:|---:|${MAX:+---:|}"
 failed=()
 for row in "${rows[@]}"; do
   read -r name port pid key <<<"$row"
   [ "$key" = - ] && key=
-  url=http://127.0.0.1:$port/v1/chat/completions
-  h=(-m POST -T application/json -D "$work/body.json" ${key:+-H "Authorization: Bearer $key"})
-  echo "measuring $name" >&2
-  hey -n 2000 -c 10 "${h[@]}" "$url" >/dev/null   # warm-up: connection pools, lazy initialisation
-  t0=$(ticks "$pid")
-  hey -z ${DUR}s -c 50 -q $((RATE / 50)) "${h[@]}" "$url" >"$work/hey-$name.txt"
-  t1=$(ticks "$pid")
-  read -r ok bad rps < <(awk '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
-    if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
-    END {printf "%d %d %.0f\n", ok, bad, r}' "$work/hey-$name.txt")
-  us=$(awk -v t=$((t1 - t0)) -v hz="$HZ" -v n="$ok" 'BEGIN {if (n) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}')
-  [ $((2 * ok)) -gt $((ok + bad)) ] || failed+=("$name: $ok x 200, $bad non-200 (see hey's report below)")
-  max=
+  ok=${served[$name]}; bad=${non200[$name]}
+  [ $((2 * ok)) -gt $((ok + bad)) ] || failed+=("$name: $ok x 200, $bad non-200; in hey's last run:")
+  cell="$(us "${cpu[$name]}" "$ok")"
+  [ "$ROUNDS" = 1 ] || cell+=" (rounds:${rounds[$name]})"
+  table+=$'\n'"| $name | $((${rate[$name]} / ROUNDS)) | $bad | $cell |"
   if [ -n "${MAX:-}" ]; then
-    max=" $(wrk -t2 -c64 -d${DUR}s -s "$work/post${key:+-auth}.lua" "$url" | awk '/Requests\/sec/ {printf "%.0f", $2}') |"
+    echo "max throughput: $name" >&2
+    table+=" $(wrk -t2 -c64 -d"${DUR}s" -s "$work/post${key:+-auth}.lua" \
+      "http://127.0.0.1:$port/v1/chat/completions" | awk '/Requests\/sec/ {printf "%.0f", $2}') |"
   fi
-  table+=$'\n'"| $name | $rps | $bad | $us |$max"
 done
 
 echo
-echo "CPU per proxied request: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc), ${DUR}s per target at $RATE req/s (hey -c 50 -q $((RATE / 50)))"
+echo "CPU per proxied request: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc)," \
+  "$ROUNDS x ${DUR}s per target at $RATE req/s (hey -c 50 -q $((RATE / 50)))"
 echo "command: $cmdline"
 echo
 echo "$table"
 for n in "${notes[@]}"; do echo "note: $n"; done
 [ ${#failed[@]} = 0 ] && exit 0
-for f in "${failed[@]}"; do echo "FAILED $f" >&2; cat "$work/hey-${f%%:*}.txt" >&2; done
+for f in "${failed[@]}"; do echo "FAILED $f" >&2; sed -n '/Status code distribution/,$p' "$work/hey-${f%%:*}.txt" >&2; done
 exit 1
