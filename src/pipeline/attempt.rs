@@ -15,6 +15,7 @@ use crate::provider::{InFlight, Provider};
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
+use smallvec::SmallVec;
 use std::sync::Arc;
 
 /// A refusal by a bulkhead as weir's error (naming the queue).
@@ -58,7 +59,8 @@ pub(super) fn skipped_error(p: &Provider) -> WeirError {
 /// response. [`AttemptGuard::end`] records the outcome; a guard dropped
 /// without one tells every hold [`Attempt::Aborted`].
 pub struct AttemptGuard {
-    holds: Vec<Box<dyn AttemptHold>>,
+    /// Inline: a route rarely has more than one plugin with a stake.
+    holds: SmallVec<[Box<dyn AttemptHold>; 2]>,
     ended: bool,
     _in_flight: InFlight,
     _permit: Permit,
@@ -70,7 +72,7 @@ impl AttemptGuard {
     /// what earlier plugins took is given back.
     pub fn admit(plugins: &[Arc<PluginInstance>], provider: &Arc<Provider>, permit: Permit) -> Option<AttemptGuard> {
         let mut guard = AttemptGuard {
-            holds: Vec::new(),
+            holds: SmallVec::new(),
             ended: false,
             _in_flight: provider.in_flight(),
             _permit: permit,

@@ -176,9 +176,11 @@ impl Breakers {
         let now = Instant::now();
         let (out, moved) = {
             let mut map = self.by_provider.lock();
-            let b = map
-                .entry(provider.to_string())
-                .or_insert_with(|| Breaker::new(self.breaker, now));
+            // Look up before inserting: no key allocation on the request path.
+            if !map.contains_key(provider) {
+                map.insert(provider.to_string(), Breaker::new(self.breaker, now));
+            }
+            let b = map.get_mut(provider).expect("inserted above");
             f(b, now)
         };
         if let Some(to) = moved {

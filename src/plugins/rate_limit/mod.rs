@@ -282,7 +282,7 @@ impl RateLimit {
         )
         .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs);
         if let Some(t) = ctx.state::<Taken>() {
-            e.headers = self.limit_headers(t);
+            self.limit_headers(t, |k, v| e.headers.push((k.to_string(), v)));
         }
         e
     }
@@ -298,22 +298,25 @@ impl RateLimit {
     }
 
     /// OpenAI's `x-ratelimit-*` headers for what the request took so far.
-    fn limit_headers(&self, t: &Taken) -> Vec<(String, String)> {
-        let mut out = Vec::new();
+    fn limit_headers(&self, t: &Taken, mut put: impl FnMut(&'static str, String)) {
         for (dim, d) in [(Dim::Requests, t.requests), (Dim::Tokens, t.tokens)] {
             let Some(d) = d else { continue };
-            let n = dim.name();
-            out.push((
-                format!("x-ratelimit-limit-{n}"),
-                format!("{}", self.shape(dim).capacity as u64),
-            ));
-            out.push((
-                format!("x-ratelimit-remaining-{n}"),
-                format!("{}", d.remaining.max(0.0) as u64),
-            ));
-            out.push((format!("x-ratelimit-reset-{n}"), reset_str(d.reset)));
+            let [limit, remaining, reset] = match dim {
+                Dim::Requests => [
+                    "x-ratelimit-limit-requests",
+                    "x-ratelimit-remaining-requests",
+                    "x-ratelimit-reset-requests",
+                ],
+                Dim::Tokens => [
+                    "x-ratelimit-limit-tokens",
+                    "x-ratelimit-remaining-tokens",
+                    "x-ratelimit-reset-tokens",
+                ],
+            };
+            put(limit, (self.shape(dim).capacity as u64).to_string());
+            put(remaining, (d.remaining.max(0.0) as u64).to_string());
+            put(reset, reset_str(d.reset));
         }
-        out
     }
 }
 
@@ -386,9 +389,9 @@ impl Plugin for RateLimit {
 
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
         let Some(t) = ctx.state::<Taken>() else { return };
-        for (k, v) in self.limit_headers(t) {
+        self.limit_headers(t, |k, v| {
             let _ = resp.insert_header(k, v);
-        }
+        });
     }
 
     fn log(&self, ctx: &mut RequestCtx) {
