@@ -10,6 +10,8 @@ use std::fmt;
 pub enum ErrorKind {
     InvalidRequest,
     PayloadTooLarge,
+    /// The client did not send its request body in time.
+    RequestTimeout,
     NotFound,
     Authentication,
     Permission,
@@ -31,6 +33,7 @@ impl ErrorKind {
         match self {
             ErrorKind::InvalidRequest => 400,
             ErrorKind::PayloadTooLarge => 413,
+            ErrorKind::RequestTimeout => 408,
             ErrorKind::NotFound => 404,
             ErrorKind::Authentication => 401,
             ErrorKind::Permission => 403,
@@ -47,7 +50,10 @@ impl ErrorKind {
     /// The envelope's `type` (and `code`).
     pub fn type_name(self) -> &'static str {
         match self {
-            ErrorKind::InvalidRequest | ErrorKind::PayloadTooLarge | ErrorKind::NotFound => "invalid_request_error",
+            ErrorKind::InvalidRequest
+            | ErrorKind::PayloadTooLarge
+            | ErrorKind::RequestTimeout
+            | ErrorKind::NotFound => "invalid_request_error",
             ErrorKind::Authentication => "authentication_error",
             ErrorKind::Permission => "permission_error",
             ErrorKind::ModelNotFound => "model_not_found",
@@ -64,6 +70,7 @@ impl ErrorKind {
     fn code(self) -> &'static str {
         match self {
             ErrorKind::PayloadTooLarge => "request_too_large",
+            ErrorKind::RequestTimeout => "request_timeout",
             ErrorKind::NotFound => "route_not_found",
             ErrorKind::InvalidRequest => "invalid_request",
             ErrorKind::Authentication => "invalid_api_key",

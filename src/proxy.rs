@@ -98,6 +98,12 @@ impl ProxyHttp for WeirProxy {
         ctx.generation = rt.generation;
         ctx.providers = Some(rt.providers.clone());
         ctx.max_request_body = rt.max_request_body;
+        ctx.request_body_timeout = rt.client_timeouts.request_body.0;
+        // Every write to this client is bounded: one that stops reading
+        // loses its connection instead of holding a provider slot for ever.
+        session
+            .downstream_session
+            .set_write_timeout(Some(rt.client_timeouts.client_write.0));
         ctx.request_id = request_id(session.req_header());
         ctx.client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
         let route = rt.route_for(session.req_header());

@@ -27,6 +27,7 @@ pub struct Runtime {
     pub providers: Arc<Providers>,
     pub plugins: indexmap::IndexMap<String, Arc<PluginInstance>>,
     pub max_request_body: usize,
+    pub client_timeouts: config::ClientTimeouts,
 }
 
 /// SHA-256 of each file (`None`: unreadable).
@@ -169,6 +170,7 @@ impl Runtime {
         Ok(Runtime {
             generation,
             max_request_body: config.server.max_request_body.0 as usize,
+            client_timeouts: config.server.timeouts,
             config: Arc::new(config),
             routes,
             providers: Arc::new(providers),

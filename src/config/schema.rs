@@ -30,6 +30,39 @@ pub struct ServerConf {
     pub threads: usize,
     #[serde(default = "default_max_body")]
     pub max_request_body: Size,
+    /// Bounds on what a client may make weir wait for.
+    #[serde(default)]
+    pub timeouts: ClientTimeouts,
+}
+
+/// How long weir waits on a client. A client that stalls past these loses
+/// its connection, and with it any slot its request held.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTimeouts {
+    /// The whole request body, from the first byte read to the last.
+    #[serde(default = "d_request_body")]
+    pub request_body: Dur,
+    /// Longest a write to the client may wait for it to read (between
+    /// bytes accepted, not the whole response: long streams are fine).
+    #[serde(default = "d_client_write")]
+    pub client_write: Dur,
+}
+
+fn d_request_body() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+fn d_client_write() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        ClientTimeouts {
+            request_body: d_request_body(),
+            client_write: d_client_write(),
+        }
+    }
 }
 
 fn default_threads() -> usize {

@@ -29,6 +29,8 @@ pub struct RequestCtx {
     pub providers: Option<Arc<Providers>>,
     /// That generation's `server.max_request_body`.
     pub max_request_body: usize,
+    /// That generation's `server.timeouts.request_body`.
+    pub request_body_timeout: Duration,
     /// The matched route.
     pub route: Option<Arc<Route>>,
     pub request_id: String,
@@ -68,6 +70,7 @@ impl Default for RequestCtx {
             generation: 0,
             providers: None,
             max_request_body: 0,
+            request_body_timeout: Duration::from_secs(60),
             route: None,
             request_id: String::new(),
             client_addr: None,

@@ -21,6 +21,7 @@ use crate::upstream::{Target, Upstream};
 use bytes::{Bytes, BytesMut};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
+use std::time::Duration;
 
 /// What runs requests: the connection pools to providers and the retry
 /// budget, shared by every config generation.
@@ -197,7 +198,7 @@ impl Pipeline {
         }
 
         // Read the body, bounded.
-        ctx.body = read_body(d, ctx.max_request_body).await?;
+        ctx.body = read_body(d, ctx.max_request_body, ctx.request_body_timeout).await?;
         if llm {
             let head = llm::parse_head(&ctx.body).map_err(WeirError::invalid)?;
             ctx.head = Some(head);
@@ -413,8 +414,27 @@ fn declared_length(req: &RequestHeader) -> Option<usize> {
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
 }
 
+/// Read the whole request body within `limit`: a client trickling its body
+/// gets a 408 and loses the connection, whatever each read's own timeout.
+async fn read_body<D: Downstream>(d: &mut D, max: usize, limit: Duration) -> Result<Bytes, Failure> {
+    match tokio::time::timeout(limit, read_body_bounded(d, max)).await {
+        Ok(r) => r,
+        Err(_) => {
+            d.no_keepalive();
+            Err(WeirError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request body did not arrive within {} (server.timeouts.request_body)",
+                    humantime::format_duration(limit)
+                ),
+            )
+            .into())
+        }
+    }
+}
+
 /// Read the request body up to `max` bytes.
-async fn read_body<D: Downstream>(d: &mut D, max: usize) -> Result<Bytes, Failure> {
+async fn read_body_bounded<D: Downstream>(d: &mut D, max: usize) -> Result<Bytes, Failure> {
     let declared = declared_length(d.req_header());
     if declared.is_some_and(|n| n > max) {
         return Err(refuse_large_body(d, max, 0).await);

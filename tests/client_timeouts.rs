@@ -1,0 +1,151 @@
+//! Clients that stall never hold a slot: one that stops reading loses its
+//! connection after `server.timeouts.client_write`, one that trickles its
+//! body gets a 408 after `server.timeouts.request_body`.
+
+mod support;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::fd::FromRawFd;
+use std::time::{Duration, Instant};
+use support::*;
+
+/// A client connection with a tiny receive buffer (set before connecting,
+/// so the window it advertises stays small).
+fn tiny_window_client(port: u16) -> TcpStream {
+    // SAFETY: plain socket calls on a descriptor this function owns until it
+    // is handed to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 4096;
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF");
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect");
+        TcpStream::from_raw_fd(fd)
+    }
+}
+
+fn in_flight(weir: &Weir, provider: &str) -> f64 {
+    metric(&weir.metrics(), "weir_upstream_in_flight", &[("provider", provider)]).unwrap_or(0.0)
+}
+
+#[test]
+fn a_client_that_stops_reading_loses_its_slot() {
+    // ~14 MB answers: more than the kernel buffers hold (a socket's send
+    // buffer grows to 4 MiB here; the tiny window takes almost nothing).
+    let mock = spawn_mock(&["--completion-tokens", "1500000"]);
+    let cfg = format!(
+        "server: {{ listen: [\"127.0.0.1:{{PORT}}\"], timeouts: {{ client_write: 1s }} }}\n\
+         admin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
+         providers:\n  m: {{ url: \"{}\", models: [m], bulkhead: {{ max_concurrent: 2, queue: 2, queue_timeout: 2s }} }}\n\
+         routes:\n  - {{ name: chat, providers: [m] }}\n",
+        mock.url()
+    );
+    let weir = spawn_weir(&cfg, &[]);
+    let body = chat("m", false);
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // Two clients take both slots, then never read.
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut c = tiny_window_client(weir.port);
+        c.write_all(request.as_bytes()).unwrap();
+        c.write_all(&body).unwrap();
+        stalled.push(c);
+    }
+    assert!(
+        eventually(Duration::from_secs(5), || in_flight(&weir, "m") == 2.0),
+        "both stalled clients hold a slot"
+    );
+    let stalled_at = Instant::now();
+    // Once the buffers are full, within the write timeout (plus the time the
+    // mock takes to produce 14 MB), both slots are free again.
+    assert!(
+        eventually(Duration::from_secs(15), || in_flight(&weir, "m") == 0.0),
+        "slots of clients that stopped reading are released"
+    );
+    let released_after = stalled_at.elapsed();
+    eprintln!("slots released {released_after:?} after both were taken");
+    // Others are served, and the stalled clients' connections are gone.
+    for _ in 0..4 {
+        let r = post(&weir.url("/v1/chat/completions"), &chat("m", false), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    for mut c in stalled {
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut sink = vec![0u8; 1 << 20];
+        let mut total = 0;
+        loop {
+            match c.read(&mut sink) {
+                Ok(0) => break,
+                Ok(n) => total += n,
+                Err(e) => panic!("connection should have been closed, got {e} after {total} bytes"),
+            }
+        }
+        assert!(
+            total < 10_000_000,
+            "the stalled client did not get the whole answer ({total} bytes)"
+        );
+    }
+}
+
+#[test]
+fn a_trickled_body_gets_408_and_takes_no_slot() {
+    let mock = spawn_mock(&[]);
+    let cfg = format!(
+        "server: {{ listen: [\"127.0.0.1:{{PORT}}\"], timeouts: {{ request_body: 1s }} }}\n\
+         admin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
+         providers:\n  m: {{ url: \"{}\", models: [m] }}\n\
+         routes:\n  - {{ name: chat, providers: [m] }}\n",
+        mock.url()
+    );
+    let weir = spawn_weir(&cfg, &[]);
+    let mut c = TcpStream::connect(("127.0.0.1", weir.port)).unwrap();
+    c.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 1000\r\n\r\n{\"model\":")
+        .unwrap();
+    let started = Instant::now();
+    // Trickle a byte every 300 ms: each read is quick, the whole is not.
+    let mut answer = Vec::new();
+    c.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 4096];
+    while started.elapsed() < Duration::from_secs(5) {
+        let _ = c.write_all(b" ");
+        match c.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => answer.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request_timeout"), "{text}");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+    assert_eq!(mock.requests(), 0, "nothing reached the provider");
+    // Others are served as usual.
+    let r = post(&weir.url("/v1/chat/completions"), &chat("m", false), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+}
