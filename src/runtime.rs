@@ -164,6 +164,18 @@ impl Runtime {
                     providers,
                     retries: r.retries,
                     models,
+                    passthrough: r
+                        .passthrough
+                        .iter()
+                        .map(|p| {
+                            let methods = p
+                                .methods
+                                .iter()
+                                .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+                                .collect();
+                            (p.path_prefix.clone(), methods)
+                        })
+                        .collect(),
                 })
             })
             .collect();

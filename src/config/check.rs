@@ -77,6 +77,22 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
                 ck.error(format!("{at}.providers[{j}]"), format!("unknown provider '{p}'"));
             }
         }
+        for (j, p) in r.passthrough.iter().enumerate() {
+            if !p.path_prefix.starts_with('/') {
+                ck.error(
+                    format!("{at}.passthrough[{j}].path_prefix"),
+                    format!("path '{}' must start with '/'", p.path_prefix),
+                );
+            }
+            for (k, m) in p.methods.iter().enumerate() {
+                if http::Method::from_bytes(m.as_bytes()).is_err() {
+                    ck.error(
+                        format!("{at}.passthrough[{j}].methods[{k}]"),
+                        format!("'{m}' is not an HTTP method"),
+                    );
+                }
+            }
+        }
         for (j, m) in r.matcher.methods.iter().enumerate() {
             if http::Method::from_bytes(m.as_bytes()).is_err() {
                 ck.error(

@@ -257,6 +257,20 @@ pub struct RouteConf {
     pub providers: Vec<String>,
     #[serde(default)]
     pub retries: u32,
+    /// Paths forwarded as they are besides the LLM endpoints weir reads
+    /// (`/files`, `/batches`, …): no model checks, no token reservation.
+    #[serde(default)]
+    pub passthrough: Vec<PassthroughConf>,
+}
+
+/// A path (or prefix) and methods forwarded to providers unread.
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughConf {
+    pub path_prefix: String,
+    /// Empty: any method.
+    #[serde(default)]
+    pub methods: Vec<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]

@@ -36,6 +36,8 @@ pub struct Route {
     pub models: Vec<(String, String)>,
     /// Some plugin of the chain needs usage on streams.
     pub stream_usage: bool,
+    /// (path prefix, methods; empty = any) forwarded unread.
+    pub passthrough: Vec<(String, Vec<http::Method>)>,
 }
 
 impl Route {
@@ -69,6 +71,13 @@ impl Route {
             .filter(|p| p.upstream_model(model).is_some())
             .cloned()
             .collect()
+    }
+
+    /// Does the route forward this request although weir does not read it?
+    pub fn passes_through(&self, method: &http::Method, path: &str) -> bool {
+        self.passthrough.iter().any(|(prefix, methods)| {
+            path.starts_with(prefix.as_str()) && (methods.is_empty() || methods.contains(method))
+        })
     }
 
     /// The error for a model this route does not serve.

@@ -72,6 +72,26 @@ fn is_llm_endpoint(path: &str) -> bool {
     path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/embeddings")
 }
 
+/// Endpoints weir reads and forwards by default; anything else reaches a
+/// provider (with the operator's key) only if the route lists it.
+fn is_known_endpoint(method: &http::Method, path: &str) -> bool {
+    match *method {
+        http::Method::POST => is_llm_endpoint(path) || path.ends_with("/responses"),
+        http::Method::GET => path.ends_with("/models"),
+        _ => false,
+    }
+}
+
+/// A `.` or `..` path segment, written plainly or percent-encoded: refused,
+/// so no provider can be made to resolve a path outside the one routed.
+fn has_dot_segment(path: &str) -> bool {
+    path.split('/').any(|seg| {
+        let lower = seg.to_ascii_lowercase();
+        let decoded = lower.replace("%2e", ".");
+        decoded == "." || decoded == ".."
+    })
+}
+
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes
 /// away. `watch_client` only when the request body has been read completely.
 async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
@@ -132,6 +152,9 @@ impl Pipeline {
     pub async fn serve<D: Downstream>(&self, route: Option<Arc<Route>>, d: &mut D, ctx: &mut RequestCtx) -> Ended {
         let _active = self.retry_budget.request();
         let result = match route {
+            _ if has_dot_segment(d.req_header().uri.path()) => {
+                Err(WeirError::invalid("the path has a '.' or '..' segment").into())
+            }
             None => Err(WeirError::new(
                 ErrorKind::NotFound,
                 format!("no route for {} {}", d.req_header().method, d.req_header().uri.path()),
@@ -192,9 +215,20 @@ impl Pipeline {
         }
 
         let method = d.req_header().method.clone();
-        let llm = method == http::Method::POST && is_llm_endpoint(d.req_header().uri.path());
-        if method == http::Method::GET && d.req_header().uri.path() == "/v1/models" {
+        let path = d.req_header().uri.path();
+        let llm = method == http::Method::POST && is_llm_endpoint(path);
+        if method == http::Method::GET && path == "/v1/models" {
             return self.list_models(d, ctx, route).await;
+        }
+        if !is_known_endpoint(&method, path) && !route.passes_through(&method, path) {
+            return Err(WeirError::new(
+                ErrorKind::NotFound,
+                format!(
+                    "weir does not forward {method} {path} on route '{}' (list it under the route's passthrough)",
+                    route.name
+                ),
+            )
+            .into());
         }
 
         // Read the body, bounded.
@@ -484,4 +518,40 @@ async fn refuse_large_body<D: Downstream>(d: &mut D, max: usize, mut seen: usize
         ),
         None,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dot_segments_in_any_spelling() {
+        for p in [
+            "/v1/../x",
+            "/v1/./x",
+            "/v1/%2e%2e/x",
+            "/v1/%2E%2e/x",
+            "/v1/.%2e/x",
+            "/..",
+            "/v1/%2e",
+        ] {
+            assert!(has_dot_segment(p), "{p}");
+        }
+        for p in ["/v1/chat/completions", "/v1/...", "/v1/a.b", "/v1/%2e%2e%2e", "/"] {
+            assert!(!has_dot_segment(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn known_endpoints() {
+        use http::Method;
+        assert!(is_known_endpoint(&Method::POST, "/v1/chat/completions"));
+        assert!(is_known_endpoint(&Method::POST, "/openai/v1/embeddings"));
+        assert!(is_known_endpoint(&Method::POST, "/v1/responses"));
+        assert!(is_known_endpoint(&Method::GET, "/v1/models"));
+        assert!(!is_known_endpoint(&Method::GET, "/v1/files"));
+        assert!(!is_known_endpoint(&Method::POST, "/v1/batches"));
+        assert!(!is_known_endpoint(&Method::GET, "/v1/chat/completions"));
+        assert!(!is_known_endpoint(&Method::DELETE, "/v1/models"));
+    }
 }
