@@ -68,6 +68,16 @@ impl Downstream for Session {
     }
 
     async fn write_header(&mut self, h: ResponseHeader, end: bool) -> Result<(), ()> {
+        if h.status.is_informational() {
+            // Pingora closes a connection whose response starts before the
+            // request body is read, and counts a `100 Continue` as such a
+            // start: the client that asked for it would lose its keep-alive.
+            let s = &mut self.downstream_session;
+            s.set_close_on_response_before_downstream_finish(false);
+            let r = s.write_response_header(Box::new(h)).await;
+            s.set_close_on_response_before_downstream_finish(true);
+            return r.map_err(|_| ());
+        }
         self.write_response_header(Box::new(h), end).await.map_err(|_| ())
     }
 
@@ -80,7 +90,8 @@ impl Downstream for Session {
     }
 
     fn response_started(&self) -> bool {
-        self.response_written().is_some()
+        // A `100 Continue` sent before reading the body is not the response.
+        self.response_written().is_some_and(|h| !h.status.is_informational())
     }
 }
 

@@ -66,6 +66,46 @@ fn classify(e: &pingora_error::Error, provider: &str, during: &str) -> WeirError
     WeirError::new(kind, format!("provider '{provider}' {during}: {}", e.etype().as_str()))
 }
 
+/// How much of a request may have reached the provider when it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    /// Not even the whole header: the provider cannot have acted on it.
+    Nothing,
+    /// The header at least: the provider may have acted on it.
+    Some,
+}
+
+/// Interim (1xx) heads skipped before a final one; more is a broken provider.
+const MAX_INTERIM_HEADS: usize = 8;
+
+/// Read response heads until a final (non-1xx) one. Pingora returns a
+/// `100 Continue` or `103 Early Hints` head as if it were the response, and
+/// reading a body after it panics (no body reader for a 1xx head); weir has
+/// sent the whole request already, so interim heads carry nothing for it.
+async fn final_header(s: &mut HttpSession, provider: &str) -> Result<(), WeirError> {
+    for _ in 0..=MAX_INTERIM_HEADS {
+        s.read_response_header()
+            .await
+            .map_err(|e| classify(&e, provider, "failed before answering"))?;
+        let status = s.response_header().map_or(0, |h| h.status.as_u16());
+        match status {
+            // weir never asks to switch protocols (it strips `Upgrade`).
+            101 => {
+                return Err(WeirError::new(
+                    ErrorKind::Upstream,
+                    format!("provider '{provider}' switched protocols unasked (101)"),
+                ))
+            }
+            100..=199 => continue,
+            _ => return Ok(()),
+        }
+    }
+    Err(WeirError::new(
+        ErrorKind::Upstream,
+        format!("provider '{provider}' sent more than {MAX_INTERIM_HEADS} interim (1xx) responses"),
+    ))
+}
+
 impl Upstream {
     /// Pools keeping up to `idle_per_pool` idle connections each. A pool
     /// belongs to the tokio runtime its connections were made on.
@@ -75,12 +115,18 @@ impl Upstream {
         }
     }
 
-    /// Send a request and wait for the response header.
+    /// Send a request and wait for the (final) response header.
+    ///
+    /// A request is sent again on a new connection only when the provider
+    /// provably never had it: writing its header failed on a pooled
+    /// connection (the provider cannot act on a request it did not receive
+    /// whole). Once the header is out, a reset or close is the caller's
+    /// failure to handle (and count): the provider may have done, and
+    /// billed, the work. Pingora itself drops pooled connections found
+    /// closed or unreadable before handing them out.
     pub async fn send(&self, p: &Target<'_>, req: &RequestHeader, body: &Bytes) -> Result<Exchange, WeirError> {
-        // A pooled connection may have been closed by the provider; retry once on a new one.
-        let mut attempts = 0;
+        let mut fresh_tried = false;
         loop {
-            attempts += 1;
             let (mut s, reused) = self
                 .connector
                 .get_http_session(p.peer)
@@ -94,12 +140,11 @@ impl Upstream {
                         ttfb,
                     })
                 }
-                Err((e, sent_fully)) => {
-                    if reused && attempts < 2 && !sent_fully && e.kind == ErrorKind::Upstream {
-                        continue;
-                    }
-                    return Err(e);
+                Err((e, Sent::Nothing)) if reused && !fresh_tried => {
+                    log::debug!("{e}; pooled connection was dead, sending on a new one");
+                    fresh_tried = true;
                 }
+                Err((e, _)) => return Err(e),
             }
         }
     }
@@ -110,21 +155,24 @@ impl Upstream {
         p: &Target<'_>,
         req: &RequestHeader,
         body: &Bytes,
-    ) -> Result<Duration, (WeirError, bool)> {
+    ) -> Result<Duration, (WeirError, Sent)> {
         s.set_write_timeout(Some(p.idle));
         let started = Instant::now();
-        let send = async {
-            s.write_request_header(Box::new(req.clone())).await?;
+        s.write_request_header(Box::new(req.clone()))
+            .await
+            .map_err(|e| (classify(&e, p.name, "failed while sending"), Sent::Nothing))?;
+        let send_body = async {
             if !body.is_empty() {
                 s.write_request_body(body.clone(), true).await?;
             }
             s.finish_request_body().await
         };
-        send.await
-            .map_err(|e| (classify(&e, p.name, "failed while sending"), false))?;
-        match tokio::time::timeout(p.first_byte, s.read_response_header()).await {
+        send_body
+            .await
+            .map_err(|e| (classify(&e, p.name, "failed while sending"), Sent::Some))?;
+        match tokio::time::timeout(p.first_byte, final_header(s, p.name)).await {
             Ok(Ok(())) => Ok(started.elapsed()),
-            Ok(Err(e)) => Err((classify(&e, p.name, "failed before answering"), false)),
+            Ok(Err(e)) => Err((e, Sent::Some)),
             Err(_) => Err((
                 WeirError::new(
                     ErrorKind::UpstreamTimeout,
@@ -134,7 +182,7 @@ impl Upstream {
                         humantime::format_duration(p.first_byte)
                     ),
                 ),
-                true,
+                Sent::Some,
             )),
         }
     }

@@ -109,6 +109,10 @@ pub struct ProviderConf {
     /// Forward the client's own `Authorization` header (off by default).
     #[serde(default)]
     pub forward_client_auth: bool,
+    /// Forward the client's `OpenAI-Organization` / `OpenAI-Project` headers,
+    /// which pick what the operator's key bills (off by default).
+    #[serde(default)]
+    pub forward_client_org: bool,
 }
 
 fn default_weight() -> u32 {

@@ -104,7 +104,9 @@ async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -
     }
 }
 
-/// Headers never copied from client to provider.
+/// Headers never copied from client to provider: hop-by-hop ones, the
+/// framing weir sets itself, and `expect` (weir has the whole body before it
+/// sends; a provider's `100 Continue` would only be an interim head to skip).
 const HOP_BY_HOP: &[&str] = &[
     "connection",
     "keep-alive",
@@ -116,10 +118,25 @@ const HOP_BY_HOP: &[&str] = &[
     "proxy-authorization",
     "content-length",
     "host",
+    "expect",
 ];
 
 /// Client credentials for weir itself, never forwarded.
 const CLIENT_KEYS: &[&str] = &["authorization", "api-key", "x-api-key"];
+
+/// Headers that choose which organization or project the operator's key
+/// bills; forwarded only with the provider's `forward_client_org`.
+const CLIENT_ORG: &[&str] = &["openai-organization", "openai-project"];
+
+/// Whether the client's `Connection` header names `name` (lowercase): such
+/// a header is hop-by-hop too (RFC 9110 §7.6.1).
+fn named_in_connection(client: &RequestHeader, name: &str) -> bool {
+    client.headers.get_all("connection").iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
 
 /// The request header as the provider gets it.
 fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body_len: usize) -> RequestHeader {
@@ -128,9 +145,14 @@ fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body
         .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
     let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
         .expect("method and path come from a valid request");
+    let has_connection = client.headers.contains_key("connection");
     for (name, value) in client.headers.iter() {
         let n = name.as_str();
-        if HOP_BY_HOP.contains(&n) || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n)) {
+        if HOP_BY_HOP.contains(&n)
+            || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n))
+            || (!p.conf.forward_client_org && CLIENT_ORG.contains(&n))
+            || (has_connection && named_in_connection(client, n))
+        {
             continue;
         }
         let _ = req.append_header(name.clone(), value.clone());
@@ -144,6 +166,13 @@ fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body
         let _ = req.insert_header("content-length", body_len.to_string());
     }
     req
+}
+
+/// The client sent `Expect: 100-continue`.
+fn expects_continue(req: &RequestHeader) -> bool {
+    req.headers
+        .get("expect")
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 impl Pipeline {
@@ -231,7 +260,15 @@ impl Pipeline {
             .into());
         }
 
-        // Read the body, bounded.
+        // Read the body, bounded. A client waiting for `100 Continue` gets it
+        // now that the request passed its header checks (one over the size
+        // limit gets the 413 instead, in read_body); without it the client
+        // would stall about a second before sending anyway.
+        let over_limit = declared_length(d.req_header()).is_some_and(|n| n > ctx.max_request_body);
+        if expects_continue(d.req_header()) && !no_body && !over_limit {
+            let head = ResponseHeader::build(100, Some(0)).expect("100");
+            d.write_header(head, false).await.map_err(|_| Failure::ClientGone)?;
+        }
         ctx.body = read_body(d, ctx.max_request_body, ctx.request_body_timeout).await?;
         if llm {
             let head = llm::parse_head(&ctx.body).map_err(WeirError::invalid)?;
@@ -402,7 +439,7 @@ impl Pipeline {
         // Refusing must stay cheap: don't drain a large unread body, close instead.
         if !d.body_done() {
             let declared = declared_length(d.req_header());
-            if declared.is_none_or(|n| n > 64 * 1024) {
+            if declared.is_none_or(|n| n > 64 * 1024) || expects_continue(d.req_header()) {
                 d.no_keepalive();
             }
         }
@@ -495,12 +532,9 @@ async fn read_body_bounded<D: Downstream>(d: &mut D, max: usize) -> Result<Bytes
 /// them see the 413; past the bound the connection is simply closed.
 async fn refuse_large_body<D: Downstream>(d: &mut D, max: usize, mut seen: usize) -> Failure {
     const DRAIN_LIMIT: usize = 64 << 20;
-    let expects_continue = d
-        .req_header()
-        .headers
-        .get("expect")
-        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-    if !expects_continue {
+    // A client waiting for `100 Continue` sends nothing more unless it got
+    // one (it did once part of the body arrived): don't wait for a body.
+    if !expects_continue(d.req_header()) || seen > 0 {
         let drain = async {
             while seen <= DRAIN_LIMIT.max(2 * max) {
                 match d.read_body().await {
