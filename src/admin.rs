@@ -1,5 +1,12 @@
 //! The admin API (admin.listen): metrics, health, status, config, reload.
+//!
+//! Access: `/healthz` and `/readyz` are always open (probes carry no
+//! credentials). When `admin.token` is set every other endpoint needs
+//! `Authorization: Bearer <token>` (`/metrics` too, unless
+//! `admin.metrics_open`); without a token the API is open, which config
+//! allows only on a loopback listener.
 
+use crate::config::redact;
 use crate::metrics;
 use crate::runtime::Gateway;
 use async_trait::async_trait;
@@ -69,7 +76,7 @@ impl Admin {
                 (
                     name.clone(),
                     json!({
-                        "url": p.conf.url,
+                        "url": redact::redact_urls(&p.conf.url),
                         "in_flight": s.in_flight,
                         "queued": s.waiting,
                         "oldest_wait_ms": s.oldest_wait.as_millis() as u64,
@@ -110,21 +117,44 @@ impl Admin {
         })
     }
 
-    fn authorized(&self, session: &ServerSession) -> bool {
+    /// Whether the request may reach `path`: open probes, then the token.
+    fn authorized(&self, session: &ServerSession, path: &str) -> bool {
+        if matches!(path, "/healthz" | "/readyz") {
+            return true;
+        }
         let rt = self.gateway.current();
-        let Some(token) = rt.config.admin.as_ref().and_then(|a| a.token.as_deref()) else {
+        let Some(admin) = rt.config.admin.as_ref() else {
             return true;
         };
+        let Some(token) = admin.token.as_deref() else {
+            return true;
+        };
+        if path == "/metrics" && admin.metrics_open {
+            return true;
+        }
         let presented = session
             .req_header()
             .headers
             .get("authorization")
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
-        use subtle::ConstantTimeEq;
-        presented.len() == token.len() && bool::from(presented.as_bytes().ct_eq(token.as_bytes()))
+            .and_then(|v| bearer(v.as_bytes()))
+            .unwrap_or(b"");
+        token_matches(presented, token.as_bytes())
     }
+}
+
+/// The credentials of `Bearer <token>` (the scheme is case-insensitive).
+fn bearer(v: &[u8]) -> Option<&[u8]> {
+    let (scheme, rest) = v.split_at_checked(7)?;
+    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+}
+
+/// Constant-time comparison: both sides are hashed first, so neither the
+/// content nor the length of the token shows in the time taken.
+fn token_matches(presented: &[u8], token: &[u8]) -> bool {
+    use sha2::{Digest, Sha256};
+    use subtle::ConstantTimeEq;
+    let (a, b) = (Sha256::digest(presented), Sha256::digest(token));
+    bool::from(a.as_slice().ct_eq(b.as_slice()))
 }
 
 #[async_trait]
@@ -132,6 +162,14 @@ impl ServeHttp for Admin {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let method = session.req_header().method.clone();
         let path = session.req_header().uri.path().to_string();
+        if !self.authorized(session, &path) {
+            let mut r = json_reply(401, json!({"error": "admin token required"}));
+            r.headers_mut().insert(
+                "www-authenticate",
+                http::HeaderValue::from_static("Bearer realm=\"weir admin\""),
+            );
+            return r;
+        }
         match (method.as_str(), path.as_str()) {
             ("GET", "/metrics") => reply(200, "text/plain; version=0.0.4", self.metrics()),
             ("GET", "/healthz") => reply(200, "text/plain", b"ok\n".to_vec()),
@@ -146,24 +184,37 @@ impl ServeHttp for Admin {
             ("GET", "/status") => json_reply(200, self.status()),
             ("GET", "/config") => {
                 let rt = self.gateway.current();
-                json_reply(200, serde_json::to_value(rt.config.as_ref()).unwrap_or_default())
+                json_reply(200, redact::redacted(&rt.config))
             }
             ("POST", "/reload") => {
-                if !self.authorized(session) {
-                    return json_reply(401, json!({"error": "admin token required"}));
-                }
                 let gw = self.gateway.clone();
                 match tokio::task::spawn_blocking(move || gw.reload()).await {
                     Ok(Ok(g)) => json_reply(200, json!({"generation": g})),
                     Ok(Err(e)) => json_reply(
                         422,
                         json!({"generation": self.gateway.current().generation,
-                               "errors": e.0.iter().map(|e| e.to_string()).collect::<Vec<_>>()}),
+                               "errors": e.0.iter().map(|e| redact::redact_urls(&e.to_string()).into_owned()).collect::<Vec<_>>()}),
                     ),
                     Err(e) => json_reply(500, json!({"error": e.to_string()})),
                 }
             }
             _ => json_reply(404, json!({"error": format!("no admin endpoint {method} {path}")})),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bearer_scheme_and_token_comparison() {
+        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer(b"Basic abc"), None);
+        assert_eq!(bearer(b"Bear"), None);
+        assert!(token_matches(b"s3cret", b"s3cret"));
+        assert!(!token_matches(b"s3cre", b"s3cret"));
+        assert!(!token_matches(b"", b"s3cret"));
     }
 }

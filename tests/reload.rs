@@ -309,14 +309,15 @@ fn reload_needs_the_admin_token_and_reports_upgrade_only_changes() {
     write_config(&weir, &moved);
     let r = post(&weir.admin("/reload"), b"", &[("authorization", "Bearer s3cret")]);
     assert_eq!(r.status, 200, "{}", r.body);
-    let status = get(&weir.admin("/status"), &[]).json();
+    let auth = [("authorization", "Bearer s3cret")];
+    let status = get(&weir.admin("/status"), &auth).json();
     let needs = status["last_reload"]["needs_upgrade"].as_array().unwrap();
     assert!(
         needs.iter().any(|n| n.as_str().unwrap().contains("server.threads")),
         "{status}"
     );
     assert!(
-        !get(&weir.admin("/config"), &[]).body.contains("s3cret"),
+        !get(&weir.admin("/config"), &auth).body.contains("s3cret"),
         "the token is redacted"
     );
 }

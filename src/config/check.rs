@@ -2,7 +2,7 @@
 //! sections, addresses, limits.
 
 use super::errors::Checker;
-use super::schema::{BulkheadConf, Config};
+use super::schema::{AdminConf, BulkheadConf, Config};
 
 /// Semantic checks: references, addresses, limits. Nothing here reads a
 /// file or builds anything: the runtime build does (and reports) that.
@@ -28,12 +28,7 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
         ck.error("server.timeouts.client_write", "must be above zero");
     }
     if let Some(a) = &c.admin {
-        if a.listen.parse::<std::net::SocketAddr>().is_err() {
-            ck.error(
-                "admin.listen",
-                format!("'{}' is not an address like 127.0.0.1:9901", a.listen),
-            );
-        }
+        check_admin(ck, a);
     }
     if c.providers.is_empty() {
         ck.error("providers", "at least one provider is required");
@@ -126,5 +121,38 @@ fn check_bulkhead(ck: &mut Checker, at: &str, b: &BulkheadConf) {
     }
     if b.queue_timeout.0.is_zero() && b.queue > 0 {
         ck.error(format!("{at}.queue_timeout"), "must be above zero when queue > 0");
+    }
+}
+
+/// The admin API is open only on loopback: anywhere else it needs a token,
+/// and a token that is empty (say an empty `${WEIR_ADMIN_TOKEN}`) would
+/// let anyone in, so it is an error rather than "no token".
+fn check_admin(ck: &mut Checker, a: &AdminConf) {
+    let addr = a.listen.parse::<std::net::SocketAddr>();
+    if addr.is_err() {
+        ck.error(
+            "admin.listen",
+            format!("'{}' is not an address like 127.0.0.1:9901", a.listen),
+        );
+    }
+    match a.token.as_deref() {
+        Some(t) if t.trim().is_empty() => ck.error(
+            "admin.token",
+            "must not be empty (an empty token would admit anyone); remove the field to run the admin API without a token on loopback",
+        ),
+        Some(_) => {}
+        None => {
+            if let Ok(addr) = addr {
+                if !addr.ip().is_loopback() {
+                    ck.error(
+                        "admin.listen",
+                        format!(
+                            "'{}' is not a loopback address, so admin.token is required (the admin API can reload and reveals the config)",
+                            a.listen
+                        ),
+                    );
+                }
+            }
+        }
     }
 }

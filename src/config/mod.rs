@@ -12,6 +12,7 @@ mod env;
 mod errors;
 mod load;
 pub mod locate;
+pub mod redact;
 mod schema;
 pub mod units;
 

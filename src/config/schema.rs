@@ -76,8 +76,13 @@ fn default_max_body() -> Size {
 #[serde(deny_unknown_fields)]
 pub struct AdminConf {
     pub listen: String,
+    /// Bearer token every endpoint but `/healthz` and `/readyz` requires.
+    /// Without one the admin API is open and must listen on loopback.
     #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
     pub token: Option<String>,
+    /// Serve `/metrics` without the token (for a scraper that has none).
+    #[serde(default)]
+    pub metrics_open: bool,
 }
 
 /// Secrets never leave through `/config`.
