@@ -61,6 +61,9 @@ pub struct RequestCtx {
     /// How many of the route's plugins have had a request phase run: the
     /// response phases run over these, in reverse.
     pub(super) entered: usize,
+    /// A response phase failed and its plugin's policy is fail-closed: the
+    /// response must not reach the client as it is.
+    pub(super) failed: Option<WeirError>,
 }
 
 impl Default for RequestCtx {
@@ -86,6 +89,7 @@ impl Default for RequestCtx {
             plugin_state: Vec::new(),
             plugin_index: 0,
             entered: 0,
+            failed: None,
         }
     }
 }
@@ -131,6 +135,14 @@ impl RequestCtx {
             self.plugin_state.resize_with(i + 1, || None);
         }
         self.plugin_state[i] = Some(v);
+    }
+
+    /// From a response phase: this response must not reach the client (a
+    /// fail-closed filter failed on it). Before the header is sent the
+    /// client gets `e` instead; after, the connection is cut, so a response
+    /// a filter could not vet is never presented as complete.
+    pub fn fail_response(&mut self, e: WeirError) {
+        self.failed.get_or_insert(e);
     }
 
     /// Make plugin `i` the running one.

@@ -48,6 +48,10 @@ impl Pipeline {
             ctx.enter(i);
             route.plugins[i].plugin.response_headers(&mut resp, ctx);
         }
+        if let Some(e) = ctx.failed.take() {
+            ex.abort().await;
+            return Err(Failure::Refuse(e, None));
+        }
         ctx.status = resp.status.as_u16();
         if d.write_header(resp, false).await.is_err() {
             ex.abort().await;
@@ -75,6 +79,9 @@ impl Pipeline {
                 // End of body: send the terminating chunk.
                 let mut last = strip.as_mut().map_or_else(Bytes::new, |s| s.finish());
                 body_phase(&mut last, true, ctx);
+                if let Some(e) = ctx.failed.take() {
+                    return Err(Failure::Aborted(e));
+                }
                 if d.write_body(last, true).await.is_err() {
                     return Err(Failure::ClientGone);
                 }
@@ -97,6 +104,10 @@ impl Pipeline {
                 json.extend_from_slice(&chunk);
             }
             body_phase(&mut chunk, end, ctx);
+            if let Some(e) = ctx.failed.take() {
+                ex.abort().await;
+                return Err(Failure::Aborted(e));
+            }
             if chunk.is_empty() && !end {
                 continue;
             }

@@ -429,7 +429,14 @@ impl Pipeline {
         by: Option<usize>,
     ) -> Result<(), Failure> {
         let LocalResponse { mut header, body } = r;
-        let body = finish_local(ctx, &mut header, body, by);
+        let mut body = finish_local(ctx, &mut header, body, by);
+        if let Some(e) = ctx.failed.take() {
+            // A fail-closed filter could not vet this answer: send its error, unfiltered.
+            body = e.body();
+            header = e.response_header(body.len(), &ctx.request_id);
+            ctx.status = e.status();
+            ctx.error = Some(e);
+        }
         d.write_header(header, false).await.map_err(|_| Failure::ClientGone)?;
         d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
     }
@@ -446,7 +453,13 @@ impl Pipeline {
         let body = e.body();
         let mut header = e.response_header(body.len(), &ctx.request_id);
         ctx.error = Some(e);
-        let body = finish_local(ctx, &mut header, body, by);
+        let mut body = finish_local(ctx, &mut header, body, by);
+        if let Some(e) = ctx.failed.take() {
+            body = e.body();
+            header = e.response_header(body.len(), &ctx.request_id);
+            ctx.status = e.status();
+            ctx.error = Some(e);
+        }
         if d.write_header(header, false).await.is_ok() {
             let _ = d.write_body(body, true).await;
         }

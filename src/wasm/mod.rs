@@ -217,10 +217,28 @@ impl WasmPlugin {
         }
     }
 
-    /// A fault in a response phase: counted and logged; the data passes unchanged.
+    /// A fault in a response phase: counted and logged, and the filter is
+    /// skipped from then on. With `fail_open` the data passes unchanged;
+    /// with `fail_closed` the response is withheld (see `Plugin::response_*`),
+    /// so a redactor that fails never lets the unredacted body through.
     fn fail_sync(&self, st: &mut ReqState, f: Fault) {
         self.core.report(&f);
         st.skip = true;
+        if self.on_error == OnError::FailClosed {
+            st.failed = true;
+        }
+    }
+
+    /// After a response phase: a fail-closed fault withholds the response.
+    fn withhold_if_failed(&self, st: &ReqState, ctx: &mut RequestCtx) -> bool {
+        if !st.failed {
+            return false;
+        }
+        ctx.fail_response(WeirError::new(
+            ErrorKind::Plugin,
+            format!("plugin '{}' failed on the response", self.name()),
+        ));
+        true
     }
 
     /// Run a request-phase callback, then wait for the filter's http_calls
@@ -473,6 +491,8 @@ struct ReqState {
     stream: Option<Box<Stream>>,
     /// The filter failed (fail_open) or its VM is gone: skip it from now on.
     skip: bool,
+    /// It failed in a response phase under `fail_closed`.
+    failed: bool,
     /// on_done/on_log/on_delete have run.
     closed: bool,
     /// The request had no body (headers were end of stream).
@@ -498,6 +518,7 @@ impl ReqState {
             id: stream.id,
             stream: Some(stream),
             skip: false,
+            failed: false,
             closed: false,
             no_body,
             buffered: BytesMut::new(),
@@ -665,6 +686,7 @@ impl Plugin for WasmPlugin {
             return;
         };
         self.response_headers_inner(&mut st, resp, props);
+        self.withhold_if_failed(&st, ctx);
         put_state(ctx, st);
     }
 
@@ -672,7 +694,12 @@ impl Plugin for WasmPlugin {
         let Some(mut st) = take_state(ctx) else {
             return;
         };
-        self.response_body_inner(&mut st, chunk, end);
+        if !st.failed {
+            self.response_body_inner(&mut st, chunk, end);
+        }
+        if self.withhold_if_failed(&st, ctx) {
+            *chunk = Bytes::new();
+        }
         put_state(ctx, st);
     }
 

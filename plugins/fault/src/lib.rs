@@ -8,9 +8,12 @@
 //! - `grow`: allocates and touches 1 MiB blocks without bound; the host must
 //!   stop it with `limits.memory`.
 //!
-//! Config (JSON): `{"fault": "panic" | "spin" | "grow", "when_header": "x-boom"}`;
-//! with `when_header` the fault happens only when the request carries that
-//! header (otherwise the request passes untouched), without it on every request.
+//! Config (JSON): `{"fault": "panic" | "spin" | "grow", "when_header": "x-boom",
+//! "phase": "request_headers" | "response_headers" | "response_body"}`; with
+//! `when_header` the fault happens only when the request carries that header
+//! (otherwise the request passes untouched), without it on every request.
+//! `phase` (default `request_headers`) picks the callback that misbehaves; in
+//! `response_body` the filter first pauses until the whole body is buffered.
 
 use proxy_wasm::traits::*;
 use proxy_wasm::types::*;
@@ -30,11 +33,23 @@ enum Fault {
     Grow,
 }
 
+/// Where the fault happens.
+#[derive(Deserialize, Clone, Copy, PartialEq, Eq, Default)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    #[default]
+    RequestHeaders,
+    ResponseHeaders,
+    ResponseBody,
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Config {
     fault: Fault,
     when_header: Option<String>,
+    #[serde(default)]
+    phase: Phase,
 }
 
 /// Blocks `grow` allocates, and the stride it touches them at (one write per page).
@@ -72,22 +87,48 @@ impl RootContext for FaultRoot {
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         Some(Box::new(FaultContext {
             config: self.config.clone()?,
+            armed: false,
         }))
     }
 }
 
 struct FaultContext {
     config: Rc<Config>,
+    /// The request carried `when_header` (or there is none).
+    armed: bool,
 }
 
 impl Context for FaultContext {}
 
 impl HttpContext for FaultContext {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        if let Some(name) = &self.config.when_header {
-            if self.get_http_request_header_bytes(name).is_none() {
-                return Action::Continue;
-            }
+        self.armed = match &self.config.when_header {
+            Some(name) => self.get_http_request_header_bytes(name).is_some(),
+            None => true,
+        };
+        self.fault_in(Phase::RequestHeaders)
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        self.fault_in(Phase::ResponseHeaders)
+    }
+
+    fn on_http_response_body(&mut self, _body_size: usize, end_of_stream: bool) -> Action {
+        // Buffer the whole body first, as a redactor does, then fail.
+        if !self.armed || self.config.phase != Phase::ResponseBody {
+            return Action::Continue;
+        }
+        if !end_of_stream {
+            return Action::Pause;
+        }
+        self.fault_in(Phase::ResponseBody)
+    }
+}
+
+impl FaultContext {
+    fn fault_in(&self, phase: Phase) -> Action {
+        if !self.armed || self.config.phase != phase {
+            return Action::Continue;
         }
         match self.config.fault {
             Fault::Panic => panic!("boom"),
