@@ -5,6 +5,7 @@ use bytes::{Bytes, BytesMut};
 use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::HashSet;
 
@@ -110,8 +111,10 @@ impl<'de> Deserialize<'de> for RawHead<'de> {
                 // serde_json keeps the last of duplicate keys while a provider
                 // may keep the first: weir would route one model and bill
                 // another. Every top-level key is remembered (borrowed, so
-                // no copy of the body) to refuse any duplicate.
-                let mut seen: HashSet<Cow<'de, str>> = HashSet::new();
+                // no copy of the body) to refuse any duplicate: inline and
+                // scanned for the usual handful, hashed past that.
+                let mut few: SmallVec<[Cow<'de, str>; 16]> = SmallVec::new();
+                let mut many: Option<HashSet<Cow<'de, str>>> = None;
                 while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
                     let slot = match k.as_ref() {
                         "model" => Some(&mut head.model),
@@ -128,7 +131,21 @@ impl<'de> Deserialize<'de> for RawHead<'de> {
                             map.next_value::<IgnoredAny>()?;
                         }
                     }
-                    if head.duplicate.is_none() && !seen.insert(k.clone()) {
+                    if head.duplicate.is_some() {
+                        continue;
+                    }
+                    let repeated = match &mut many {
+                        Some(set) => !set.insert(k.clone()),
+                        None if few.contains(&k) => true,
+                        None => {
+                            few.push(k.clone());
+                            if few.len() > 32 {
+                                many = Some(few.drain(..).collect());
+                            }
+                            false
+                        }
+                    };
+                    if repeated {
                         head.duplicate = Some(k.into_owned());
                     }
                 }
@@ -625,6 +642,16 @@ mod tests {
             assert!(e.duplicate && e.message.contains(&format!("`{key}`")), "{e:?}");
             assert_eq!(e.param, Some(key).filter(|k| *k != "x"));
         }
+        // Past the inline few, still found.
+        let mut many = String::from(r#"{"model":"a""#);
+        for i in 0..100 {
+            many.push_str(&format!(r#","k{i}":{i}"#));
+        }
+        assert!(parse_head(format!("{many}}}").as_bytes()).is_ok());
+        let e = parse_head(format!(r#"{many},"k7":1}}"#).as_bytes()).unwrap_err();
+        assert!(e.duplicate && e.message.contains("`k7`"), "{e:?}");
+        let e = parse_head(format!(r#"{many},"k70":1}}"#).as_bytes()).unwrap_err();
+        assert!(e.duplicate && e.message.contains("`k70`"), "{e:?}");
         // Nested duplicates are the provider's business; top-level ones only.
         assert!(parse_head(br#"{"model":"a","messages":[{"x":1,"x":2}]}"#).is_ok());
     }

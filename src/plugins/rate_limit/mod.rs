@@ -465,7 +465,8 @@ impl Plugin for RateLimit {
         };
         // Settle: give back what was not used; a failed request uses nothing.
         let used = match usage {
-            Some(u) => (u.prompt_tokens + u.completion_tokens) as f64,
+            // Saturating: the numbers are the provider's, and may be absurd.
+            Some(u) => u.prompt_tokens.saturating_add(u.completion_tokens) as f64,
             None if status != 200 => 0.0,
             None => reserved,
         };
