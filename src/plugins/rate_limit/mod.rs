@@ -185,6 +185,49 @@ struct Taken {
     reserved: Option<(String, f64)>,
 }
 
+/// A bucket's shape for one dimension (checked to be configured).
+fn shape(conf: &RateLimitConf, dim: Dim) -> Shape {
+    match dim {
+        Dim::Requests => {
+            let r = conf.requests.expect("checked");
+            let per_sec = r.per_second.unwrap_or_else(|| r.per_minute.unwrap_or(0.0) / 60.0);
+            Shape {
+                capacity: r.burst,
+                per_sec,
+            }
+        }
+        Dim::Tokens => {
+            let t = conf.tokens.expect("checked");
+            Shape {
+                capacity: t.burst,
+                per_sec: t.per_minute / 60.0,
+            }
+        }
+    }
+}
+
+/// The longest time a bucket of this plugin takes to refill from empty:
+/// an idle bucket dropped after it is full again (`None`: never refills).
+fn refill_time(conf: &RateLimitConf) -> Option<Duration> {
+    let mut longest = Duration::ZERO;
+    for (dim, on) in [
+        (Dim::Requests, conf.requests.is_some()),
+        (Dim::Tokens, conf.tokens.is_some()),
+    ] {
+        if !on {
+            continue;
+        }
+        let s = shape(conf, dim);
+        let secs = s.capacity / s.per_sec;
+        if !(secs.is_finite() && secs >= 0.0) {
+            return None;
+        }
+        // Rounded up, plus a second of slack for the cache's clock.
+        longest = longest.max(Duration::try_from_secs_f64(secs.ceil() + 1.0).ok()?);
+    }
+    Some(longest)
+}
+
 /// See the module doc.
 pub struct RateLimit {
     name: String,
@@ -205,59 +248,19 @@ impl RateLimit {
         if conf.tokens.is_some() {
             tokens::warm_up();
         }
-        let mut rl = RateLimit {
+        Ok(RateLimit {
             name: name.to_string(),
             conf: conf.clone(),
-            local: MemoryStore::new(1, None),
+            local: MemoryStore::new(conf.max_keys.max(1), refill_time(conf)),
             redis,
             store_down: AtomicBool::new(false),
             store_errors: metrics::RATE_LIMIT_STORE_ERRORS.with_label_values(&[name]),
             keys: metrics::RATE_LIMIT_KEYS.with_label_values(&[name]),
-        };
-        rl.local = MemoryStore::new(conf.max_keys.max(1), rl.refill_time());
-        Ok(rl)
-    }
-
-    /// The longest time a bucket of this plugin takes to refill from empty:
-    /// an idle bucket dropped after it is full again (`None`: never refills).
-    fn refill_time(&self) -> Option<Duration> {
-        let mut longest = Duration::ZERO;
-        for (dim, on) in [
-            (Dim::Requests, self.conf.requests.is_some()),
-            (Dim::Tokens, self.conf.tokens.is_some()),
-        ] {
-            if !on {
-                continue;
-            }
-            let s = self.shape(dim);
-            let secs = s.capacity / s.per_sec;
-            if !(secs.is_finite() && secs >= 0.0) {
-                return None;
-            }
-            // Rounded up, plus a second of slack for the cache's clock.
-            longest = longest.max(Duration::try_from_secs_f64(secs.ceil() + 1.0).ok()?);
-        }
-        Some(longest)
+        })
     }
 
     fn shape(&self, dim: Dim) -> Shape {
-        match dim {
-            Dim::Requests => {
-                let r = self.conf.requests.expect("checked");
-                let per_sec = r.per_second.unwrap_or_else(|| r.per_minute.unwrap_or(0.0) / 60.0);
-                Shape {
-                    capacity: r.burst,
-                    per_sec,
-                }
-            }
-            Dim::Tokens => {
-                let t = self.conf.tokens.expect("checked");
-                Shape {
-                    capacity: t.burst,
-                    per_sec: t.per_minute / 60.0,
-                }
-            }
-        }
+        shape(&self.conf, dim)
     }
 
     /// The bucket key for this request, or `None` when it cannot be known yet.
@@ -518,10 +521,9 @@ mod tests {
             "key: ip\nrequests: {per_second: 1, burst: 5}\ntokens: {per_minute: 600, burst: 1000}\n",
         )
         .unwrap();
-        let rl = RateLimit::new("t", &conf).unwrap();
-        assert_eq!(rl.refill_time(), Some(Duration::from_secs(101)));
+        assert_eq!(refill_time(&conf), Some(Duration::from_secs(101)));
         let conf: RateLimitConf = serde_yaml_ng::from_str("key: ip\nrequests: {per_second: 0, burst: 5}\n").unwrap();
-        assert_eq!(RateLimit::new("t", &conf).unwrap().refill_time(), None);
+        assert_eq!(refill_time(&conf), None);
     }
 
     mod props {

@@ -154,4 +154,29 @@ mod tests {
         let big = Bytes::from(format!(r#"{{"model":"m","prompt":"{text}"}}"#));
         assert_eq!(reserve_prompt_tokens(&big).await, text.len() as u64);
     }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn byte_bound_never_under_counts(
+                texts in proptest::collection::vec(proptest::collection::vec(any::<char>(), 0..24), 0..4),
+                chat in any::<bool>(),
+            ) {
+                let texts: Vec<String> = texts.into_iter().map(String::from_iter).collect();
+                let body = if chat {
+                    let msgs: Vec<_> = texts.iter().map(|t| serde_json::json!({"role": "user", "content": t})).collect();
+                    serde_json::json!({"model": "m", "messages": msgs})
+                } else {
+                    serde_json::json!({"model": "m", "input": texts})
+                };
+                let body = serde_json::to_vec(&body).unwrap();
+                prop_assert!(prompt_tokens_upper_bound(&body) >= prompt_tokens(&body));
+            }
+        }
+    }
 }
