@@ -243,3 +243,26 @@ routes:
         "{text}"
     );
 }
+
+#[test]
+fn max_keys_zero_fails_the_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = r#"server:
+  listen: ["127.0.0.1:8080"]
+providers:
+  m: { url: "http://127.0.0.1:9000/v1", models: [a] }
+plugins:
+  limits: { type: rate_limit, key: "header:x-tenant", requests: { per_second: 1, burst: 1 }, max_keys: 0 }
+routes:
+  - { name: chat, plugins: [limits], providers: [m] }
+"#;
+    let path = dir.path().join("weir.yaml");
+    std::fs::write(&path, cfg).unwrap();
+    let out = Command::new(WEIR).args(["check", "-c"]).arg(&path).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("weir.yaml:6: plugins.limits.max_keys: must be at least 1"),
+        "{text}"
+    );
+}
