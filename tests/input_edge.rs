@@ -107,7 +107,7 @@ fn an_8_mib_prompt_is_decided_without_stalling_other_requests() {
     // A sanity bound, not a benchmark: no small request waited anywhere near
     // as long as a full BPE of 8 MiB takes.
     assert!(
-        slowest < Duration::from_secs(3),
+        slowest < Duration::from_secs(5),
         "small request took {slowest:?} (big one {big_took:?})"
     );
 
