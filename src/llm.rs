@@ -2,8 +2,12 @@
 //! rewriting the model in place, and reading `usage` from JSON and SSE answers.
 
 use bytes::{Bytes, BytesMut};
+use serde::de::{IgnoredAny, MapAccess, Visitor};
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use smallvec::SmallVec;
+use std::borrow::Cow;
+use std::collections::HashSet;
 
 /// What weir needs from an OpenAI request body, parsed once.
 #[derive(Debug, Clone)]
@@ -14,20 +18,165 @@ pub struct RequestHead {
     pub stream: bool,
     pub include_usage: bool,
     pub max_tokens: Option<u64>,
+    /// Choices asked for (`n`, 1 when absent): completion tokens are billed per choice.
+    pub n: u64,
 }
 
-#[derive(Deserialize)]
-struct Head<'a> {
-    #[serde(borrow)]
+/// The largest `max_tokens` / `max_completion_tokens` weir forwards. No model
+/// completes anywhere near this many tokens; larger values are mistakes or
+/// attempts to overflow token arithmetic.
+pub const MAX_TOKENS_LIMIT: u64 = 1 << 24;
+/// The largest `n` weir forwards (OpenAI's own limit).
+pub const MAX_N: u64 = 128;
+
+/// Why a request body is refused: a client-facing message and, when one
+/// field is to blame, its name (the envelope's `param`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeadError {
+    pub message: String,
+    pub param: Option<&'static str>,
+    /// A top-level key appears twice (refused on every path weir inspects).
+    pub duplicate: bool,
+}
+
+impl HeadError {
+    fn new(message: impl Into<String>) -> HeadError {
+        HeadError {
+            message: message.into(),
+            param: None,
+            duplicate: false,
+        }
+    }
+    fn at(param: &'static str, message: impl Into<String>) -> HeadError {
+        HeadError {
+            message: message.into(),
+            param: Some(param),
+            duplicate: false,
+        }
+    }
+}
+
+impl std::fmt::Display for HeadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+/// The fields weir reads, as raw JSON borrowed from the body, plus the first
+/// top-level key seen twice. One pass over the body: every other value is
+/// skipped without being built.
+#[derive(Default)]
+struct RawHead<'a> {
     model: Option<&'a RawValue>,
-    #[serde(default)]
-    stream: Option<bool>,
-    #[serde(default)]
-    stream_options: Option<StreamOptions>,
-    #[serde(default)]
-    max_tokens: Option<u64>,
-    #[serde(default)]
-    max_completion_tokens: Option<u64>,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
+    n: Option<&'a RawValue>,
+    duplicate: Option<String>,
+}
+
+/// An object key, borrowed when it has no escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string key")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+impl<'de> Deserialize<'de> for RawHead<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawHead<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawHead<'de>, A::Error> {
+                let mut head = RawHead::default();
+                // serde_json keeps the last of duplicate keys while a provider
+                // may keep the first: weir would route one model and bill
+                // another. Every top-level key is remembered (borrowed, so
+                // no copy of the body) to refuse any duplicate: inline and
+                // scanned for the usual handful, hashed past that.
+                let mut few: SmallVec<[Cow<'de, str>; 16]> = SmallVec::new();
+                let mut many: Option<HashSet<Cow<'de, str>>> = None;
+                while let Some(Key(k)) = map.next_key::<Key<'de>>()? {
+                    let slot = match k.as_ref() {
+                        "model" => Some(&mut head.model),
+                        "stream" => Some(&mut head.stream),
+                        "stream_options" => Some(&mut head.stream_options),
+                        "max_tokens" => Some(&mut head.max_tokens),
+                        "max_completion_tokens" => Some(&mut head.max_completion_tokens),
+                        "n" => Some(&mut head.n),
+                        _ => None,
+                    };
+                    match slot {
+                        Some(slot) => *slot = Some(map.next_value::<&'de RawValue>()?),
+                        None => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                    if head.duplicate.is_some() {
+                        continue;
+                    }
+                    let repeated = match &mut many {
+                        Some(set) => !set.insert(k.clone()),
+                        None if few.contains(&k) => true,
+                        None => {
+                            few.push(k.clone());
+                            if few.len() > 32 {
+                                many = Some(few.drain(..).collect());
+                            }
+                            false
+                        }
+                    };
+                    if repeated {
+                        head.duplicate = Some(k.into_owned());
+                    }
+                }
+                Ok(head)
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A token count or choice count: a non-negative integer up to `max`; `null` is absent.
+fn count(raw: Option<&RawValue>, param: &'static str, max: u64) -> Result<Option<u64>, HeadError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    match serde_json::from_str::<u64>(raw.get()) {
+        Ok(v) if v <= max => Ok(Some(v)),
+        _ => Err(HeadError::at(
+            param,
+            format!("`{param}` must be an integer from 0 to {max}, got {}", clip(raw.get())),
+        )),
+    }
+}
+
+/// A value quoted in an error, cut short.
+fn clip(s: &str) -> &str {
+    match s.char_indices().nth(40) {
+        Some((i, _)) => &s[..i],
+        None => s,
+    }
 }
 
 #[derive(Deserialize)]
@@ -36,30 +185,69 @@ struct StreamOptions {
     include_usage: Option<bool>,
 }
 
-/// Parse the head of a JSON request body. Errors are client-facing messages.
-pub fn parse_head(body: &[u8]) -> Result<RequestHead, String> {
+/// Parse the head of a JSON request body. Errors are client-facing; a
+/// duplicate top-level key, a non-string model, or a negative or absurd
+/// `max_tokens`, `max_completion_tokens` or `n` is refused.
+pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
     if body.is_empty() {
-        return Err("request body is empty; expected a JSON object".into());
+        return Err(HeadError::new("request body is empty; expected a JSON object"));
     }
-    let head: Head = serde_json::from_slice(body).map_err(|e| {
-        if e.classify() == serde_json::error::Category::Data {
+    let head: RawHead = serde_json::from_slice(body).map_err(|e| {
+        HeadError::new(if e.classify() == serde_json::error::Category::Data {
             format!("request body is not a valid OpenAI request: {e}")
         } else {
             format!("request body is not valid JSON: {e}")
-        }
+        })
     })?;
-    let raw = head.model.ok_or("request body has no `model`")?;
-    let model: String = serde_json::from_str(raw.get()).map_err(|_| "`model` must be a string")?;
+    if let Some(k) = head.duplicate {
+        let param = [
+            "model",
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+            "n",
+        ]
+        .into_iter()
+        .find(|p| *p == k);
+        return Err(HeadError {
+            message: format!("request body has the key `{}` more than once", clip(&k)),
+            param,
+            duplicate: true,
+        });
+    }
+    let raw = head
+        .model
+        .ok_or_else(|| HeadError::at("model", "request body has no `model`"))?;
+    let model: String =
+        serde_json::from_str(raw.get()).map_err(|_| HeadError::at("model", "`model` must be a string"))?;
     if model.is_empty() {
-        return Err("`model` is empty".into());
+        return Err(HeadError::at("model", "`model` is empty"));
+    }
+    let stream = match head.stream {
+        None => None,
+        Some(r) => serde_json::from_str::<Option<bool>>(r.get())
+            .map_err(|_| HeadError::at("stream", "`stream` must be a boolean"))?,
+    };
+    let options = match head.stream_options {
+        None => None,
+        Some(r) => serde_json::from_str::<Option<StreamOptions>>(r.get())
+            .map_err(|e| HeadError::at("stream_options", format!("`stream_options` is invalid: {e}")))?,
+    };
+    let max_tokens = count(head.max_tokens, "max_tokens", MAX_TOKENS_LIMIT)?;
+    let max_completion_tokens = count(head.max_completion_tokens, "max_completion_tokens", MAX_TOKENS_LIMIT)?;
+    let n = count(head.n, "n", MAX_N)?;
+    if n == Some(0) {
+        return Err(HeadError::at("n", "`n` must be at least 1"));
     }
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
     Ok(RequestHead {
         model,
         model_span: start..start + raw.get().len(),
-        stream: head.stream.unwrap_or(false),
-        include_usage: head.stream_options.and_then(|o| o.include_usage).unwrap_or(false),
-        max_tokens: head.max_completion_tokens.or(head.max_tokens),
+        stream: stream.unwrap_or(false),
+        include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
+        max_tokens: max_completion_tokens.or(max_tokens),
+        n: n.unwrap_or(1),
     })
 }
 
@@ -429,11 +617,70 @@ mod tests {
 
     #[test]
     fn head_errors() {
-        assert!(parse_head(b"{not json").unwrap_err().contains("not valid JSON"));
-        assert!(parse_head(br#"{"messages":[]}"#).unwrap_err().contains("no `model`"));
-        assert!(parse_head(br#"{"model": 3}"#).unwrap_err().contains("must be a string"));
+        assert!(parse_head(b"{not json").unwrap_err().message.contains("not valid JSON"));
+        assert!(parse_head(br#"{"messages":[]}"#)
+            .unwrap_err()
+            .message
+            .contains("no `model`"));
+        assert!(parse_head(br#"{"model": 3}"#)
+            .unwrap_err()
+            .message
+            .contains("must be a string"));
         assert!(parse_head(b"[1,2]").is_err());
         assert!(parse_head(b"").is_err());
+    }
+
+    #[test]
+    fn duplicate_keys_refused() {
+        for (body, key) in [
+            (&br#"{"model":"a","model":"b"}"#[..], "model"),
+            (br#"{"model":"a","mod\u0065l":"b"}"#, "model"),
+            (br#"{"model":"a","x":1,"max_tokens":1,"x":2}"#, "x"),
+            (br#"{"model":"a","stream":true,"stream":false}"#, "stream"),
+        ] {
+            let e = parse_head(body).unwrap_err();
+            assert!(e.duplicate && e.message.contains(&format!("`{key}`")), "{e:?}");
+            assert_eq!(e.param, Some(key).filter(|k| *k != "x"));
+        }
+        // Past the inline few, still found.
+        let mut many = String::from(r#"{"model":"a""#);
+        for i in 0..100 {
+            many.push_str(&format!(r#","k{i}":{i}"#));
+        }
+        assert!(parse_head(format!("{many}}}").as_bytes()).is_ok());
+        let e = parse_head(format!(r#"{many},"k7":1}}"#).as_bytes()).unwrap_err();
+        assert!(e.duplicate && e.message.contains("`k7`"), "{e:?}");
+        let e = parse_head(format!(r#"{many},"k70":1}}"#).as_bytes()).unwrap_err();
+        assert!(e.duplicate && e.message.contains("`k70`"), "{e:?}");
+        // Nested duplicates are the provider's business; top-level ones only.
+        assert!(parse_head(br#"{"model":"a","messages":[{"x":1,"x":2}]}"#).is_ok());
+    }
+
+    #[test]
+    fn counts_checked_with_param() {
+        for (body, param) in [
+            (&br#"{"model":"a","max_tokens":-1}"#[..], "max_tokens"),
+            (br#"{"model":"a","max_tokens":18446744073709551615}"#, "max_tokens"),
+            (br#"{"model":"a","max_tokens":1e30}"#, "max_tokens"),
+            (br#"{"model":"a","max_tokens":"5"}"#, "max_tokens"),
+            (br#"{"model":"a","max_completion_tokens":-5}"#, "max_completion_tokens"),
+            (
+                br#"{"model":"a","max_completion_tokens":99999999999}"#,
+                "max_completion_tokens",
+            ),
+            (br#"{"model":"a","n":0}"#, "n"),
+            (br#"{"model":"a","n":-1}"#, "n"),
+            (br#"{"model":"a","n":1000}"#, "n"),
+            (br#"{"model":"a","stream":"yes"}"#, "stream"),
+            (br#"{"model":7}"#, "model"),
+            (br#"{"max_tokens":7}"#, "model"),
+        ] {
+            let e = parse_head(body).unwrap_err();
+            assert_eq!(e.param, Some(param), "{}: {e:?}", String::from_utf8_lossy(body));
+        }
+        let h = parse_head(br#"{"model":"a","max_tokens":16777216,"n":128,"max_completion_tokens":null}"#).unwrap();
+        assert_eq!((h.max_tokens, h.n), (Some(MAX_TOKENS_LIMIT), 128));
+        assert_eq!(parse_head(br#"{"model":"a"}"#).unwrap().n, 1);
     }
 
     #[test]
@@ -528,5 +775,97 @@ mod tests {
             })
         );
         assert_eq!(usage_of_json(b"{}"), None);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// A short string of any characters (cheaper than `any::<String>()`).
+    fn text() -> impl Strategy<Value = String> {
+        vec(any::<char>(), 0..10).prop_map(String::from_iter)
+    }
+
+    /// A JSON object's text built from keys weir reads (and others), values of
+    /// every shape (valid or not for that key), and odd whitespace.
+    fn body() -> impl Strategy<Value = Vec<u8>> {
+        let key = prop_oneof![
+            Just("model".to_string()),
+            Just("stream".to_string()),
+            Just("stream_options".to_string()),
+            Just("max_tokens".to_string()),
+            Just("max_completion_tokens".to_string()),
+            Just("n".to_string()),
+            Just("mod\\u0065l".to_string()),
+            text(),
+        ];
+        let value = prop_oneof![
+            text().prop_map(|s| serde_json::to_string(&s).unwrap()),
+            any::<i64>().prop_map(|n| n.to_string()),
+            any::<u64>().prop_map(|n| n.to_string()),
+            Just("null".to_string()),
+            Just("true".to_string()),
+            Just("1.5".to_string()),
+            Just(r#"{"include_usage":true}"#.to_string()),
+            Just(r#"[{"role":"user","content":"hi"}]"#.to_string()),
+        ];
+        let ws = prop_oneof![Just(""), Just(" "), Just("\n\t ")];
+        (vec((key, value, ws.clone()), 0..6), ws).prop_map(|(fields, ws)| {
+            let inner: Vec<String> = fields
+                .iter()
+                .map(|(k, v, w)| format!("{w}\"{k}\"{w}:{w}{v}{w}"))
+                .collect();
+            format!("{{{ws}{}}}", inner.join(",")).into_bytes()
+        })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        #[test]
+        fn parse_head_never_panics_on_bytes(b in vec(any::<u8>(), 0..200)) {
+            let _ = parse_head(&b);
+        }
+
+        #[test]
+        fn parse_head_never_panics_on_near_json(mut b in body(), cut in any::<prop::sample::Index>(), junk in any::<u8>()) {
+            let _ = parse_head(&b);
+            // And with one byte changed.
+            if !b.is_empty() {
+                let i = cut.index(b.len());
+                b[i] = junk;
+                let _ = parse_head(&b);
+            }
+        }
+
+        #[test]
+        fn rewrite_keeps_every_other_byte(b in body(), new_model in text()) {
+            let Ok(head) = parse_head(&b) else { return Ok(()) };
+            let body = Bytes::from(b);
+            let out = rewrite_model(&body, &head, &new_model);
+            let (start, end) = (head.model_span.start, head.model_span.end);
+            let tail = body.len() - end;
+            prop_assert_eq!(&out[..start], &body[..start]);
+            prop_assert_eq!(&out[out.len() - tail..], &body[end..]);
+            let value: String = serde_json::from_slice(&out[start..out.len() - tail]).unwrap();
+            prop_assert_eq!(&value, &new_model);
+            if !new_model.is_empty() {
+                let again = parse_head(&out).unwrap();
+                prop_assert_eq!(again.model, new_model);
+                prop_assert_eq!(again.max_tokens, head.max_tokens);
+                prop_assert_eq!(again.n, head.n);
+            }
+        }
+
+        #[test]
+        fn counts_are_bounded_or_refused(b in body()) {
+            if let Ok(h) = parse_head(&b) {
+                prop_assert!(h.max_tokens.unwrap_or(0) <= MAX_TOKENS_LIMIT);
+                prop_assert!((1..=MAX_N).contains(&h.n));
+            }
+        }
     }
 }

@@ -123,6 +123,13 @@ pub static RATE_LIMIT_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["plugin"],
     )
 });
+pub static RATE_LIMIT_KEYS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_rate_limit_keys",
+        "Buckets a rate_limit plugin holds in this process (set at scrape time).",
+        &["plugin"],
+    )
+});
 pub static CIRCUIT_STATE: Lazy<IntGaugeVec> = Lazy::new(|| {
     gauge(
         "weir_circuit_state",
@@ -247,6 +254,7 @@ pub fn init() {
     Lazy::force(&CONFIG_GENERATION);
     Lazy::force(&RATE_LIMITED);
     Lazy::force(&RATE_LIMIT_STORE_ERRORS);
+    Lazy::force(&RATE_LIMIT_KEYS);
     Lazy::force(&CIRCUIT_STATE);
     Lazy::force(&CIRCUIT_TRANSITIONS);
     Lazy::force(&RETRIES);

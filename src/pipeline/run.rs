@@ -68,6 +68,14 @@ impl From<WeirError> for Failure {
 }
 
 /// LLM endpoints whose body must be an OpenAI JSON request.
+/// A refused request body as the client sees it: 400, with the field to blame.
+fn head_error(e: llm::HeadError) -> WeirError {
+    WeirError {
+        param: e.param,
+        ..WeirError::invalid(e.message)
+    }
+}
+
 fn is_llm_endpoint(path: &str) -> bool {
     path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/embeddings")
 }
@@ -271,11 +279,16 @@ impl Pipeline {
         }
         ctx.body = read_body(d, ctx.max_request_body, ctx.request_body_timeout).await?;
         if llm {
-            let head = llm::parse_head(&ctx.body).map_err(WeirError::invalid)?;
+            let head = llm::parse_head(&ctx.body).map_err(head_error)?;
             ctx.head = Some(head);
         } else if !ctx.body.is_empty() {
-            // Other routed paths: use a model if the body names one, else forward as is.
-            ctx.head = llm::parse_head(&ctx.body).ok();
+            // Other routed paths: use a model if the body names one, else
+            // forward as is; but never a body whose keys are ambiguous.
+            ctx.head = match llm::parse_head(&ctx.body) {
+                Ok(h) => Some(h),
+                Err(e) if e.duplicate => return Err(head_error(e).into()),
+                Err(_) => None,
+            };
         }
         ctx.candidates = match &ctx.head {
             Some(h) => route.candidates(&h.model),
@@ -300,7 +313,7 @@ impl Pipeline {
         if strip_usage {
             if let Some(head) = &ctx.head {
                 ctx.body = llm::with_stream_usage(&ctx.body, head);
-                ctx.head = Some(llm::parse_head(&ctx.body).map_err(WeirError::invalid)?);
+                ctx.head = Some(llm::parse_head(&ctx.body).map_err(head_error)?);
             }
         }
 

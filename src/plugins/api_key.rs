@@ -62,7 +62,17 @@ pub struct ApiKeys {
 fn parse_keys_file(path: &Path) -> Result<KeysFile, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read keys file {}: {e}", path.display()))?;
     let file: KeysFile = serde_yaml_ng::from_str(&text).map_err(|e| format!("{}: {e}", path.display()))?;
+    // A name is the key's identity: rate-limit buckets, cache entries and
+    // logs are per name, so two keys under one name would share them.
+    let mut names = std::collections::HashSet::new();
     for (i, k) in file.keys.iter().enumerate() {
+        if !names.insert(k.name.as_str()) {
+            return Err(format!(
+                "{}: keys[{i}]: the name '{}' is used by more than one key; names must be unique",
+                path.display(),
+                k.name
+            ));
+        }
         let ok = k.sha256.len() == 64 && k.sha256.bytes().all(|b| b.is_ascii_hexdigit());
         if !ok {
             return Err(format!(
@@ -197,6 +207,27 @@ mod tests {
         assert_eq!(&*keys.find("sk-alice").unwrap().identity.name, "alice");
         assert!(keys.find("sk-bob").is_none());
         assert!(keys.find("").is_none());
+    }
+
+    #[test]
+    fn duplicate_names_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("keys.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "keys:\n  - name: alice\n    sha256: {}\n  - name: bob\n    sha256: {}\n  - name: alice\n    sha256: {}\n",
+                digest_hex("a"),
+                digest_hex("b"),
+                digest_hex("c")
+            ),
+        )
+        .unwrap();
+        let e = parse_keys_file(&path).unwrap_err();
+        assert!(
+            e.contains("keys.yaml") && e.contains("keys[2]") && e.contains("'alice'"),
+            "{e}"
+        );
     }
 
     #[test]

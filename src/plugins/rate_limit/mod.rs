@@ -34,6 +34,10 @@ pub struct RateLimitConf {
     pub store: String,
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// Most buckets kept in this process (the memory store, and the local
+    /// fallback of a Redis store); the least used go first.
+    #[serde(default = "d_max_keys")]
+    pub max_keys: u64,
 }
 
 /// The `rate_limit` plugin type.
@@ -53,6 +57,25 @@ fn d_key() -> String {
 }
 fn d_store() -> String {
     "memory".into()
+}
+fn d_max_keys() -> u64 {
+    100_000
+}
+
+/// Longest key value (header or model) used as is; longer ones are hashed,
+/// so a client cannot make weir hold kilobytes per bucket.
+const MAX_KEY_VALUE: usize = 64;
+
+/// The bucket key for a client-chosen value: `<kind>:<value>` when short and
+/// UTF-8, else `<kind>#<sha256 hex>` (the `#` keeps the two forms apart).
+pub(crate) fn bounded_key(kind: &str, value: &[u8]) -> String {
+    match std::str::from_utf8(value) {
+        Ok(v) if v.len() <= MAX_KEY_VALUE => format!("{kind}:{v}"),
+        _ => {
+            use sha2::Digest;
+            format!("{kind}#{}", hex::encode(sha2::Sha256::digest(value)))
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
@@ -103,6 +126,9 @@ fn check(c: &RateLimitConf, at: &str, ck: &mut Checker) {
                 c.key
             ),
         );
+    }
+    if c.max_keys < 1 {
+        ck.error(format!("{at}.max_keys"), "must be at least 1");
     }
     if c.requests.is_none() && c.tokens.is_none() {
         ck.error(at.to_string(), "set `requests`, `tokens` or both");
@@ -159,6 +185,49 @@ struct Taken {
     reserved: Option<(String, f64)>,
 }
 
+/// A bucket's shape for one dimension (checked to be configured).
+fn shape(conf: &RateLimitConf, dim: Dim) -> Shape {
+    match dim {
+        Dim::Requests => {
+            let r = conf.requests.expect("checked");
+            let per_sec = r.per_second.unwrap_or_else(|| r.per_minute.unwrap_or(0.0) / 60.0);
+            Shape {
+                capacity: r.burst,
+                per_sec,
+            }
+        }
+        Dim::Tokens => {
+            let t = conf.tokens.expect("checked");
+            Shape {
+                capacity: t.burst,
+                per_sec: t.per_minute / 60.0,
+            }
+        }
+    }
+}
+
+/// The longest time a bucket of this plugin takes to refill from empty:
+/// an idle bucket dropped after it is full again (`None`: never refills).
+fn refill_time(conf: &RateLimitConf) -> Option<Duration> {
+    let mut longest = Duration::ZERO;
+    for (dim, on) in [
+        (Dim::Requests, conf.requests.is_some()),
+        (Dim::Tokens, conf.tokens.is_some()),
+    ] {
+        if !on {
+            continue;
+        }
+        let s = shape(conf, dim);
+        let secs = s.capacity / s.per_sec;
+        if !(secs.is_finite() && secs >= 0.0) {
+            return None;
+        }
+        // Rounded up, plus a second of slack for the cache's clock.
+        longest = longest.max(Duration::try_from_secs_f64(secs.ceil() + 1.0).ok()?);
+    }
+    Some(longest)
+}
+
 /// See the module doc.
 pub struct RateLimit {
     name: String,
@@ -167,6 +236,7 @@ pub struct RateLimit {
     redis: Option<std::sync::Arc<RedisStore>>,
     store_down: AtomicBool,
     store_errors: prometheus::IntCounter,
+    keys: prometheus::IntGauge,
 }
 
 impl RateLimit {
@@ -181,31 +251,16 @@ impl RateLimit {
         Ok(RateLimit {
             name: name.to_string(),
             conf: conf.clone(),
-            local: MemoryStore::default(),
+            local: MemoryStore::new(conf.max_keys.max(1), refill_time(conf)),
             redis,
             store_down: AtomicBool::new(false),
             store_errors: metrics::RATE_LIMIT_STORE_ERRORS.with_label_values(&[name]),
+            keys: metrics::RATE_LIMIT_KEYS.with_label_values(&[name]),
         })
     }
 
     fn shape(&self, dim: Dim) -> Shape {
-        match dim {
-            Dim::Requests => {
-                let r = self.conf.requests.expect("checked");
-                let per_sec = r.per_second.unwrap_or_else(|| r.per_minute.unwrap_or(0.0) / 60.0);
-                Shape {
-                    capacity: r.burst,
-                    per_sec,
-                }
-            }
-            Dim::Tokens => {
-                let t = self.conf.tokens.expect("checked");
-                Shape {
-                    capacity: t.burst,
-                    per_sec: t.per_minute / 60.0,
-                }
-            }
-        }
+        shape(&self.conf, dim)
     }
 
     /// The bucket key for this request, or `None` when it cannot be known yet.
@@ -214,7 +269,7 @@ impl RateLimit {
         let k = match self.conf.key.as_str() {
             "global" => "global".to_string(),
             "route" => format!("route:{}", ctx.route.as_ref()?.name),
-            "model" => format!("model:{}", ctx.head.as_ref()?.model),
+            "model" => bounded_key("model", ctx.head.as_ref()?.model.as_bytes()),
             "ip" => format!("ip:{client_ip}"),
             // No identity (no api_key plugin before this one): fall back to the IP.
             "api_key" => match &ctx.identity {
@@ -223,8 +278,8 @@ impl RateLimit {
             },
             h => {
                 let name = h.strip_prefix("header:")?;
-                let v = req?.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("");
-                format!("h:{v}")
+                let v = req?.headers.get(name).map_or(&b""[..], |v| v.as_bytes());
+                bounded_key("h", v)
             }
         };
         Some(k)
@@ -376,7 +431,15 @@ impl Plugin for RateLimit {
             }
         };
         if let (Some(limit), Some(head)) = (self.conf.tokens, ctx.head.clone()) {
-            let estimate = tokens::prompt_tokens(&ctx.body) + head.max_tokens.unwrap_or(limit.default_max_tokens);
+            // Saturating: the head caps max_tokens and n, but a sum must never
+            // wrap to a small reservation.
+            let completion = head
+                .max_tokens
+                .unwrap_or(limit.default_max_tokens)
+                .saturating_mul(head.n);
+            let estimate = tokens::reserve_prompt_tokens(&ctx.body)
+                .await
+                .saturating_add(completion);
             let d = self.take(Dim::Tokens, &key, estimate as f64).await?;
             with_taken(ctx, |t| t.tokens = Some(d));
             if !d.allowed {
@@ -385,6 +448,10 @@ impl Plugin for RateLimit {
             with_taken(ctx, |t| t.reserved = Some((key, estimate as f64)));
         }
         Ok(Flow::Continue)
+    }
+
+    fn refresh_metrics(&self) {
+        self.keys.set(i64::try_from(self.local.len()).unwrap_or(i64::MAX));
     }
 
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
@@ -401,7 +468,8 @@ impl Plugin for RateLimit {
         };
         // Settle: give back what was not used; a failed request uses nothing.
         let used = match usage {
-            Some(u) => (u.prompt_tokens + u.completion_tokens) as f64,
+            // Saturating: the numbers are the provider's, and may be absurd.
+            Some(u) => u.prompt_tokens.saturating_add(u.completion_tokens) as f64,
             None if status != 200 => 0.0,
             None => reserved,
         };
@@ -435,5 +503,53 @@ mod tests {
         assert_eq!(reset_str(Duration::from_millis(500)), "0.5s");
         assert_eq!(reset_str(Duration::from_secs(1)), "1s");
         assert_eq!(reset_str(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn keys_bounded_and_apart() {
+        assert_eq!(bounded_key("h", b"tenant-1"), "h:tenant-1");
+        let long = bounded_key("h", &[b'a'; 10_000]);
+        assert!(long.starts_with("h#") && long.len() == 2 + 64, "{long}");
+        // Non-UTF-8 values get their own buckets, not one shared "h:".
+        assert_ne!(bounded_key("h", b"\xff"), bounded_key("h", b"\xfe"));
+        assert_ne!(bounded_key("h", b"\xff"), bounded_key("h", b""));
+    }
+
+    #[test]
+    fn refill_time_is_the_slowest_bucket() {
+        let conf: RateLimitConf = serde_yaml_ng::from_str(
+            "key: ip\nrequests: {per_second: 1, burst: 5}\ntokens: {per_minute: 600, burst: 1000}\n",
+        )
+        .unwrap();
+        assert_eq!(refill_time(&conf), Some(Duration::from_secs(101)));
+        let conf: RateLimitConf = serde_yaml_ng::from_str("key: ip\nrequests: {per_second: 0, burst: 5}\n").unwrap();
+        assert_eq!(refill_time(&conf), None);
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn key_derivation_bounded_and_injective(
+                a in proptest::collection::vec(any::<u8>(), 0..200),
+                b in proptest::collection::vec(any::<u8>(), 0..200),
+                same in any::<bool>(),
+            ) {
+                let b = if same { a.clone() } else { b };
+                let (ka, kb) = (bounded_key("h", &a), bounded_key("h", &b));
+                prop_assert!(ka.len() <= 2 + MAX_KEY_VALUE.max(64));
+                prop_assert_eq!(&ka, &bounded_key("h", &a));
+                prop_assert_eq!(ka == kb, a == b);
+                if let Ok(s) = std::str::from_utf8(&a) {
+                    if s.len() <= MAX_KEY_VALUE {
+                        prop_assert_eq!(ka, format!("h:{s}"));
+                    }
+                }
+            }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use crate::plugins::redis::LazyRedis;
 use crate::traffic::token_bucket::TokenBucket;
 use parking_lot::Mutex;
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A bucket's shape.
@@ -25,26 +25,43 @@ pub struct Decision {
     pub reset: Duration,
 }
 
-/// Buckets in this process. Bounded: full (idle) buckets are dropped when
-/// the map grows past `MAX_KEYS`.
-#[derive(Default)]
+/// Buckets in this process, in a bounded cache: at most `max_keys` buckets
+/// (least valuable evicted first), each dropped after `idle` without use.
+/// `idle` is the time a bucket takes to refill from empty, so a bucket that
+/// expires was full anyway: expiry never hands out tokens a client had not
+/// earned back.
 pub struct MemoryStore {
-    buckets: Mutex<HashMap<String, TokenBucket>>,
+    buckets: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
 }
 
-const MAX_KEYS: usize = 100_000;
+/// The longest idle time weir waits before dropping a bucket; slower buckets
+/// (refilling over more than a year, or never) stay until evicted by size.
+const MAX_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
 
 impl MemoryStore {
+    /// A store of at most `max_keys` buckets, each dropped after `idle` unused.
+    pub fn new(max_keys: u64, idle: Option<Duration>) -> MemoryStore {
+        let mut b = moka::sync::Cache::builder().max_capacity(max_keys);
+        if let Some(idle) = idle.filter(|d| *d <= MAX_IDLE) {
+            b = b.time_to_idle(idle);
+        }
+        MemoryStore { buckets: b.build() }
+    }
+
+    /// Buckets held now (pending evictions applied first).
+    pub fn len(&self) -> u64 {
+        self.buckets.run_pending_tasks();
+        self.buckets.entry_count()
+    }
+
     /// Take `n` tokens (or give back `-n`).
     pub fn take(&self, key: &str, shape: Shape, n: f64) -> Decision {
         let now = Instant::now();
-        let mut map = self.buckets.lock();
-        if map.len() >= MAX_KEYS && !map.contains_key(key) {
-            map.retain(|_, b| !b.is_full_at(now));
-        }
-        let b = map
-            .entry(key.to_string())
-            .or_insert_with(|| TokenBucket::new(shape.capacity, shape.per_sec, now));
+        // Looked up by reference: the key is copied only when a bucket is created.
+        let bucket = self.buckets.get_with_by_ref(key, || {
+            Arc::new(Mutex::new(TokenBucket::new(shape.capacity, shape.per_sec, now)))
+        });
+        let mut b = bucket.lock();
         if n <= 0.0 {
             b.adjust(-n, now);
             let remaining = b.available(now);
@@ -139,5 +156,48 @@ impl RedisStore {
             wait: Duration::from_secs_f64(f(&wait).max(0.0)),
             reset: Duration::from_secs_f64(f(&reset).max(0.0)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SHAPE: Shape = Shape {
+        capacity: 2.0,
+        per_sec: 20.0,
+    };
+
+    #[test]
+    fn bounded_by_max_keys() {
+        let s = MemoryStore::new(10, None);
+        for i in 0..1000 {
+            assert!(s.take(&format!("k{i}"), SHAPE, 1.0).allowed);
+        }
+        assert!(s.len() <= 10, "{}", s.len());
+    }
+
+    #[test]
+    fn a_bucket_is_kept_while_used_and_dropped_when_idle() {
+        // Refills from empty in 0.1 s: dropped after 0.2 s idle, full by then.
+        let s = MemoryStore::new(100, Some(Duration::from_millis(200)));
+        assert!(s.take("k", SHAPE, 2.0).allowed);
+        assert!(!s.take("k", SHAPE, 2.0).allowed, "empty bucket kept");
+        assert_eq!(s.len(), 1);
+        std::thread::sleep(Duration::from_millis(400));
+        assert_eq!(s.len(), 0);
+        assert!(s.take("k", SHAPE, 2.0).allowed);
+    }
+
+    #[test]
+    fn give_back_and_take() {
+        let s = MemoryStore::new(100, None);
+        let slow = Shape {
+            capacity: 10.0,
+            per_sec: 0.001,
+        };
+        assert_eq!(s.take("k", slow, 8.0).remaining.round(), 2.0);
+        assert_eq!(s.take("k", slow, -5.0).remaining.round(), 7.0);
+        assert!(!s.take("k", slow, 8.0).allowed);
     }
 }

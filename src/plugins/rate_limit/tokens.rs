@@ -1,6 +1,7 @@
 //! Counting prompt tokens with OpenAI's BPE (o200k_base, bundled offline), so
 //! token budgets can be reserved before a request goes out.
 
+use bytes::Bytes;
 use once_cell::sync::Lazy;
 use serde_json::Value;
 use tiktoken_rs::CoreBPE;
@@ -12,11 +13,25 @@ pub fn warm_up() {
     Lazy::force(&BPE);
 }
 
-fn count_text(s: &str) -> u64 {
+/// Bodies up to this size are counted inline: the BPE over a few KiB takes
+/// well under a millisecond (about 1 µs a byte unoptimised, far less in release).
+pub const INLINE_MAX: usize = 4 * 1024;
+/// Bodies above this are not run through the BPE at all (seconds of CPU for
+/// megabytes): their prompt is bounded from above by its byte count instead.
+pub const EXACT_MAX: usize = 1024 * 1024;
+
+fn bpe(s: &str) -> u64 {
     BPE.encode_ordinary(s).len() as u64
 }
 
-fn count_content(v: &Value) -> u64 {
+/// Every o200k_base token stands for at least one byte of the UTF-8 text (the
+/// tokens of a text concatenate back to exactly its bytes), so a text never
+/// has more tokens than bytes.
+fn bytes(s: &str) -> u64 {
+    s.len() as u64
+}
+
+fn count_content(v: &Value, count_text: fn(&str) -> u64) -> u64 {
     match v {
         Value::String(s) => count_text(s),
         Value::Array(parts) => parts
@@ -25,7 +40,7 @@ fn count_content(v: &Value) -> u64 {
                 Some(Value::String(t)) => count_text(t),
                 _ => 0,
             })
-            .sum(),
+            .fold(0, u64::saturating_add),
         _ => 0,
     }
 }
@@ -33,20 +48,62 @@ fn count_content(v: &Value) -> u64 {
 /// Prompt tokens of a chat, completion or embedding request body, counted the
 /// way OpenAI bills chat messages (content plus a few tokens per message).
 pub fn prompt_tokens(body: &[u8]) -> u64 {
+    count(body, bpe)
+}
+
+/// At least [`prompt_tokens`] of the body, in time linear in its size and
+/// without the BPE: the same sum with each text counted as its byte length.
+pub fn prompt_tokens_upper_bound(body: &[u8]) -> u64 {
+    count(body, bytes)
+}
+
+/// The prompt tokens to reserve for a body, never fewer than
+/// [`prompt_tokens`]. Small bodies are counted exactly here; larger ones on
+/// the blocking pool, so no async worker spends milliseconds in the BPE or
+/// the JSON parse; bodies above [`EXACT_MAX`] get the byte-count bound.
+pub async fn reserve_prompt_tokens(body: &Bytes) -> u64 {
+    if body.len() <= INLINE_MAX {
+        return prompt_tokens(body);
+    }
+    let b = body.clone();
+    let counted = tokio::task::spawn_blocking(move || {
+        if b.len() <= EXACT_MAX {
+            prompt_tokens(&b)
+        } else {
+            prompt_tokens_upper_bound(&b)
+        }
+    })
+    .await;
+    // If the count could not run, a cruder bound that needs no parse: the
+    // texts fit in the body, and each message costs 4 tokens in at least
+    // the 2 bytes of its `{}`.
+    counted.unwrap_or_else(|_| (body.len() as u64).saturating_mul(2).saturating_add(3))
+}
+
+fn count(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
     if let Some(Value::Array(messages)) = v.get("messages") {
-        let per_message: u64 = messages
+        let per_message = messages
             .iter()
-            .map(|m| 4 + m.get("content").map_or(0, count_content) + m.get("name").map_or(0, count_content))
-            .sum();
-        return per_message + 3;
+            .map(|m| {
+                let content = m.get("content").map_or(0, |c| count_content(c, count_text));
+                let name = m.get("name").map_or(0, |c| count_content(c, count_text));
+                4u64.saturating_add(content).saturating_add(name)
+            })
+            .fold(0, u64::saturating_add);
+        return per_message.saturating_add(3);
     }
     for field in ["prompt", "input"] {
         match v.get(field) {
             Some(Value::String(s)) => return count_text(s),
-            Some(Value::Array(items)) => return items.iter().map(count_content).sum(),
+            Some(Value::Array(items)) => {
+                return items
+                    .iter()
+                    .map(|c| count_content(c, count_text))
+                    .fold(0, u64::saturating_add)
+            }
             _ => {}
         }
     }
@@ -69,5 +126,57 @@ mod tests {
         assert_eq!(prompt_tokens(br#"{"prompt":"hello world"}"#), 2);
         assert_eq!(prompt_tokens(br#"{"input":["hello","world"]}"#), 2);
         assert_eq!(prompt_tokens(b"not json"), 0);
+    }
+
+    #[test]
+    fn upper_bound_is_at_least_the_count() {
+        for body in [
+            &br#"{"model":"m","messages":[{"role":"user","content":"hello world"}]}"#[..],
+            br#"{"model":"m","messages":[{},{},{"content":[{"text":"\u00e9t\u00e9 \ud83d\ude00"}]}]}"#,
+            br#"{"prompt":"  a  b   c \n\n\t x"}"#,
+            br#"{"input":["hello","world", "\u4f60\u597d"]}"#,
+        ] {
+            assert!(
+                prompt_tokens_upper_bound(body) >= prompt_tokens(body),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn reserve_counts_exactly_up_to_exact_max_and_bounds_above() {
+        let mid = format!(r#"{{"model":"m","prompt":"{}"}}"#, "hello world ".repeat(2000));
+        let mid = Bytes::from(mid);
+        assert!(mid.len() > INLINE_MAX && mid.len() <= EXACT_MAX);
+        assert_eq!(reserve_prompt_tokens(&mid).await, prompt_tokens(&mid));
+        let text = "ab ".repeat(EXACT_MAX / 3 + 1);
+        let big = Bytes::from(format!(r#"{{"model":"m","prompt":"{text}"}}"#));
+        assert_eq!(reserve_prompt_tokens(&big).await, text.len() as u64);
+    }
+
+    mod props {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+            #[test]
+            fn byte_bound_never_under_counts(
+                texts in proptest::collection::vec(proptest::collection::vec(any::<char>(), 0..24), 0..4),
+                chat in any::<bool>(),
+            ) {
+                let texts: Vec<String> = texts.into_iter().map(String::from_iter).collect();
+                let body = if chat {
+                    let msgs: Vec<_> = texts.iter().map(|t| serde_json::json!({"role": "user", "content": t})).collect();
+                    serde_json::json!({"model": "m", "messages": msgs})
+                } else {
+                    serde_json::json!({"model": "m", "input": texts})
+                };
+                let body = serde_json::to_vec(&body).unwrap();
+                prop_assert!(prompt_tokens_upper_bound(&body) >= prompt_tokens(&body));
+            }
+        }
     }
 }
