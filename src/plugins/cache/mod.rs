@@ -282,7 +282,7 @@ impl Cache {
             if let Some(u) = usage {
                 metrics::LLM_TOKENS
                     .with_label_values(&[&self.name, &head.model, "cached"])
-                    .inc_by(u.prompt_tokens + u.completion_tokens);
+                    .inc_by(u.prompt_tokens.saturating_add(u.completion_tokens));
                 ctx.usage = Some(u);
             }
         }
