@@ -11,13 +11,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn module(name: &str) -> String {
-    let p = repo().join(format!("plugins/{name}/{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh` (./dev test does)",
-        p.display()
-    );
-    p.display().to_string()
+    wasm_module(name)
 }
 
 fn gateway(providers: &str, plugins: &str, routes: &str) -> String {

@@ -8,13 +8,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn module(name: &str) -> String {
-    let p = repo().join(format!("plugins/{name}/{name}.wasm"));
-    assert!(
-        p.exists(),
-        "{} is missing: run `bash plugins/build.sh` (./dev test does)",
-        p.display()
-    );
-    p.display().to_string()
+    wasm_module(name)
 }
 
 /// A gateway with provider `m1` (the mock), a route `filtered` through

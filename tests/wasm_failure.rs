@@ -8,12 +8,7 @@ use std::time::Duration;
 use support::*;
 
 fn gateway(mock: &Mock, phase: &str, on_error: &str) -> Weir {
-    let module = repo().join("plugins/fault/fault.wasm");
-    assert!(
-        module.exists(),
-        "{} is missing: run `bash plugins/build.sh`",
-        module.display()
-    );
+    let module = wasm_module("fault");
     let cfg = format!(
         "server: {{ listen: [\"127.0.0.1:{{PORT}}\"] }}\nadmin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
          providers:\n  m: {{ url: \"{}\", models: [m] }}\n\
@@ -21,7 +16,7 @@ fn gateway(mock: &Mock, phase: &str, on_error: &str) -> Weir {
          \x20   config: {{ fault: panic, when_header: x-boom, phase: {phase} }} }}\n\
          routes:\n  - {{ name: chat, plugins: [boom], providers: [m] }}\n",
         mock.url(),
-        module.display()
+        module
     );
     spawn_weir(&cfg, &[])
 }

@@ -442,14 +442,7 @@ impl Pipeline {
         by: Option<usize>,
     ) -> Result<(), Failure> {
         let LocalResponse { mut header, body } = r;
-        let mut body = finish_local(ctx, &mut header, body, by);
-        if let Some(e) = ctx.failed.take() {
-            // A fail-closed filter could not vet this answer: send its error, unfiltered.
-            body = e.body();
-            header = e.response_header(body.len(), &ctx.request_id);
-            ctx.status = e.status();
-            ctx.error = Some(e);
-        }
+        let body = finish_local(ctx, &mut header, body, by);
         d.write_header(header, false).await.map_err(|_| Failure::ClientGone)?;
         d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
     }
@@ -466,13 +459,7 @@ impl Pipeline {
         let body = e.body();
         let mut header = e.response_header(body.len(), &ctx.request_id);
         ctx.error = Some(e);
-        let mut body = finish_local(ctx, &mut header, body, by);
-        if let Some(e) = ctx.failed.take() {
-            body = e.body();
-            header = e.response_header(body.len(), &ctx.request_id);
-            ctx.status = e.status();
-            ctx.error = Some(e);
-        }
+        let body = finish_local(ctx, &mut header, body, by);
         if d.write_header(header, false).await.is_ok() {
             let _ = d.write_body(body, true).await;
         }
@@ -480,7 +467,8 @@ impl Pipeline {
 }
 
 /// Run a complete local response through the response phases (reverse
-/// route order, over the plugins that ran, `by` excepted) and fix its length.
+/// route order, over the plugins that ran, `by` excepted) and fix its
+/// length; a fail-closed filter that failed on it replaces it with its error.
 fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Bytes, by: Option<usize>) -> Bytes {
     let _ = header.insert_header("content-length", body.len().to_string());
     let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
@@ -500,6 +488,12 @@ fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Byt
         if body.len() != len {
             let _ = header.insert_header("content-length", body.len().to_string());
         }
+    }
+    if let Some(e) = ctx.failed.take() {
+        // A fail-closed filter could not vet this answer: send its error, unfiltered.
+        body = e.body();
+        *header = e.response_header(body.len(), &ctx.request_id);
+        ctx.error = Some(e);
     }
     ctx.status = header.status.as_u16();
     body

@@ -334,3 +334,14 @@ pub fn metric_settles(weir: &Weir, name: &str, labels: &[(&str, &str)], expected
     });
     last
 }
+
+/// Path of a wasm filter built from `plugins/` (`./dev test` builds them).
+pub fn wasm_module(name: &str) -> String {
+    let p = repo().join(format!("plugins/{name}/{name}.wasm"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `bash plugins/build.sh` (./dev test does)",
+        p.display()
+    );
+    p.display().to_string()
+}
