@@ -2,7 +2,8 @@
 //! a precise answer (a 4xx from weir or Pingora) or a closed connection,
 //! none takes a provider slot it does not use, and weir never panics.
 //! Cases with dedicated tests elsewhere (client_timeouts.rs, upstream_edge.rs)
-//! get a compact one here too, so this file is the edge checklist.
+//! get a compact one here too, so this file is the edge checklist. Run with
+//! `--nocapture` to see each case's outcome and timing (`[hostile]` lines).
 
 mod support;
 use std::io::{Read, Write};
@@ -51,7 +52,7 @@ fn gateway() -> Gateway {
     let m = spawn_mock(&[]);
     let big = spawn_mock(&["--completion-tokens", "1500000"]);
     let conf = format!(
-        "server:\n  listen: [\"127.0.0.1:{{PORT}}\"]\n  threads: 2\n  timeouts: {{ request_body: 1s, client_write: 1s }}\n\
+        "server:\n  listen: [\"127.0.0.1:{{PORT}}\"]\n  threads: 2\n  timeouts: {{ request_headers: 2s, request_body: 1s, client_write: 1s }}\n\
          admin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
          providers:\n  m: {{ url: \"{}\", models: [m], bulkhead: {{ max_concurrent: 1, queue: 0 }} }}\n  big: {{ url: \"{}\", models: [big] }}\n\
          routes:\n  - {{ name: chat, providers: [m, big] }}\n",
@@ -401,37 +402,83 @@ fn tiny_window_client(port: u16) -> TcpStream {
     }
 }
 
-/// Slowloris: a header trickled a byte a second. Pingora bounds each read
-/// (60 s), not the whole header, so the connection stays open while bytes
-/// keep coming; what weir guarantees is that it costs no provider slot (the
-/// request does not exist before its header is whole) and others are served.
-#[test]
-fn slowloris_headers_take_no_slot() {
-    let g = gateway();
+/// Trickle `head` a few bytes every 300 ms, then wait: the outcome once the
+/// gateway closes (or 6 s pass). `started` is when the first byte went out.
+fn trickle(mut s: TcpStream, head: &[u8]) -> Outcome {
     let started = Instant::now();
-    let mut s = TcpStream::connect(("127.0.0.1", g.weir.port)).unwrap();
-    s.write_all(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\n")
-        .unwrap();
-    s.set_read_timeout(Some(Duration::from_millis(700))).unwrap();
-    let mut buf = [0u8; 1024];
-    for i in 0..4 {
-        s.write_all(b"X-Slow-").unwrap();
-        // Meanwhile `m`'s single slot is free: a held slot would make this a 503.
-        g.served();
-        assert_eq!(g.in_flight("m"), 0.0);
-        match s.read(&mut buf) {
-            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
-            other => panic!("round {i}: the trickling client got {other:?}"),
+    s.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    for piece in head.chunks(8) {
+        if s.write_all(piece).is_err() {
+            break; // closed under us: drain tells
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        if started.elapsed() > Duration::from_secs(6) {
+            break;
         }
     }
-    // Finishing the header makes it an ordinary request.
-    let body = chat("m", false);
-    s.write_all(format!("Done: 1\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes())
-        .unwrap();
-    s.write_all(&body).unwrap();
-    let o = drain(s, started, Duration::from_millis(1500));
-    report("slowloris headers (completed)", &o);
-    assert_eq!(o.status(), Some(200), "{o:?}");
+    drain(s, started, Duration::from_secs(6))
+}
+
+/// Slowloris: a header trickled a few bytes at a time. Pingora bounds each
+/// read (60 s), not the whole; weir closes the connection once the header
+/// is not whole `request_headers` (here 2 s) after its first byte (a new
+/// connection's: after the accept), with no answer. Meanwhile it holds no
+/// provider slot and others are served; idle keep-alive time is not counted.
+#[test]
+fn slowloris_headers_are_cut_at_request_headers() {
+    let g = gateway();
+    let head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nX-Slow-1: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nX-Slow-2: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\nContent-Length: 2\r\n\r\n{}";
+    let port = g.weir.port;
+    // A fresh connection trickling its header.
+    let fresh = std::thread::spawn(move || trickle(TcpStream::connect(("127.0.0.1", port)).unwrap(), head));
+    // A fresh connection that never sends a byte.
+    let silent = std::thread::spawn(move || {
+        let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        drain(s, Instant::now(), Duration::from_secs(6))
+    });
+    // A kept-alive connection: served, idle past the deadline, served again
+    // (the idle time is not the header's), then trickling.
+    let kept = std::thread::spawn(move || {
+        // Weir answers this one itself (404): `m`'s one slot is the probe's.
+        let request = b"GET /nothing-here HTTP/1.1\r\nHost: x\r\n\r\n";
+        let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut statuses = Vec::new();
+        for pause in [Duration::ZERO, Duration::from_millis(2500)] {
+            std::thread::sleep(pause);
+            s.write_all(request).unwrap();
+            let mut buf = [0u8; 8192];
+            let n = s.read(&mut buf).unwrap();
+            statuses.push(String::from_utf8_lossy(&buf[..n]).get(9..12).unwrap_or("").to_string());
+        }
+        (statuses, trickle(s, head))
+    });
+    // Meanwhile `m`'s single slot stays free: a held slot would make this a 503.
+    for _ in 0..4 {
+        g.served();
+        // (released just after the answer is written)
+        assert!(eventually(Duration::from_secs(1), || g.in_flight("m") == 0.0));
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let cut = Duration::from_secs(2)..Duration::from_millis(3500);
+    for (case, o) in [
+        ("slowloris headers (new connection)", fresh.join().unwrap()),
+        ("silent new connection", silent.join().unwrap()),
+    ] {
+        report(case, &o);
+        assert!(o.closed && o.text.is_empty(), "{case}: {o:?}");
+        assert!(cut.contains(&o.took), "{case}: closed after {:?}", o.took);
+    }
+    let (statuses, o) = kept.join().unwrap();
+    report("slowloris headers (kept-alive connection)", &o);
+    assert_eq!(statuses, ["404", "404"], "keep-alive idle past request_headers is fine");
+    assert!(o.closed && o.text.is_empty(), "{o:?}");
+    assert!(cut.contains(&o.took), "closed after {:?}", o.took);
+    assert_eq!(
+        g._mocks[0].stats()["completions"],
+        4,
+        "only whole requests reached the provider"
+    );
     g.assert_no_panic();
 }
 
@@ -473,7 +520,9 @@ fn two_thousand_idle_keepalive_connections() {
         after < before + N as u64 * 96,
         "RSS grew from {before} KiB to {after} KiB"
     );
-    // They are still open, and a new client is served meanwhile.
+    // They are still open past `request_headers` (2 s: idle keep-alive time
+    // is not a header's), and a new client is served meanwhile.
+    std::thread::sleep(Duration::from_millis(2500));
     g.served();
     for s in conns.iter_mut().step_by(97) {
         s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
