@@ -192,6 +192,16 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
     if body.is_empty() {
         return Err(HeadError::new("request body is empty; expected a JSON object"));
     }
+    // serde skips the fields weir ignores without checking their UTF-8 or
+    // depth: refuse here what the provider would refuse after taking a slot.
+    if std::str::from_utf8(body).is_err() {
+        return Err(HeadError::new("request body is not valid JSON: it is not UTF-8"));
+    }
+    if too_deep(body) {
+        return Err(HeadError::new(format!(
+            "request body is not valid JSON: nested deeper than {MAX_DEPTH} levels"
+        )));
+    }
     let head: RawHead = serde_json::from_slice(body).map_err(|e| {
         HeadError::new(if e.classify() == serde_json::error::Category::Data {
             format!("request body is not a valid OpenAI request: {e}")
@@ -249,6 +259,38 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
         max_tokens: max_completion_tokens.or(max_tokens),
         n: n.unwrap_or(1),
     })
+}
+
+/// serde_json's own recursion limit, which providers parsing the whole body hit.
+const MAX_DEPTH: usize = 128;
+
+/// Whether arrays and objects nest deeper than `MAX_DEPTH` (brackets inside
+/// strings don't count). One pass, no allocation.
+fn too_deep(body: &[u8]) -> bool {
+    let (mut depth, mut in_str, mut escaped) = (0usize, false, false);
+    for &b in body {
+        if in_str {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_str = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_str = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > MAX_DEPTH {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The body with the model's value replaced, every other byte unchanged.
@@ -628,6 +670,17 @@ mod tests {
             .contains("must be a string"));
         assert!(parse_head(b"[1,2]").is_err());
         assert!(parse_head(b"").is_err());
+        let bad_utf8 = b"{\"messages\":\"\xff\",\"model\":\"m\"}";
+        assert!(parse_head(bad_utf8).unwrap_err().message.contains("not UTF-8"));
+        let deep = |n| format!("{{\"m\":{}{},\"model\":\"m\"}}", "[".repeat(n), "]".repeat(n));
+        assert!(parse_head(deep(127).as_bytes()).is_ok());
+        assert!(parse_head(deep(128).as_bytes())
+            .unwrap_err()
+            .message
+            .contains("deeper than 128"));
+        // Brackets and escaped quotes inside strings are not nesting.
+        let in_str = format!(r#"{{"x":"\"{}","model":"m"}}"#, "[".repeat(500));
+        assert!(parse_head(in_str.as_bytes()).is_ok());
     }
 
     #[test]

@@ -6,18 +6,109 @@
 //! Pingora phase      -> weir
 //! `request_filter`   -> pick the generation and route, `Pipeline::serve`
 //! `logging`          -> the log phase, request metrics
+//!
+//! `HeaderDeadline` wraps Pingora's HTTP app to bound the request header.
 
 use crate::metrics;
 use crate::pipeline::{Downstream, Ended, Pipeline, RequestCtx};
 use crate::runtime::Gateway;
 use async_trait::async_trait;
 use bytes::Bytes;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use pingora_core::protocols::http::v2::server::H2Options;
+use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
-use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+tokio::task_local! {
+    /// Set once the current request's header is parsed (`new_ctx` runs).
+    static HEADER_READ: Arc<AtomicBool>;
+}
+
+/// Pingora's HTTP proxy app with a deadline on each request header
+/// (`server.timeouts.request_headers`). Pingora bounds each read of a
+/// header (60 s), not the whole: a client sending a byte every few seconds
+/// would hold its connection for ever. Past the deadline the connection is
+/// closed without an answer, as nginx does.
+pub struct HeaderDeadline {
+    inner: Arc<HttpProxy<WeirProxy>>,
+    gateway: Arc<Gateway>,
+}
+
+impl HeaderDeadline {
+    /// Wrap `proxy`; the deadline is read from the current generation.
+    pub fn new(proxy: HttpProxy<WeirProxy>, gateway: Arc<Gateway>) -> Self {
+        HeaderDeadline {
+            inner: Arc::new(proxy),
+            gateway,
+        }
+    }
+}
+
+#[async_trait]
+impl HttpServerApp for HeaderDeadline {
+    async fn process_new_http(
+        self: &Arc<Self>,
+        session: ServerSession,
+        shutdown: &ShutdownWatch,
+    ) -> Option<ReusedHttpStream> {
+        let limit = self.gateway.current().client_timeouts.request_headers.0;
+        let keepalive = session.get_keepalive();
+        let read = Arc::new(AtomicBool::new(false));
+        let serve = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
+        tokio::pin!(serve);
+        let reused = tokio::select! {
+            r = &mut serve => r,
+            _ = tokio::time::sleep(limit) => {
+                if !read.load(Ordering::Relaxed) {
+                    log::debug!("request header not complete within {limit:?}: connection closed");
+                    return None; // dropping the session closes the connection
+                }
+                serve.await
+            }
+        };
+        // Wait here for the next request's first byte, so that its deadline
+        // starts there and the keep-alive idle time is not counted in it.
+        let (mut stream, settings) = reused?.consume();
+        next_request(&mut stream, keepalive, shutdown).await?;
+        Some(ReusedHttpStream::new(stream, settings))
+    }
+
+    fn server_options(&self) -> Option<&HttpServerOptions> {
+        self.inner.server_options()
+    }
+
+    fn h2_options(&self) -> Option<H2Options> {
+        self.inner.h2_options()
+    }
+
+    async fn http_cleanup(&self) {
+        self.inner.http_cleanup().await
+    }
+}
+
+/// Wait until a kept-alive connection has a byte of its next request:
+/// `None` (close it) if it idles past the keep-alive time, closes, or the
+/// server shuts down — what Pingora itself does with an idle connection.
+/// Weir listens on plain TCP, whose streams can peek; one that cannot (TLS)
+/// returns at once, and its next header's deadline includes the idle time.
+/// Pingora's pipelining (bytes of the next request already read) is off.
+async fn next_request(stream: &mut Stream, keepalive: Option<u64>, shutdown: &ShutdownWatch) -> Option<()> {
+    let idle = Duration::from_secs(keepalive.unwrap_or(60));
+    let mut shutdown = shutdown.clone();
+    let mut byte = [0u8; 1];
+    tokio::select! {
+        r = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(_))).then_some(()),
+        _ = shutdown.wait_for(|down| *down) => None,
+    }
+}
 
 /// Weir's `ProxyHttp`.
 pub struct WeirProxy {
@@ -100,6 +191,8 @@ impl ProxyHttp for WeirProxy {
     type CTX = RequestCtx;
 
     fn new_ctx(&self) -> RequestCtx {
+        // The header is whole: `HeaderDeadline` no longer applies.
+        let _ = HEADER_READ.try_with(|read| read.store(true, Ordering::Relaxed));
         RequestCtx::default()
     }
 

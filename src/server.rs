@@ -2,7 +2,7 @@
 //! and the admin API on `admin.listen`.
 
 use crate::admin::Admin;
-use crate::proxy::WeirProxy;
+use crate::proxy::{HeaderDeadline, WeirProxy};
 use crate::runtime::Gateway;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -38,11 +38,9 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        WeirProxy::new(gateway.clone()),
-        "weir proxy",
-    );
+    let mut app = pingora_proxy::HttpProxy::new(WeirProxy::new(gateway.clone()), server.configuration.clone());
+    app.handle_init_modules();
+    let mut proxy = Service::new("weir proxy".to_string(), HeaderDeadline::new(app, gateway.clone()));
     for l in &server_conf.listen {
         proxy.add_tcp(l);
     }

@@ -51,7 +51,18 @@ routes:
         let (c, _) = parse(GOOD, Path::new("t.yaml")).unwrap();
         assert_eq!(c.server.threads, 2);
         assert_eq!(c.server.max_request_body, Size(8 * 1024 * 1024));
+        assert_eq!(c.server.timeouts.request_headers.0, std::time::Duration::from_secs(10));
         assert_eq!(c.providers["a"].models.pairs(), vec![("pub".into(), "up".into())]);
+    }
+
+    #[test]
+    fn zero_header_timeout_refused() {
+        let e = err(&GOOD.replace("  listen: [", "  timeouts: { request_headers: 0s }\n  listen: ["));
+        assert!(
+            e.to_string()
+                .contains("server.timeouts.request_headers: must be above zero"),
+            "{e}"
+        );
     }
 
     #[test]

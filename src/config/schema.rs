@@ -40,6 +40,10 @@ pub struct ServerConf {
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTimeouts {
+    /// The whole request header, from its first byte (a new connection's
+    /// from the accept) to its end.
+    #[serde(default = "d_request_headers")]
+    pub request_headers: Dur,
     /// The whole request body, from the first byte read to the last.
     #[serde(default = "d_request_body")]
     pub request_body: Dur,
@@ -49,6 +53,9 @@ pub struct ClientTimeouts {
     pub client_write: Dur,
 }
 
+fn d_request_headers() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
 fn d_request_body() -> Dur {
     Dur(std::time::Duration::from_secs(60))
 }
@@ -59,6 +66,7 @@ fn d_client_write() -> Dur {
 impl Default for ClientTimeouts {
     fn default() -> Self {
         ClientTimeouts {
+            request_headers: d_request_headers(),
             request_body: d_request_body(),
             client_write: d_client_write(),
         }
