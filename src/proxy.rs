@@ -59,8 +59,8 @@ impl HttpServerApp for HeaderDeadline {
         session: ServerSession,
         shutdown: &ShutdownWatch,
     ) -> Option<ReusedHttpStream> {
-        let limit = self.gateway.current().client_timeouts.request_headers.0;
-        let keepalive = session.get_keepalive();
+        let timeouts = self.gateway.current().client_timeouts;
+        let limit = timeouts.request_headers.0;
         let read = Arc::new(AtomicBool::new(false));
         let serve = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
         tokio::pin!(serve);
@@ -77,7 +77,7 @@ impl HttpServerApp for HeaderDeadline {
         // Wait here for the next request's first byte, so that its deadline
         // starts there and the keep-alive idle time is not counted in it.
         let (mut stream, settings) = reused?.consume();
-        next_request(&mut stream, keepalive, shutdown).await?;
+        next_request(&mut stream, timeouts.keepalive_idle.0, shutdown).await?;
         Some(ReusedHttpStream::new(stream, settings))
     }
 
@@ -95,13 +95,12 @@ impl HttpServerApp for HeaderDeadline {
 }
 
 /// Wait until a kept-alive connection has a byte of its next request:
-/// `None` (close it) if it idles past the keep-alive time, closes, or the
+/// `None` (close it) if it idles past `idle`, closes, or the
 /// server shuts down — what Pingora itself does with an idle connection.
 /// Weir listens on plain TCP, whose streams can peek; one that cannot (TLS)
 /// returns at once, and its next header's deadline includes the idle time.
 /// Pingora's pipelining (bytes of the next request already read) is off.
-async fn next_request(stream: &mut Stream, keepalive: Option<u64>, shutdown: &ShutdownWatch) -> Option<()> {
-    let idle = Duration::from_secs(keepalive.unwrap_or(60));
+async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWatch) -> Option<()> {
     let mut shutdown = shutdown.clone();
     let mut byte = [0u8; 1];
     tokio::select! {

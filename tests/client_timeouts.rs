@@ -149,3 +149,49 @@ fn a_trickled_body_gets_408_and_takes_no_slot() {
     let r = post(&weir.url("/v1/chat/completions"), &chat("m", false), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
 }
+
+#[test]
+fn an_idle_keep_alive_connection_is_closed_after_keepalive_idle() {
+    let mock = spawn_mock(&[]);
+    let cfg = format!(
+        "server: {{ listen: [\"127.0.0.1:{{PORT}}\"], timeouts: {{ keepalive_idle: 1s }} }}\n\
+         admin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
+         providers:\n  m: {{ url: \"{}\", models: [m] }}\n\
+         routes:\n  - {{ name: chat, providers: [m] }}\n",
+        mock.url()
+    );
+    let weir = spawn_weir(&cfg, &[]);
+    let mut c = raw_request(weir.port, "POST", "/v1/chat/completions", &chat("m", false));
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Read the whole answer (its content-length says where it ends).
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let complete = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, body)) = text.split_once("\r\n\r\n") else {
+            return false;
+        };
+        let len = head
+            .lines()
+            .find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().to_string())
+            })
+            .and_then(|v| v.parse::<usize>().ok());
+        len.is_some_and(|n| body.len() >= n)
+    };
+    while !complete(&got) {
+        let n = c.read(&mut buf).unwrap();
+        assert!(n > 0, "closed before the answer was complete");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"), "{}", String::from_utf8_lossy(&got));
+    // Kept alive, then closed once idle past keepalive_idle.
+    let idle_from = Instant::now();
+    let n = c.read(&mut buf).expect("closed, not timed out");
+    assert_eq!(n, 0, "nothing more is sent");
+    let idle = idle_from.elapsed();
+    assert!(idle >= Duration::from_millis(800), "kept alive a while first: {idle:?}");
+    assert!(idle < Duration::from_secs(4), "closed after keepalive_idle: {idle:?}");
+}

@@ -21,6 +21,9 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
     if c.server.threads == 0 {
         ck.error("server.threads", "must be at least 1");
     }
+    if c.server.timeouts.keepalive_idle.0.is_zero() {
+        ck.error("server.timeouts.keepalive_idle", "must be above zero");
+    }
     if c.server.timeouts.request_headers.0.is_zero() {
         ck.error("server.timeouts.request_headers", "must be above zero");
     }

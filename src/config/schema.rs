@@ -51,6 +51,9 @@ pub struct ClientTimeouts {
     /// bytes accepted, not the whole response: long streams are fine).
     #[serde(default = "d_client_write")]
     pub client_write: Dur,
+    /// Longest a kept-alive connection may wait idle for its next request.
+    #[serde(default = "d_keepalive_idle")]
+    pub keepalive_idle: Dur,
 }
 
 fn d_request_headers() -> Dur {
@@ -62,6 +65,9 @@ fn d_request_body() -> Dur {
 fn d_client_write() -> Dur {
     Dur(std::time::Duration::from_secs(30))
 }
+fn d_keepalive_idle() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
 
 impl Default for ClientTimeouts {
     fn default() -> Self {
@@ -69,6 +75,7 @@ impl Default for ClientTimeouts {
             request_headers: d_request_headers(),
             request_body: d_request_body(),
             client_write: d_client_write(),
+            keepalive_idle: d_keepalive_idle(),
         }
     }
 }
