@@ -922,3 +922,86 @@ mod props {
         }
     }
 }
+
+#[cfg(test)]
+mod sse_props {
+    use super::*;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// An SSE stream of content chunks, a usage-only chunk and `[DONE]`.
+    fn stream(contents: &[String], usage: (u64, u64)) -> Vec<u8> {
+        let mut s = Vec::new();
+        for c in contents {
+            let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": c}}]});
+            s.extend_from_slice(format!("data: {chunk}\n\n").as_bytes());
+        }
+        let u = serde_json::json!({"choices": [], "usage": {"prompt_tokens": usage.0, "completion_tokens": usage.1}});
+        s.extend_from_slice(format!("data: {u}\n\ndata: [DONE]\n\n").as_bytes());
+        s
+    }
+
+    /// `s` cut into pieces at the given points.
+    fn pieces(s: &[u8], cuts: &[usize]) -> Vec<Vec<u8>> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (s.len() + 1)).collect();
+        at.sort_unstable();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for c in at.into_iter().chain([s.len()]) {
+            out.push(s[from..c].to_vec());
+            from = c;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// Arbitrary bytes in arbitrary chunks: no panic anywhere usage is read.
+        #[test]
+        fn sse_and_usage_readers_never_panic(chunks in vec(vec(any::<u8>(), 0..64), 0..8)) {
+            let mut scanner = SseUsageScanner::default();
+            let mut strip = UsageChunkStripper::default();
+            let mut all = Vec::new();
+            for c in &chunks {
+                scanner.feed(c);
+                let _ = strip.filter(c);
+                all.extend_from_slice(c);
+            }
+            let _ = strip.finish();
+            let _ = usage_of_json(&all);
+            let _ = assemble_stream(&all);
+        }
+
+        /// However a stream is cut into chunks, the usage found is the same,
+        /// and stripping removes exactly the usage event, every other byte kept.
+        #[test]
+        fn chunking_changes_nothing(
+            contents in vec("[a-z \\n\"{}\\[\\]]{0,12}", 0..6),
+            usage in (0u64..1_000_000, 0u64..1_000_000),
+            cuts in vec(any::<usize>(), 0..8),
+        ) {
+            let s = stream(&contents, usage);
+            let mut scanner = SseUsageScanner::default();
+            let mut strip = UsageChunkStripper::default();
+            let mut out = Vec::new();
+            for p in pieces(&s, &cuts) {
+                scanner.feed(&p);
+                out.extend_from_slice(&strip.filter(&p));
+            }
+            out.extend_from_slice(&strip.finish());
+            let u = scanner.usage.expect("usage found");
+            prop_assert_eq!((u.prompt_tokens, u.completion_tokens), usage);
+            let without_usage = stream(&contents, usage);
+            let usage_event = without_usage
+                .windows(12)
+                .position(|w| w == b"\"choices\":[]")
+                .map(|i| without_usage[..i].iter().rposition(|&b| b == b'\n').map_or(0, |j| j + 1));
+            let start = usage_event.expect("the usage event is there");
+            let end = start + without_usage[start..].windows(2).position(|w| w == b"\n\n").unwrap() + 2;
+            let mut expected = without_usage[..start].to_vec();
+            expected.extend_from_slice(&without_usage[end..]);
+            prop_assert_eq!(out, expected);
+        }
+    }
+}

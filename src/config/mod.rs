@@ -172,3 +172,36 @@ routes:
         assert_eq!(ck.errors[0].line, Some(11), "{}", ck.errors[0]);
     }
 }
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use proptest::prelude::*;
+    use std::path::Path;
+
+    const GOOD: &str = "server:\n  listen: [\"127.0.0.1:8080\"]\nproviders:\n  a:\n    url: http://127.0.0.1:9000/v1\n    models: { pub: up }\nplugins:\n  p: { type: rate_limit, requests: { per_second: 1, burst: 1 } }\nroutes:\n  - name: chat\n    plugins: [p]\n    providers: [a]\n";
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(10_000))]
+
+        /// Any text: a config or located errors, never a panic.
+        #[test]
+        fn parse_never_panics(text in "\\PC{0,200}") {
+            let _ = parse(&text, Path::new("t.yaml"));
+        }
+
+        /// A good config with one character replaced: every error it gives
+        /// names the file.
+        #[test]
+        fn a_damaged_config_gives_located_errors(at in 0..GOOD.len(), c in any::<char>()) {
+            let mut text: Vec<char> = GOOD.chars().collect();
+            let i = at % text.len();
+            text[i] = c;
+            let text: String = text.into_iter().collect();
+            if let Err(e) = parse(&text, Path::new("t.yaml")) {
+                prop_assert!(e.0.iter().all(|e| e.file == Path::new("t.yaml")));
+                prop_assert!(!e.0.is_empty());
+            }
+        }
+    }
+}
