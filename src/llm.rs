@@ -876,7 +876,7 @@ mod props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000.max(ProptestConfig::default().cases)))]
 
         #[test]
         fn parse_head_never_panics_on_bytes(b in vec(any::<u8>(), 0..200)) {
@@ -955,7 +955,7 @@ mod sse_props {
     }
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000.max(ProptestConfig::default().cases)))]
 
         /// Arbitrary bytes in arbitrary chunks: no panic anywhere usage is read.
         #[test]

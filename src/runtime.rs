@@ -376,7 +376,7 @@ mod props {
     const GOOD: &str = "server:\n  listen: [\"127.0.0.1:8080\"]\nproviders:\n  a:\n    url: http://127.0.0.1:9000/v1\n    models: { pub: up }\nplugins:\n  p: { type: rate_limit, key: header:x-t, requests: { per_second: 1, burst: 1 } }\n  b: { type: circuit_breaker, failure_rate: 0.5 }\n  c: { type: cache, ttl: 1m }\nroutes:\n  - name: chat\n    plugins: [p, b, c]\n    providers: [a]\n";
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000.max(ProptestConfig::default().cases)))]
 
         /// The whole load, plugin settings through their factories included:
         /// a good config with one character replaced builds, or gives located

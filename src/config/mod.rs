@@ -182,7 +182,7 @@ mod props {
     const GOOD: &str = "server:\n  listen: [\"127.0.0.1:8080\"]\nproviders:\n  a:\n    url: http://127.0.0.1:9000/v1\n    models: { pub: up }\nplugins:\n  p: { type: rate_limit, requests: { per_second: 1, burst: 1 } }\nroutes:\n  - name: chat\n    plugins: [p]\n    providers: [a]\n";
 
     proptest! {
-        #![proptest_config(ProptestConfig::with_cases(10_000))]
+        #![proptest_config(ProptestConfig::with_cases(10_000.max(ProptestConfig::default().cases)))]
 
         /// Any text: a config or located errors, never a panic.
         #[test]

@@ -531,7 +531,7 @@ mod tests {
         use proptest::prelude::*;
 
         proptest! {
-            #![proptest_config(ProptestConfig::with_cases(10_000))]
+            #![proptest_config(ProptestConfig::with_cases(10_000.max(ProptestConfig::default().cases)))]
 
             #[test]
             fn key_derivation_bounded_and_injective(
