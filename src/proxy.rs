@@ -9,12 +9,14 @@
 //!
 //! `HeaderDeadline` wraps Pingora's HTTP app to bound the request header.
 
+use crate::error::{ErrorKind, WeirError};
 use crate::metrics;
 use crate::pipeline::{Downstream, Ended, Pipeline, RequestCtx};
 use crate::runtime::Gateway;
 use async_trait::async_trait;
 use bytes::Bytes;
-use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream};
+use parking_lot::Mutex;
+use pingora_core::apps::{HttpServerApp, HttpServerOptions, ReusedHttpStream, ServerApp};
 use pingora_core::protocols::http::v2::server::H2Options;
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
@@ -23,9 +25,11 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::AsyncWriteExt;
 
 tokio::task_local! {
     /// Set once the current request's header is parsed (`new_ctx` runs).
@@ -106,6 +110,75 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     tokio::select! {
         r = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(_))).then_some(()),
         _ = shutdown.wait_for(|down| *down) => None,
+    }
+}
+
+/// The client connections of each listener (by local port), bounded by
+/// `server.max_connections`: past it a new connection is answered 503
+/// `queue_full` (`x-weir-queue: connections:<port>`) at once and closed,
+/// without reading its request. Open connections are never cut.
+pub struct ConnectionCap<A> {
+    inner: Arc<A>,
+    gateway: Arc<Gateway>,
+    open: Mutex<HashMap<u16, Arc<AtomicUsize>>>,
+}
+
+impl<A> ConnectionCap<A> {
+    pub fn new(inner: A, gateway: Arc<Gateway>) -> Self {
+        ConnectionCap {
+            inner: Arc::new(inner),
+            gateway,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+/// One open connection, counted down when it closes.
+struct OpenConnection(Arc<AtomicUsize>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
+    async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        let port = stream
+            .get_socket_digest()
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
+            .unwrap_or(0);
+        let counter = self.open.lock().entry(port).or_default().clone();
+        let max = self.gateway.current().max_connections;
+        if counter.fetch_add(1, Ordering::AcqRel) >= max {
+            counter.fetch_sub(1, Ordering::AcqRel);
+            let queue = format!("connections:{port}");
+            metrics::QUEUE_REJECTED.with_label_values(&[&queue, "full"]).inc();
+            let e = WeirError::new(
+                ErrorKind::QueueFull,
+                format!("listener port {port} has {max} connections open (server.max_connections); retry shortly"),
+            );
+            let body = e.body();
+            let head = format!(
+                "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+                 retry-after: 1\r\nx-weir-queue: {queue}\r\nconnection: close\r\n\r\n",
+                body.len()
+            );
+            let refuse = async {
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(&body).await?;
+                stream.shutdown().await
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+            return None;
+        }
+        let _open = OpenConnection(counter);
+        self.inner.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
     }
 }
 

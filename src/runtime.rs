@@ -28,6 +28,8 @@ pub struct Runtime {
     pub plugins: indexmap::IndexMap<String, Arc<PluginInstance>>,
     pub max_request_body: usize,
     pub client_timeouts: config::ClientTimeouts,
+    /// `server.max_connections`.
+    pub max_connections: usize,
 }
 
 /// SHA-256 of each file (`None`: unreadable).
@@ -183,6 +185,7 @@ impl Runtime {
             generation,
             max_request_body: config.server.max_request_body.0 as usize,
             client_timeouts: config.server.timeouts,
+            max_connections: config.server.max_connections,
             config: Arc::new(config),
             routes,
             providers: Arc::new(providers),

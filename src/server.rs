@@ -2,7 +2,7 @@
 //! and the admin API on `admin.listen`.
 
 use crate::admin::Admin;
-use crate::proxy::{HeaderDeadline, WeirProxy};
+use crate::proxy::{ConnectionCap, HeaderDeadline, WeirProxy};
 use crate::runtime::Gateway;
 use pingora_core::apps::http_app::HttpServer;
 use pingora_core::server::configuration::{Opt, ServerConf};
@@ -40,7 +40,8 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
 
     let mut app = pingora_proxy::HttpProxy::new(WeirProxy::new(gateway.clone()), server.configuration.clone());
     app.handle_init_modules();
-    let mut proxy = Service::new("weir proxy".to_string(), HeaderDeadline::new(app, gateway.clone()));
+    let app = ConnectionCap::new(HeaderDeadline::new(app, gateway.clone()), gateway.clone());
+    let mut proxy = Service::new("weir proxy".to_string(), app);
     for l in &server_conf.listen {
         proxy.add_tcp(l);
     }

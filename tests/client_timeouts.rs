@@ -195,3 +195,61 @@ fn an_idle_keep_alive_connection_is_closed_after_keepalive_idle() {
     assert!(idle >= Duration::from_millis(800), "kept alive a while first: {idle:?}");
     assert!(idle < Duration::from_secs(4), "closed after keepalive_idle: {idle:?}");
 }
+
+#[test]
+fn connections_past_max_connections_get_503_at_once() {
+    let mock = spawn_mock(&[]);
+    let cfg = format!(
+        "server: {{ listen: [\"127.0.0.1:{{PORT}}\"], max_connections: 2 }}\n\
+         admin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
+         providers:\n  m: {{ url: \"{}\", models: [m] }}\n\
+         routes:\n  - {{ name: chat, providers: [m] }}\n",
+        mock.url()
+    );
+    let weir = spawn_weir(&cfg, &[]);
+    // Two idle connections take the listener's two places.
+    let idle: Vec<TcpStream> = (0..2)
+        .map(|_| TcpStream::connect(("127.0.0.1", weir.port)).unwrap())
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let refused_at = Instant::now();
+    let mut third = raw_request(weir.port, "POST", "/v1/chat/completions", &chat("m", false));
+    third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut out = Vec::new();
+    let _ = third.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out);
+    assert!(text.starts_with("HTTP/1.1 503"), "{text}");
+    assert!(
+        text.contains("queue_full") && text.contains("max_connections"),
+        "{text}"
+    );
+    assert!(
+        text.to_ascii_lowercase()
+            .contains(&format!("x-weir-queue: connections:{}", weir.port)),
+        "{text}"
+    );
+    assert!(
+        refused_at.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        refused_at.elapsed()
+    );
+    assert_eq!(mock.requests(), 0, "the refused request went nowhere");
+    // A place frees when a connection closes.
+    drop(idle);
+    assert!(
+        eventually(Duration::from_secs(5), || {
+            post(&weir.url("/v1/chat/completions"), &chat("m", false), &[]).status == 200
+        }),
+        "served again once connections closed"
+    );
+    let m = weir.metrics();
+    let queue = format!("connections:{}", weir.port);
+    assert_eq!(
+        metric(
+            &m,
+            "weir_queue_rejected_total",
+            &[("queue", &queue), ("reason", "full")]
+        ),
+        Some(1.0)
+    );
+}

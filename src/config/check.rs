@@ -18,6 +18,9 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
             );
         }
     }
+    if c.server.max_connections == 0 {
+        ck.error("server.max_connections", "must be at least 1");
+    }
     if c.server.threads == 0 {
         ck.error("server.threads", "must be at least 1");
     }

@@ -33,6 +33,14 @@ pub struct ServerConf {
     /// Bounds on what a client may make weir wait for.
     #[serde(default)]
     pub timeouts: ClientTimeouts,
+    /// Client connections each listener holds at once; past it a new
+    /// connection gets 503 and is closed.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_max_connections() -> usize {
+    10_000
 }
 
 /// How long weir waits on a client. A client that stalls past these loses
