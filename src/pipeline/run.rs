@@ -279,12 +279,12 @@ impl Pipeline {
         }
         ctx.body = read_body(d, ctx.max_request_body, ctx.request_body_timeout).await?;
         if llm {
-            let head = llm::parse_head(&ctx.body).map_err(head_error)?;
+            let head = parse_head(&ctx.body).await.map_err(head_error)?;
             ctx.head = Some(head);
         } else if !ctx.body.is_empty() {
             // Other routed paths: use a model if the body names one, else
             // forward as is; but never a body whose keys are ambiguous.
-            ctx.head = match llm::parse_head(&ctx.body) {
+            ctx.head = match parse_head(&ctx.body).await {
                 Ok(h) => Some(h),
                 Err(e) if e.duplicate => return Err(head_error(e).into()),
                 Err(_) => None,
@@ -503,6 +503,23 @@ fn declared_length(req: &RequestHeader) -> Option<usize> {
     req.headers
         .get("content-length")
         .and_then(|v| v.to_str().ok()?.parse::<usize>().ok())
+}
+
+/// Bodies up to this size are parsed on the worker; larger ones on the
+/// blocking pool, so a multi-megabyte body never stalls other requests.
+const INLINE_PARSE_MAX: usize = 64 << 10;
+
+/// `llm::parse_head`, off the async workers for large bodies.
+async fn parse_head(body: &Bytes) -> Result<llm::RequestHead, llm::HeadError> {
+    if body.len() <= INLINE_PARSE_MAX {
+        return llm::parse_head(body);
+    }
+    let owned = body.clone();
+    match tokio::task::spawn_blocking(move || llm::parse_head(&owned)).await {
+        Ok(r) => r,
+        // The blocking pool is gone (shutting down): parse here.
+        Err(_) => llm::parse_head(body),
+    }
 }
 
 /// Read the whole request body within `limit`: a client trickling its body
