@@ -31,6 +31,13 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
 ];
 
+pub static CLIENT_CONNECTIONS: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_client_connections",
+        "Client connections open, by listener port (bounded by server.max_connections).",
+        &["listener"],
+    )
+});
 pub static REQUESTS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter(
         "weir_requests_total",

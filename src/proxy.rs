@@ -26,10 +26,10 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 tokio::task_local! {
     /// Set once the current request's header is parsed (`new_ctx` runs).
@@ -120,7 +120,8 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
 pub struct ConnectionCap<A> {
     inner: Arc<A>,
     gateway: Arc<Gateway>,
-    open: Mutex<HashMap<u16, Arc<AtomicUsize>>>,
+    /// Open connections by listener port (the gauge is the counter).
+    open: Mutex<HashMap<u16, prometheus::IntGauge>>,
 }
 
 impl<A> ConnectionCap<A> {
@@ -134,11 +135,11 @@ impl<A> ConnectionCap<A> {
 }
 
 /// One open connection, counted down when it closes.
-struct OpenConnection(Arc<AtomicUsize>);
+struct OpenConnection(prometheus::IntGauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        self.0.dec();
     }
 }
 
@@ -149,10 +150,16 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
             .unwrap_or(0);
-        let counter = self.open.lock().entry(port).or_default().clone();
+        let open = self
+            .open
+            .lock()
+            .entry(port)
+            .or_insert_with(|| metrics::CLIENT_CONNECTIONS.with_label_values(&[&port.to_string()]))
+            .clone();
         let max = self.gateway.current().max_connections;
-        if counter.fetch_add(1, Ordering::AcqRel) >= max {
-            counter.fetch_sub(1, Ordering::AcqRel);
+        open.inc();
+        if open.get() as usize > max {
+            open.dec();
             let queue = format!("connections:{port}");
             metrics::QUEUE_REJECTED.with_label_values(&[&queue, "full"]).inc();
             let e = WeirError::new(
@@ -168,12 +175,25 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
             let refuse = async {
                 stream.write_all(head.as_bytes()).await?;
                 stream.write_all(&body).await?;
-                stream.shutdown().await
+                stream.shutdown().await?;
+                // Lingering close: read (and drop) what the client sends, a
+                // little, so closing with its request unread does not reset
+                // the connection before it has read the 503.
+                let mut sink = [0u8; 4096];
+                let mut left = 64usize << 10;
+                while left > 0 {
+                    let n = stream.read(&mut sink).await?;
+                    if n == 0 {
+                        break;
+                    }
+                    left = left.saturating_sub(n);
+                }
+                Ok::<(), std::io::Error>(())
             };
-            let _ = tokio::time::timeout(Duration::from_secs(1), refuse).await;
+            let _ = tokio::time::timeout(Duration::from_millis(500), refuse).await;
             return None;
         }
-        let _open = OpenConnection(counter);
+        let _open = OpenConnection(open);
         self.inner.process_new(stream, shutdown).await
     }
 

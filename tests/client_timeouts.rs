@@ -207,13 +207,33 @@ fn connections_past_max_connections_get_503_at_once() {
         mock.url()
     );
     let weir = spawn_weir(&cfg, &[]);
+    let listener = weir.port.to_string();
+    let open = || metric(&weir.metrics(), "weir_client_connections", &[("listener", &listener)]);
+    // The readiness probe's connection is gone first (it counts while open).
+    assert!(
+        eventually(Duration::from_secs(5), || open().unwrap_or(0.0) == 0.0),
+        "{:?}",
+        open()
+    );
     // Two idle connections take the listener's two places.
     let idle: Vec<TcpStream> = (0..2)
         .map(|_| TcpStream::connect(("127.0.0.1", weir.port)).unwrap())
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        eventually(Duration::from_secs(5), || open() == Some(2.0)),
+        "both idle connections are counted: {:?}",
+        open()
+    );
     let refused_at = Instant::now();
-    let mut third = raw_request(weir.port, "POST", "/v1/chat/completions", &chat("m", false));
+    let mut third = TcpStream::connect(("127.0.0.1", weir.port)).unwrap();
+    let body = chat("m", false);
+    let head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    // weir may answer (and close) before the request is written: a failed
+    // write is part of being refused at once.
+    let _ = third.write_all(head.as_bytes()).and_then(|_| third.write_all(&body));
     third.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut out = Vec::new();
     let _ = third.read_to_end(&mut out);
@@ -237,16 +257,16 @@ fn connections_past_max_connections_get_503_at_once() {
     // A place frees when a connection closes.
     drop(idle);
     assert!(
-        eventually(Duration::from_secs(5), || {
-            post(&weir.url("/v1/chat/completions"), &chat("m", false), &[]).status == 200
-        }),
-        "served again once connections closed"
+        eventually(Duration::from_secs(5), || open() == Some(0.0)),
+        "closed connections are counted down: {:?}",
+        open()
     );
-    let m = weir.metrics();
+    let r = post(&weir.url("/v1/chat/completions"), &chat("m", false), &[]);
+    assert_eq!(r.status, 200, "served again once connections closed: {}", r.body);
     let queue = format!("connections:{}", weir.port);
     assert_eq!(
         metric(
-            &m,
+            &weir.metrics(),
             "weir_queue_rejected_total",
             &[("queue", &queue), ("reason", "full")]
         ),
