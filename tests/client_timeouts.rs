@@ -5,44 +5,8 @@
 mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
 use std::time::{Duration, Instant};
 use support::*;
-
-/// A client connection with a tiny receive buffer (set before connecting,
-/// so the window it advertises stays small).
-fn tiny_window_client(port: u16) -> TcpStream {
-    // SAFETY: plain socket calls on a descriptor this function owns until it
-    // is handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket");
-        let size: libc::c_int = 4096;
-        let r = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "SO_RCVBUF");
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-            },
-            sin_zero: [0; 8],
-        };
-        let r = libc::connect(
-            fd,
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "connect");
-        TcpStream::from_raw_fd(fd)
-    }
-}
 
 fn in_flight(weir: &Weir, provider: &str) -> f64 {
     metric(&weir.metrics(), "weir_upstream_in_flight", &[("provider", provider)]).unwrap_or(0.0)

@@ -8,8 +8,6 @@
 mod support;
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::os::fd::FromRawFd;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use support::*;
 
@@ -59,38 +57,9 @@ fn gateway() -> Gateway {
         m.url(),
         big.url()
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(
-        &path,
-        conf.replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string()),
-    )
-    .unwrap();
-    let log = dir.path().join("weir.log");
-    let child = Command::new(WEIR)
-        .args(["serve", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn weir serve");
-    let proc = Proc {
-        child,
-        name: "weir".into(),
-    };
-    wait_port(port, "weir");
-    wait_port(admin_port, "weir admin");
+    let (weir, log) = spawn_weir_logged(&conf, &[]);
     Gateway {
-        weir: Weir {
-            port,
-            admin_port,
-            dir,
-            config: path,
-            proc,
-        },
+        weir,
         log,
         _mocks: vec![m, big],
     }
@@ -365,41 +334,6 @@ fn slow_clients_are_cut_off() {
     assert!(o.text.len() < 10_000_000, "{} bytes", o.text.len());
     g.served();
     g.assert_no_panic();
-}
-
-/// A client connection with a tiny receive buffer (set before connecting,
-/// so the window it advertises stays small).
-fn tiny_window_client(port: u16) -> TcpStream {
-    // SAFETY: plain socket calls on a descriptor this function owns until it
-    // is handed to TcpStream.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
-        assert!(fd >= 0, "socket");
-        let size: libc::c_int = 4096;
-        let r = libc::setsockopt(
-            fd,
-            libc::SOL_SOCKET,
-            libc::SO_RCVBUF,
-            &size as *const _ as *const libc::c_void,
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "SO_RCVBUF");
-        let addr = libc::sockaddr_in {
-            sin_family: libc::AF_INET as libc::sa_family_t,
-            sin_port: port.to_be(),
-            sin_addr: libc::in_addr {
-                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
-            },
-            sin_zero: [0; 8],
-        };
-        let r = libc::connect(
-            fd,
-            &addr as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
-        );
-        assert_eq!(r, 0, "connect");
-        TcpStream::from_raw_fd(fd)
-    }
 }
 
 /// Trickle `head` a few bytes every 300 ms, then wait: the outcome once the

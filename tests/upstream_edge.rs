@@ -7,7 +7,6 @@ use parking_lot::Mutex;
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsRawFd;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use support::*;
@@ -184,40 +183,8 @@ fn gateway(providers: &[(&str, &str, &str)], route_extra: &str) -> Gateway {
         "routes:\n  - name: chat\n    match: {{ path_prefix: /v1/ }}\n    providers: [{}]\n{route_extra}",
         names.join(", ")
     );
-    let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
-    let path = dir.path().join("weir.yaml");
-    std::fs::write(
-        &path,
-        conf.replace("{PORT}", &port.to_string())
-            .replace("{ADMIN}", &admin_port.to_string()),
-    )
-    .unwrap();
-    let log = dir.path().join("weir.log");
-    let child = Command::new(WEIR)
-        .args(["serve", "-c"])
-        .arg(&path)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .expect("spawn weir serve");
-    let proc = Proc {
-        child,
-        name: "weir".into(),
-    };
-    wait_port(port, "weir");
-    wait_port(admin_port, "weir admin");
-    Gateway {
-        weir: Weir {
-            port,
-            admin_port,
-            dir,
-            config: path,
-            proc,
-        },
-        log,
-    }
+    let (weir, log) = spawn_weir_logged(&conf, &[]);
+    Gateway { weir, log }
 }
 
 fn chat_url(g: &Gateway) -> String {

@@ -111,7 +111,23 @@ impl Weir {
 /// Write `config` (with `{PORT}` and `{ADMIN}` replaced) to a temp dir, plus
 /// any `files` beside it, and start `weir serve` on it.
 pub fn spawn_weir(config: &str, files: &[(&str, &str)]) -> Weir {
+    start_weir(config, files, None)
+}
+
+/// Like [`spawn_weir`], with weir's log written to the returned file (for
+/// tests that assert on it, e.g. that nothing panicked).
+pub fn spawn_weir_logged(config: &str, files: &[(&str, &str)]) -> (Weir, PathBuf) {
     let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("weir.log");
+    let weir = start_weir(config, files, Some((dir, log.clone())));
+    (weir, log)
+}
+
+fn start_weir(config: &str, files: &[(&str, &str)], log: Option<(tempfile::TempDir, PathBuf)>) -> Weir {
+    let (dir, stderr) = match log {
+        Some((dir, path)) => (dir, Stdio::from(std::fs::File::create(path).unwrap())),
+        None => (tempfile::tempdir().unwrap(), Stdio::inherit()),
+    };
     for (name, text) in files {
         std::fs::write(dir.path().join(name), text).unwrap();
     }
@@ -126,7 +142,7 @@ pub fn spawn_weir(config: &str, files: &[(&str, &str)]) -> Weir {
         .arg(&path)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn weir serve");
     let proc = Proc {
@@ -141,6 +157,42 @@ pub fn spawn_weir(config: &str, files: &[(&str, &str)]) -> Weir {
         dir,
         config: path,
         proc,
+    }
+}
+
+/// A client connection with a tiny receive buffer (set before connecting,
+/// so the window it advertises stays small): a client that reads slowly.
+pub fn tiny_window_client(port: u16) -> TcpStream {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns until it
+    // is handed to TcpStream.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0);
+        assert!(fd >= 0, "socket");
+        let size: libc::c_int = 4096;
+        let r = libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            &size as *const _ as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "SO_RCVBUF");
+        let addr = libc::sockaddr_in {
+            sin_family: libc::AF_INET as libc::sa_family_t,
+            sin_port: port.to_be(),
+            sin_addr: libc::in_addr {
+                s_addr: u32::from_ne_bytes([127, 0, 0, 1]),
+            },
+            sin_zero: [0; 8],
+        };
+        let r = libc::connect(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect");
+        TcpStream::from_raw_fd(fd)
     }
 }
 
