@@ -10,13 +10,15 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 /// What weir needs from an OpenAI request body, parsed once.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
     pub model: String,
     /// Byte range of the model's JSON string in the body (quotes included).
     pub model_span: std::ops::Range<usize>,
     pub stream: bool,
     pub include_usage: bool,
+    /// The body has a top-level `stream_options` (any value, `null` too).
+    pub has_stream_options: bool,
     pub max_tokens: Option<u64>,
     /// Choices asked for (`n`, 1 when absent): completion tokens are billed per choice.
     pub n: u64,
@@ -256,6 +258,7 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
         model_span: start..start + raw.get().len(),
         stream: stream.unwrap_or(false),
         include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
+        has_stream_options: head.stream_options.is_some(),
         max_tokens: max_completion_tokens.or(max_tokens),
         n: n.unwrap_or(1),
     })
@@ -375,35 +378,39 @@ impl SseUsageScanner {
 }
 
 /// The body with `stream_options.include_usage` set, so the provider reports
-/// usage on a stream. Inserted in place when the client sent no
-/// `stream_options`; otherwise the JSON is rewritten.
-pub fn with_stream_usage(body: &Bytes, head: &RequestHead) -> Bytes {
+/// usage on a stream, and its head. Inserted in place when the client sent no
+/// `stream_options` (the head follows without a parse: only the model moved);
+/// otherwise the JSON is rewritten and parsed again.
+pub fn with_stream_usage(body: &Bytes, head: &RequestHead) -> Result<(Bytes, RequestHead), HeadError> {
+    const INSERT: &[u8] = br#""stream_options":{"include_usage":true},"#;
     if head.include_usage {
-        return body.clone();
+        return Ok((body.clone(), head.clone()));
     }
-    #[derive(Deserialize)]
-    struct HasOptions {
-        #[serde(default)]
-        stream_options: Option<serde::de::IgnoredAny>,
-    }
-    let has_options = serde_json::from_slice::<HasOptions>(body)
-        .map(|h| h.stream_options.is_some())
-        .unwrap_or(true);
-    if !has_options {
+    if !head.has_stream_options {
+        // parse_head accepted the body: it is an object, `{` comes before the model.
         if let Some(open) = body.iter().position(|b| *b == b'{') {
-            let mut out = BytesMut::with_capacity(body.len() + 48);
+            let mut out = BytesMut::with_capacity(body.len() + INSERT.len());
             out.extend_from_slice(&body[..=open]);
-            out.extend_from_slice(br#""stream_options":{"include_usage":true},"#);
+            out.extend_from_slice(INSERT);
             out.extend_from_slice(&body[open + 1..]);
-            return out.freeze();
+            let moved = INSERT.len();
+            let head = RequestHead {
+                model_span: head.model_span.start + moved..head.model_span.end + moved,
+                include_usage: true,
+                has_stream_options: true,
+                ..head.clone()
+            };
+            return Ok((out.freeze(), head));
         }
     }
     match serde_json::from_slice::<serde_json::Value>(body) {
         Ok(mut v) => {
             v["stream_options"]["include_usage"] = serde_json::Value::Bool(true);
-            Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+            let out = Bytes::from(serde_json::to_vec(&v).unwrap_or_default());
+            let head = parse_head(&out)?;
+            Ok((out, head))
         }
-        Err(_) => body.clone(),
+        Err(_) => Ok((body.clone(), head.clone())),
     }
 }
 
@@ -766,16 +773,18 @@ mod tests {
     fn stream_usage_inserted_in_place() {
         let body = Bytes::from_static(br#"{"model":"m","stream":true}"#);
         let h = parse_head(&body).unwrap();
-        let out = with_stream_usage(&body, &h);
+        let (out, head) = with_stream_usage(&body, &h).unwrap();
         assert_eq!(
             &out[..],
             br#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#
         );
         let h2 = parse_head(&out).unwrap();
         assert!(h2.include_usage);
+        assert_eq!(head, h2, "the head given back is the body's");
         let body = Bytes::from_static(br#"{"model":"m","stream":true,"stream_options":{"x":1}}"#);
-        let out = with_stream_usage(&body, &parse_head(&body).unwrap());
+        let (out, head) = with_stream_usage(&body, &parse_head(&body).unwrap()).unwrap();
         assert!(parse_head(&out).unwrap().include_usage);
+        assert_eq!(head, parse_head(&out).unwrap());
     }
 
     #[test]

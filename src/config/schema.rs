@@ -101,19 +101,11 @@ pub struct AdminConf {
     pub listen: String,
     /// Bearer token every endpoint but `/healthz` and `/readyz` requires.
     /// Without one the admin API is open and must listen on loopback.
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub token: Option<String>,
     /// Serve `/metrics` without the token (for a scraper that has none).
     #[serde(default)]
     pub metrics_open: bool,
-}
-
-/// Secrets never leave through `/config`.
-fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Error> {
-    match v {
-        Some(_) => s.serialize_str("<redacted>"),
-        None => s.serialize_none(),
-    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -121,7 +113,8 @@ fn redact<S: serde::Serializer>(v: &Option<String>, s: S) -> Result<S::Ok, S::Er
 pub struct ProviderConf {
     /// OpenAI base URL, e.g. `https://api.openai.com/v1`.
     pub url: String,
-    #[serde(default, skip_serializing_if = "Option::is_none", serialize_with = "redact")]
+    /// Never shown: `/config` goes through `config::redact`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
     pub models: Models,
     #[serde(default = "default_weight")]

@@ -312,8 +312,9 @@ impl Pipeline {
         let strip_usage = route.stream_usage && ctx.head.as_ref().is_some_and(|h| h.stream && !h.include_usage);
         if strip_usage {
             if let Some(head) = &ctx.head {
-                ctx.body = llm::with_stream_usage(&ctx.body, head);
-                ctx.head = Some(llm::parse_head(&ctx.body).map_err(head_error)?);
+                let (body, head) = llm::with_stream_usage(&ctx.body, head).map_err(head_error)?;
+                ctx.body = body;
+                ctx.head = Some(head);
             }
         }
 

@@ -161,7 +161,7 @@ impl WasmPlugin {
     }
 
     fn from_path(name: &str, c: &WasmConf, path: &Path) -> Result<WasmPlugin, BuildError> {
-        let (module, _) = vm::load(path).map_err(|e| ("module", e))?;
+        let module = vm::load(path).map_err(|e| ("module", e))?;
         let plugin_config = match &c.config {
             serde_json::Value::Null => Bytes::new(),
             v => Bytes::from(serde_json::to_vec(v).map_err(|e| ("config", e.to_string()))?),
@@ -600,15 +600,6 @@ impl Drop for ReqState {
     }
 }
 
-/// Take this plugin's state out of the request (so `ctx` stays usable).
-fn take_state(ctx: &mut RequestCtx) -> Option<Box<ReqState>> {
-    ctx.take_state::<ReqState>()
-}
-
-fn put_state(ctx: &mut RequestCtx, st: Box<ReqState>) {
-    ctx.put_state(st);
-}
-
 #[async_trait]
 impl Plugin for WasmPlugin {
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
@@ -643,12 +634,12 @@ impl Plugin for WasmPlugin {
             Ok(Outcome::Reset) => Err(self.reset()),
             Err(f) => self.fail(Some(&mut st), f),
         };
-        put_state(ctx, st);
+        ctx.put_state(st);
         result
     }
 
     async fn request_body(&self, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
-        let Some(mut st) = take_state(ctx) else {
+        let Some(mut st) = ctx.take_state::<ReqState>() else {
             return Ok(Flow::Continue);
         };
         let result = if st.skip || (st.no_body && ctx.body.is_empty()) {
@@ -676,22 +667,22 @@ impl Plugin for WasmPlugin {
             }
             r
         };
-        put_state(ctx, st);
+        ctx.put_state(st);
         result
     }
 
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
         let props = Props::of(ctx);
-        let Some(mut st) = take_state(ctx) else {
+        let Some(mut st) = ctx.take_state::<ReqState>() else {
             return;
         };
         self.response_headers_inner(&mut st, resp, props);
         self.withhold_if_failed(&st, ctx);
-        put_state(ctx, st);
+        ctx.put_state(st);
     }
 
     fn response_body(&self, chunk: &mut Bytes, end: bool, ctx: &mut RequestCtx) {
-        let Some(mut st) = take_state(ctx) else {
+        let Some(mut st) = ctx.take_state::<ReqState>() else {
             return;
         };
         if !st.failed {
@@ -700,12 +691,12 @@ impl Plugin for WasmPlugin {
         if self.withhold_if_failed(&st, ctx) {
             *chunk = Bytes::new();
         }
-        put_state(ctx, st);
+        ctx.put_state(st);
     }
 
     fn log(&self, ctx: &mut RequestCtx) {
         let props = Props::of(ctx);
-        let Some(mut st) = take_state(ctx) else {
+        let Some(mut st) = ctx.take_state::<ReqState>() else {
             return;
         };
         if !st.skip {
@@ -716,7 +707,7 @@ impl Plugin for WasmPlugin {
             }
         }
         st.close(Some(props));
-        put_state(ctx, st);
+        ctx.put_state(st);
     }
 
     fn refresh_metrics(&self) {

@@ -430,13 +430,11 @@ impl Plugin for RateLimit {
                 k
             }
         };
-        if let (Some(limit), Some(head)) = (self.conf.tokens, ctx.head.clone()) {
+        let asked = ctx.head.as_ref().map(|h| (h.max_tokens, h.n));
+        if let (Some(limit), Some((max_tokens, n))) = (self.conf.tokens, asked) {
             // Saturating: the head caps max_tokens and n, but a sum must never
             // wrap to a small reservation.
-            let completion = head
-                .max_tokens
-                .unwrap_or(limit.default_max_tokens)
-                .saturating_mul(head.n);
+            let completion = max_tokens.unwrap_or(limit.default_max_tokens).saturating_mul(n);
             let estimate = tokens::reserve_prompt_tokens(&ctx.body)
                 .await
                 .saturating_add(completion);

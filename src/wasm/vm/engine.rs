@@ -47,11 +47,11 @@ fn digest(bytes: &[u8]) -> [u8; 32] {
 
 /// Read and compile a module (cached by content), checking that it is a
 /// Proxy-Wasm module weir can run.
-pub(crate) fn load(path: &std::path::Path) -> Result<(Module, [u8; 32]), String> {
+pub(crate) fn load(path: &std::path::Path) -> Result<Module, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let d = digest(&bytes);
     if let Some(m) = MODULES.lock().get(&d) {
-        return Ok((m.clone(), d));
+        return Ok(m.clone());
     }
     let module =
         Module::new(&ENGINE, &bytes).map_err(|e| format!("{} is not a valid wasm module: {e:#}", path.display()))?;
@@ -61,7 +61,7 @@ pub(crate) fn load(path: &std::path::Path) -> Result<(Module, [u8; 32]), String>
         cache.clear();
     }
     cache.insert(d, module.clone());
-    Ok((module, d))
+    Ok(module)
 }
 
 /// A Proxy-Wasm module exports its memory, an ABI version weir speaks, an
