@@ -93,7 +93,7 @@ pub struct WeirError {
     pub param: Option<&'static str>,
     /// Further headers the refusing plugin adds (its own response phase does
     /// not run on its own refusal).
-    pub headers: Vec<(String, String)>,
+    pub headers: Vec<(&'static str, String)>,
 }
 
 impl WeirError {
@@ -106,11 +106,6 @@ impl WeirError {
             param: None,
             headers: Vec::new(),
         }
-    }
-
-    pub fn with_header(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
-        self.headers.push((name.into(), value.into()));
-        self
     }
 
     pub fn with_queue(mut self, queue: impl Into<String>, retry_after_secs: u64) -> Self {
@@ -157,7 +152,7 @@ impl WeirError {
             let _ = h.insert_header("x-weir-queue", q.as_str());
         }
         for (k, v) in &self.headers {
-            let _ = h.insert_header(k.clone(), v.as_str());
+            let _ = h.insert_header(*k, v.as_str());
         }
         let status = self.status();
         if status == 429 || status == 503 {

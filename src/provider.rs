@@ -81,12 +81,17 @@ impl Endpoint {
     }
 }
 
-/// A bulkhead's limits as config spells them.
-pub fn limits(c: &BulkheadConf) -> Limits {
-    Limits {
-        max_concurrent: c.max_concurrent,
-        queue: c.queue,
-        queue_timeout: c.queue_timeout.0,
+/// A bulkhead for `conf`: the previous generation's one (queue and all)
+/// when its limits are unchanged, else a new one named `name`.
+pub fn bulkhead(name: String, conf: &BulkheadConf, previous: Option<&Arc<Bulkhead>>) -> Arc<Bulkhead> {
+    let limits = Limits {
+        max_concurrent: conf.max_concurrent,
+        queue: conf.queue,
+        queue_timeout: conf.queue_timeout.0,
+    };
+    match previous {
+        Some(b) if b.limits() == limits => b.clone(),
+        _ => Bulkhead::new(name, limits),
     }
 }
 
@@ -165,12 +170,11 @@ impl Provider {
                 peer.options.ca = Some(Arc::from(list.into_boxed_slice()));
             }
         }
-        let limits = limits(&conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT));
-        // Keep the bulkhead (and its queue) when its limits are unchanged.
-        let bulkhead = match previous {
-            Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
-            _ => Bulkhead::new(format!("provider:{name}"), limits),
-        };
+        let bulkhead = bulkhead(
+            format!("provider:{name}"),
+            &conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT),
+            previous.map(|p| &p.bulkhead),
+        );
         Ok(Provider {
             name: name.to_string(),
             conf: conf.clone(),

@@ -6,7 +6,6 @@
 //! holds the current generation behind an atomic pointer; a request keeps
 //! the generation it started with.
 
-use crate::bulkhead::Bulkhead;
 use crate::config::locate::LineIndex;
 use crate::config::{self, Checker, Config, ConfigErrors, PluginConf};
 use crate::pipeline::{PluginInstance, Route, Settings};
@@ -30,6 +29,14 @@ pub struct Runtime {
     pub client_timeouts: config::ClientTimeouts,
     /// `server.max_connections`.
     pub max_connections: usize,
+}
+
+/// HTTP methods as config names them (checked already).
+fn methods(names: &[String]) -> Vec<http::Method> {
+    names
+        .iter()
+        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
+        .collect()
 }
 
 /// SHA-256 of each file (`None`: unreadable).
@@ -83,11 +90,11 @@ fn build_plugin(
         }
     }
     let plugin = spec.build(&at, ck)?;
-    let limits = provider::limits(&conf.bulkhead());
-    let bulkhead = match previous {
-        Some(p) if p.bulkhead.limits() == limits => p.bulkhead.clone(),
-        _ => Bulkhead::new(format!("plugin:{name}"), limits),
-    };
+    let bulkhead = provider::bulkhead(
+        format!("plugin:{name}"),
+        &conf.bulkhead(),
+        previous.map(|p| &p.bulkhead),
+    );
     Some(Arc::new(PluginInstance {
         name: name.to_string(),
         conf: conf.clone(),
@@ -154,12 +161,7 @@ impl Runtime {
                 let chain: Vec<Arc<PluginInstance>> = r.plugins.iter().map(|p| plugins[p].clone()).collect();
                 Arc::new(Route {
                     name: r.name.clone(),
-                    methods: r
-                        .matcher
-                        .methods
-                        .iter()
-                        .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                        .collect(),
+                    methods: methods(&r.matcher.methods),
                     matcher: r.matcher.clone(),
                     stream_usage: chain.iter().any(|p| p.capabilities.stream_usage),
                     plugins: chain,
@@ -169,14 +171,7 @@ impl Runtime {
                     passthrough: r
                         .passthrough
                         .iter()
-                        .map(|p| {
-                            let methods = p
-                                .methods
-                                .iter()
-                                .filter_map(|m| http::Method::from_bytes(m.as_bytes()).ok())
-                                .collect();
-                            (p.path_prefix.clone(), methods)
-                        })
+                        .map(|p| (p.path_prefix.clone(), methods(&p.methods)))
                         .collect(),
                 })
             })

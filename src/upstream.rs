@@ -187,6 +187,27 @@ impl Upstream {
         }
     }
 
+    /// Read the rest of an answer (at most `max` bytes), then return its
+    /// connection to the pool; on failure the connection is closed.
+    pub async fn read_whole(
+        &self,
+        mut ex: Exchange,
+        peer: &HttpPeer,
+        name: &str,
+        max: usize,
+    ) -> Result<Bytes, WeirError> {
+        match ex.read_all(name, max).await {
+            Ok(data) => {
+                self.finish(ex, peer).await;
+                Ok(data)
+            }
+            Err(e) => {
+                ex.abort().await;
+                Err(e)
+            }
+        }
+    }
+
     /// Return a finished exchange's connection to the pool, or close it.
     pub async fn finish(&self, mut ex: Exchange, peer: &HttpPeer) {
         if ex.session.response_done() {

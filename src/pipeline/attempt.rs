@@ -59,11 +59,28 @@ pub(super) fn skipped_error(p: &Provider) -> WeirError {
 /// response. [`AttemptGuard::end`] records the outcome; a guard dropped
 /// without one tells every hold [`Attempt::Aborted`].
 pub struct AttemptGuard {
-    /// Inline: a route rarely has more than one plugin with a stake.
-    holds: SmallVec<[Box<dyn AttemptHold>; 2]>,
-    ended: bool,
+    holds: Holds,
     _in_flight: InFlight,
     _permit: Permit,
+}
+
+/// The plugins' stakes not yet told an outcome; dropped ones hear `Aborted`.
+/// Inline: a route rarely has more than one plugin with a stake.
+struct Holds(SmallVec<[Box<dyn AttemptHold>; 2]>);
+
+impl Holds {
+    /// Tell each hold how the attempt went, once: ended holds are gone.
+    fn end(&mut self, attempt: &Attempt) {
+        for mut h in self.0.drain(..) {
+            h.end(attempt);
+        }
+    }
+}
+
+impl Drop for Holds {
+    fn drop(&mut self) {
+        self.end(&Attempt::Aborted);
+    }
 }
 
 impl AttemptGuard {
@@ -71,36 +88,24 @@ impl AttemptGuard {
     /// `provider` (whose slot `permit` is). `None`: a plugin skipped it;
     /// what earlier plugins took is given back.
     pub fn admit(plugins: &[Arc<PluginInstance>], provider: &Arc<Provider>, permit: Permit) -> Option<AttemptGuard> {
-        let mut guard = AttemptGuard {
-            holds: SmallVec::new(),
-            ended: false,
-            _in_flight: provider.in_flight(),
-            _permit: permit,
-        };
+        let mut holds = Holds(SmallVec::new());
         for p in plugins {
             match p.plugin.attempt_start(provider) {
-                Admission::Go(Some(h)) => guard.holds.push(h),
+                Admission::Go(Some(h)) => holds.0.push(h),
                 Admission::Go(None) => {}
                 Admission::Skip => return None,
             }
         }
-        Some(guard)
+        Some(AttemptGuard {
+            holds,
+            _in_flight: provider.in_flight(),
+            _permit: permit,
+        })
     }
 
     /// How the attempt went (once; later calls are ignored).
     pub fn end(&mut self, attempt: &Attempt) {
-        if std::mem::replace(&mut self.ended, true) {
-            return;
-        }
-        for h in &mut self.holds {
-            h.end(attempt);
-        }
-    }
-}
-
-impl Drop for AttemptGuard {
-    fn drop(&mut self) {
-        self.end(&Attempt::Aborted);
+        self.holds.end(attempt);
     }
 }
 
@@ -118,7 +123,7 @@ pub async fn call_provider(
 ) -> Result<(ResponseHeader, Bytes), WeirError> {
     let permit = acquire(&provider.bulkhead).await?;
     let mut attempt = AttemptGuard::admit(plugins, provider, permit).ok_or_else(|| skipped_error(provider))?;
-    let mut ex = match upstream.send(&Target::provider(provider), req, body).await {
+    let ex = match upstream.send(&Target::provider(provider), req, body).await {
         Ok(ex) => ex,
         Err(e) => {
             attempt.end(&Attempt::Failed(e.kind));
@@ -130,14 +135,8 @@ pub async fn call_provider(
         status: header.status.as_u16(),
         ttfb: ex.ttfb,
     });
-    match ex.read_all(&provider.name, max_body).await {
-        Ok(data) => {
-            upstream.finish(ex, &provider.peer).await;
-            Ok((header, data))
-        }
-        Err(e) => {
-            ex.abort().await;
-            Err(e)
-        }
-    }
+    let data = upstream
+        .read_whole(ex, &provider.peer, &provider.name, max_body)
+        .await?;
+    Ok((header, data))
 }

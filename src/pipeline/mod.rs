@@ -32,7 +32,7 @@ mod plugin;
 mod relay;
 mod run;
 
-pub use attempt::{acquire, call_provider, refusal_error, AttemptGuard};
+pub use attempt::call_provider;
 pub use chain::{PluginInstance, Route};
 pub use context::{Identity, RequestCtx};
 pub use downstream::Downstream;

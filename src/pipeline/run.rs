@@ -93,11 +93,14 @@ fn is_known_endpoint(method: &http::Method, path: &str) -> bool {
 /// A `.` or `..` path segment, written plainly or percent-encoded: refused,
 /// so no provider can be made to resolve a path outside the one routed.
 fn has_dot_segment(path: &str) -> bool {
-    path.split('/').any(|seg| {
-        let lower = seg.to_ascii_lowercase();
-        let decoded = lower.replace("%2e", ".");
-        decoded == "." || decoded == ".."
-    })
+    // One dot, plain or `%2e` (any case), off the front of a segment.
+    fn dot(s: &[u8]) -> Option<&[u8]> {
+        s.strip_prefix(b".")
+            .or_else(|| (s.len() >= 3 && s[..3].eq_ignore_ascii_case(b"%2e")).then(|| &s[3..]))
+    }
+    path.as_bytes()
+        .split(|b| *b == b'/')
+        .any(|seg| dot(seg).is_some_and(|rest| rest.is_empty() || dot(rest).is_some_and(<[u8]>::is_empty)))
 }
 
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes
@@ -443,6 +446,8 @@ impl Pipeline {
         by: Option<usize>,
     ) -> Result<(), Failure> {
         let LocalResponse { mut header, body } = r;
+        let _ = header.insert_header("content-length", body.len().to_string());
+        let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
         let body = finish_local(ctx, &mut header, body, by);
         d.write_header(header, false).await.map_err(|_| Failure::ClientGone)?;
         d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
@@ -470,9 +475,8 @@ impl Pipeline {
 /// Run a complete local response through the response phases (reverse
 /// route order, over the plugins that ran, `by` excepted) and fix its
 /// length; a fail-closed filter that failed on it replaces it with its error.
+/// The header already carries the body's length and the request id.
 fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Bytes, by: Option<usize>) -> Bytes {
-    let _ = header.insert_header("content-length", body.len().to_string());
-    let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
     if let Some(route) = ctx.route.clone() {
         let entered = ctx.entered;
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);

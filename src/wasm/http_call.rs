@@ -156,18 +156,10 @@ async fn exchange(
                 first_byte: req.timeout,
                 idle: req.timeout,
             };
-            let mut ex = upstream.send(&target, head, &req.body).await?;
+            let ex = upstream.send(&target, head, &req.body).await?;
             let header = ex.header().clone();
-            match ex.read_all(&req.upstream, MAX_RESPONSE_BODY).await {
-                Ok(body) => {
-                    upstream.finish(ex, &peer).await;
-                    Ok((header, body))
-                }
-                Err(e) => {
-                    ex.abort().await;
-                    Err(e)
-                }
-            }
+            let body = upstream.read_whole(ex, &peer, &req.upstream, MAX_RESPONSE_BODY).await?;
+            Ok((header, body))
         }
     }
 }

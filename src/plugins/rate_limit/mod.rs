@@ -337,7 +337,7 @@ impl RateLimit {
         )
         .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs);
         if let Some(t) = ctx.state::<Taken>() {
-            self.limit_headers(t, |k, v| e.headers.push((k.to_string(), v)));
+            self.limit_headers(t, |k, v| e.headers.push((k, v)));
         }
         e
     }
