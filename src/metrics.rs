@@ -154,8 +154,17 @@ pub static CIRCUIT_TRANSITIONS: Lazy<IntCounterVec> = Lazy::new(|| {
 pub static RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
     counter(
         "weir_retries_total",
-        "Failover attempts, by route and result (tried, budget_exhausted).",
-        &["route", "result"],
+        "Sends after a failed attempt, by route and what failed (connect_error, reset, timeout, \
+         status_429, status_5xx, context_length); budget_exhausted counts retries the budget refused.",
+        &["route", "reason"],
+    )
+});
+pub static STREAM_RECOVERIES: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_stream_recoveries_total",
+        "Streams that died after content reached the client, by outcome (continued, failed, \
+         no_fallback, not_continuable).",
+        &["outcome"],
     )
 });
 pub static PROVIDER_HEALTHY: Lazy<IntGaugeVec> = Lazy::new(|| {
@@ -265,6 +274,7 @@ pub fn init() {
     Lazy::force(&CIRCUIT_STATE);
     Lazy::force(&CIRCUIT_TRANSITIONS);
     Lazy::force(&RETRIES);
+    Lazy::force(&STREAM_RECOVERIES);
     Lazy::force(&PROVIDER_HEALTHY);
     Lazy::force(&CACHE_LOOKUPS);
     Lazy::force(&CACHE_EVICTIONS);

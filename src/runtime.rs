@@ -166,7 +166,8 @@ impl Runtime {
                     stream_usage: chain.iter().any(|p| p.capabilities.stream_usage),
                     plugins: chain,
                     providers,
-                    retries: r.retries,
+                    retry: r.retry_policy(),
+                    context_fallbacks: r.context_fallbacks.clone(),
                     models,
                     passthrough: r
                         .passthrough

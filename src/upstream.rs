@@ -1,6 +1,7 @@
 //! One exchange with a provider over Pingora's pooled connector: send the
 //! request header and the (already complete) body, wait for the response
-//! header within `first_byte`, then read the body chunk by chunk within `idle`.
+//! header within `first_token`, then read the body chunk by chunk, each
+//! read bounded by the caller (a stream's first token, its idle gap).
 //! Driving the upstream side here (instead of Pingora's proxy loop) is what
 //! lets weir inspect and rewrite bodies of any size and replay them on failover.
 //! The proxy's attempts and a wasm filter's `http_call` both use this code.
@@ -32,19 +33,20 @@ pub struct Target<'a> {
     /// For errors and logs.
     pub name: &'a str,
     pub peer: &'a HttpPeer,
-    /// From the end of sending to the response header.
+    /// From the start of sending to the response header.
     pub first_byte: Duration,
     /// Longest gap while writing the request or reading the body.
     pub idle: Duration,
 }
 
 impl<'a> Target<'a> {
-    /// A provider, with its configured timeouts.
+    /// A provider, with its configured timeouts: the response header
+    /// within `first_token` (a stream's first token is the caller's to time).
     pub fn provider(p: &'a Provider) -> Self {
         Target {
             name: &p.name,
             peer: &p.peer,
-            first_byte: p.conf.timeouts.first_byte.0,
+            first_byte: p.conf.timeouts.first_token.0,
             idle: p.conf.timeouts.idle.0,
         }
     }
@@ -54,16 +56,87 @@ impl<'a> Target<'a> {
 pub struct Exchange {
     session: HttpSession,
     idle: Duration,
+    /// When sending began: a stream's first-token deadline counts from here.
+    pub sent_at: Instant,
     /// Time from sending to the response header.
     pub ttfb: Duration,
 }
 
-fn classify(e: &pingora_error::Error, provider: &str, during: &str) -> WeirError {
-    let kind = match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => ErrorKind::UpstreamTimeout,
-        _ => ErrorKind::Upstream,
+/// What kind of failure an exchange met, for a retry policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// No connection: the provider never saw the request.
+    Connect,
+    /// The connection broke (closed, reset, garbled) before or while answering.
+    Reset,
+    /// The provider did not answer (or went quiet) in time.
+    Timeout,
+}
+
+impl Fault {
+    /// For metrics and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Fault::Connect => "connect_error",
+            Fault::Reset => "reset",
+            Fault::Timeout => "timeout",
+        }
+    }
+}
+
+/// An exchange that failed: weir's error for the client, and its fault.
+#[derive(Debug, Clone)]
+pub struct SendError {
+    pub error: WeirError,
+    pub fault: Fault,
+}
+
+impl From<SendError> for WeirError {
+    fn from(e: SendError) -> Self {
+        e.error
+    }
+}
+
+impl std::fmt::Display for SendError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.error.fmt(f)
+    }
+}
+
+fn classify(e: &pingora_error::Error, provider: &str, during: &str) -> SendError {
+    let (kind, fault) = match e.etype() {
+        ErrorType::ConnectTimedout => (ErrorKind::UpstreamTimeout, Fault::Connect),
+        ErrorType::ReadTimedout | ErrorType::WriteTimedout => (ErrorKind::UpstreamTimeout, Fault::Timeout),
+        ErrorType::ConnectRefused
+        | ErrorType::ConnectNoRoute
+        | ErrorType::ConnectError
+        | ErrorType::ConnectProxyFailure
+        | ErrorType::TLSHandshakeFailure
+        | ErrorType::TLSHandshakeTimedout
+        | ErrorType::InvalidCert
+        | ErrorType::HandshakeError
+        | ErrorType::SocketError
+        | ErrorType::BindError => (ErrorKind::Upstream, Fault::Connect),
+        _ => (ErrorKind::Upstream, Fault::Reset),
     };
-    WeirError::new(kind, format!("provider '{provider}' {during}: {}", e.etype().as_str()))
+    SendError {
+        error: WeirError::new(kind, format!("provider '{provider}' {during}: {}", e.etype().as_str())),
+        fault,
+    }
+}
+
+/// A provider that stayed silent past `limit`.
+pub fn timed_out(provider: &str, what: &str, limit: Duration) -> SendError {
+    SendError {
+        error: WeirError::new(
+            ErrorKind::UpstreamTimeout,
+            format!(
+                "provider '{provider}' {what} within {}",
+                humantime::format_duration(limit)
+            ),
+        ),
+        fault: Fault::Timeout,
+    }
 }
 
 /// How much of a request may have reached the provider when it failed.
@@ -82,7 +155,7 @@ const MAX_INTERIM_HEADS: usize = 8;
 /// `100 Continue` or `103 Early Hints` head as if it were the response, and
 /// reading a body after it panics (no body reader for a 1xx head); weir has
 /// sent the whole request already, so interim heads carry nothing for it.
-async fn final_header(s: &mut HttpSession, provider: &str) -> Result<(), WeirError> {
+async fn final_header(s: &mut HttpSession, provider: &str) -> Result<(), SendError> {
     for _ in 0..=MAX_INTERIM_HEADS {
         s.read_response_header()
             .await
@@ -90,20 +163,22 @@ async fn final_header(s: &mut HttpSession, provider: &str) -> Result<(), WeirErr
         let status = s.response_header().map_or(0, |h| h.status.as_u16());
         match status {
             // weir never asks to switch protocols (it strips `Upgrade`).
-            101 => {
-                return Err(WeirError::new(
-                    ErrorKind::Upstream,
-                    format!("provider '{provider}' switched protocols unasked (101)"),
-                ))
-            }
+            101 => return Err(broken(format!("provider '{provider}' switched protocols unasked (101)"))),
             100..=199 => continue,
             _ => return Ok(()),
         }
     }
-    Err(WeirError::new(
-        ErrorKind::Upstream,
-        format!("provider '{provider}' sent more than {MAX_INTERIM_HEADS} interim (1xx) responses"),
-    ))
+    Err(broken(format!(
+        "provider '{provider}' sent more than {MAX_INTERIM_HEADS} interim (1xx) responses"
+    )))
+}
+
+/// A provider that broke the protocol.
+fn broken(message: String) -> SendError {
+    SendError {
+        error: WeirError::new(ErrorKind::Upstream, message),
+        fault: Fault::Reset,
+    }
 }
 
 impl Upstream {
@@ -124,8 +199,9 @@ impl Upstream {
     /// failure to handle (and count): the provider may have done, and
     /// billed, the work. Pingora itself drops pooled connections found
     /// closed or unreadable before handing them out.
-    pub async fn send(&self, p: &Target<'_>, req: &RequestHeader, body: &Bytes) -> Result<Exchange, WeirError> {
+    pub async fn send(&self, p: &Target<'_>, req: &RequestHeader, body: &Bytes) -> Result<Exchange, SendError> {
         let mut fresh_tried = false;
+        let sent_at = Instant::now();
         loop {
             let (mut s, reused) = self
                 .connector
@@ -137,6 +213,7 @@ impl Upstream {
                     return Ok(Exchange {
                         session: s,
                         idle: p.idle,
+                        sent_at,
                         ttfb,
                     })
                 }
@@ -155,7 +232,7 @@ impl Upstream {
         p: &Target<'_>,
         req: &RequestHeader,
         body: &Bytes,
-    ) -> Result<Duration, (WeirError, Sent)> {
+    ) -> Result<Duration, (SendError, Sent)> {
         s.set_write_timeout(Some(p.idle));
         let started = Instant::now();
         s.write_request_header(Box::new(req.clone()))
@@ -173,17 +250,7 @@ impl Upstream {
         match tokio::time::timeout(p.first_byte, final_header(s, p.name)).await {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(e)) => Err((e, Sent::Some)),
-            Err(_) => Err((
-                WeirError::new(
-                    ErrorKind::UpstreamTimeout,
-                    format!(
-                        "provider '{}' sent no response within {}",
-                        p.name,
-                        humantime::format_duration(p.first_byte)
-                    ),
-                ),
-                Sent::Some,
-            )),
+            Err(_) => Err((timed_out(p.name, "sent no response", p.first_byte), Sent::Some)),
         }
     }
 
@@ -195,7 +262,7 @@ impl Upstream {
         peer: &HttpPeer,
         name: &str,
         max: usize,
-    ) -> Result<Bytes, WeirError> {
+    ) -> Result<Bytes, SendError> {
         match ex.read_all(name, max).await {
             Ok(data) => {
                 self.finish(ex, peer).await;
@@ -225,27 +292,26 @@ impl Exchange {
         self.session.response_header().expect("read before Exchange exists")
     }
 
-    /// The next body chunk, `None` at the end.
-    pub async fn chunk(&mut self, provider: &str) -> Result<Option<Bytes>, WeirError> {
-        match tokio::time::timeout(self.idle, self.session.read_response_body()).await {
+    /// The next body chunk, `None` at the end; at most `idle` away.
+    pub async fn chunk(&mut self, provider: &str) -> Result<Option<Bytes>, SendError> {
+        self.chunk_within(provider, self.idle).await
+    }
+
+    /// The next body chunk within `limit`, `None` at the end.
+    pub async fn chunk_within(&mut self, provider: &str, limit: Duration) -> Result<Option<Bytes>, SendError> {
+        match tokio::time::timeout(limit, self.session.read_response_body()).await {
             Ok(Ok(c)) => Ok(c),
             Ok(Err(e)) => Err(classify(&e, provider, "failed mid-response")),
-            Err(_) => Err(WeirError::new(
-                ErrorKind::UpstreamTimeout,
-                format!("provider '{provider}' went idle mid-response"),
-            )),
+            Err(_) => Err(timed_out(provider, "sent nothing more", limit)),
         }
     }
 
     /// Read the rest of the body, at most `max` bytes.
-    pub async fn read_all(&mut self, provider: &str, max: usize) -> Result<Bytes, WeirError> {
+    pub async fn read_all(&mut self, provider: &str, max: usize) -> Result<Bytes, SendError> {
         let mut data = bytes::BytesMut::new();
         while let Some(c) = self.chunk(provider).await? {
             if data.len() + c.len() > max {
-                return Err(WeirError::new(
-                    ErrorKind::Upstream,
-                    format!("'{provider}' answered with a body over {max} bytes"),
-                ));
+                return Err(broken(format!("'{provider}' answered with a body over {max} bytes")));
             }
             data.extend_from_slice(&c);
         }

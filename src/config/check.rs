@@ -2,7 +2,7 @@
 //! sections, addresses, limits.
 
 use super::errors::Checker;
-use super::schema::{AdminConf, BulkheadConf, Config};
+use super::schema::{AdminConf, BulkheadConf, Config, RouteConf};
 
 /// Semantic checks: references, addresses, limits. Nothing here reads a
 /// file or builds anything: the runtime build does (and reports) that.
@@ -50,6 +50,17 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
         if let Some(b) = &p.bulkhead {
             check_bulkhead(ck, &format!("{at}.bulkhead"), b);
         }
+        let t = &p.timeouts;
+        for (field, d) in [
+            ("connect", t.connect),
+            ("first_token", t.first_token),
+            ("stream_idle", t.stream_idle),
+            ("idle", t.idle),
+        ] {
+            if d.0.is_zero() {
+                ck.error(format!("{at}.timeouts.{field}"), "must be above zero");
+            }
+        }
     }
     for (name, p) in &c.plugins {
         let at = format!("plugins.{name}");
@@ -81,6 +92,7 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
                 ck.error(format!("{at}.providers[{j}]"), format!("unknown provider '{p}'"));
             }
         }
+        check_retry(ck, c, &at, r);
         for (j, p) in r.passthrough.iter().enumerate() {
             if !p.path_prefix.starts_with('/') {
                 ck.error(
@@ -121,6 +133,48 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
     }
     if c.routes.is_empty() {
         ck.error("routes", "at least one route is required");
+    }
+}
+
+fn check_retry(ck: &mut Checker, c: &Config, at: &str, r: &RouteConf) {
+    if r.retry.is_some() && r.retries.is_some() {
+        ck.error(
+            format!("{at}.retries"),
+            "give either `retries` (the old form) or `retry`, not both",
+        );
+    }
+    if let Some(p) = &r.retry {
+        if p.attempts == 0 {
+            ck.error(format!("{at}.retry.attempts"), "must be at least 1 (the first send)");
+        }
+        if p.per_provider == 0 {
+            ck.error(format!("{at}.retry.per_provider"), "must be at least 1");
+        }
+        if p.backoff_max.0 < p.backoff_base.0 {
+            ck.error(format!("{at}.retry.backoff_max"), "must not be below backoff_base");
+        }
+        if p.deadline.0.is_zero() {
+            ck.error(format!("{at}.retry.deadline"), "must be above zero");
+        }
+    }
+    let served = |m: &str| {
+        r.providers
+            .iter()
+            .filter_map(|p| c.providers.get(p))
+            .any(|p| p.models.pairs().iter().any(|(public, _)| public == m))
+    };
+    for (from, to) in &r.context_fallbacks {
+        if from == to {
+            ck.error(
+                format!("{at}.context_fallbacks.{from}"),
+                "falls back to itself",
+            );
+        } else if !served(to) {
+            ck.error(
+                format!("{at}.context_fallbacks.{from}"),
+                format!("no provider of this route serves '{to}'"),
+            );
+        }
     }
 }
 

@@ -134,6 +134,22 @@ pub struct ProviderConf {
     /// which pick what the operator's key bills (off by default).
     #[serde(default)]
     pub forward_client_org: bool,
+    /// Whether this provider may continue another provider's stream that
+    /// died mid-answer (`prefill`: it is sent the text so far as an
+    /// assistant message and continues it).
+    #[serde(default)]
+    pub continuation: Continuation,
+}
+
+/// How a provider can take over a stream that died elsewhere.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Continuation {
+    /// Never used to continue a stream.
+    #[default]
+    None,
+    /// Continues from an assistant message holding the text streamed so far.
+    Prefill,
 }
 
 fn default_weight() -> u32 {
@@ -187,13 +203,21 @@ impl BulkheadConf {
     };
 }
 
+/// How long weir waits on a provider, by step of an LLM answer.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TimeoutsConf {
     #[serde(default = "d_connect")]
     pub connect: Dur,
-    #[serde(default = "d_first_byte")]
-    pub first_byte: Dur,
+    /// From sending the request to the first token: on a stream the first
+    /// content delta (not the response header, which providers send at
+    /// once), otherwise the response header. `first_byte` is its old name.
+    #[serde(default = "d_first_token", alias = "first_byte")]
+    pub first_token: Dur,
+    /// Longest gap between two chunks of a stream, once content flows.
+    #[serde(default = "d_stream_idle")]
+    pub stream_idle: Dur,
+    /// Longest gap while writing the request or reading a non-stream body.
     #[serde(default = "d_idle")]
     pub idle: Dur,
 }
@@ -201,8 +225,11 @@ pub struct TimeoutsConf {
 fn d_connect() -> Dur {
     Dur(std::time::Duration::from_secs(2))
 }
-fn d_first_byte() -> Dur {
+fn d_first_token() -> Dur {
     Dur(std::time::Duration::from_secs(60))
+}
+fn d_stream_idle() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
 }
 fn d_idle() -> Dur {
     Dur(std::time::Duration::from_secs(30))
@@ -212,7 +239,8 @@ impl Default for TimeoutsConf {
     fn default() -> Self {
         TimeoutsConf {
             connect: d_connect(),
-            first_byte: d_first_byte(),
+            first_token: d_first_token(),
+            stream_idle: d_stream_idle(),
             idle: d_idle(),
         }
     }
@@ -280,12 +308,172 @@ pub struct RouteConf {
     #[serde(default)]
     pub plugins: Vec<String>,
     pub providers: Vec<String>,
-    #[serde(default)]
-    pub retries: u32,
+    /// The old way to ask for failover: `retries: N` is `retry: {attempts:
+    /// N+1, per_provider: 1, order: next_first}`. Not together with `retry`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retries: Option<u32>,
+    /// When and where a failed attempt is tried again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryConf>,
+    /// A model whose provider answered `context_length_exceeded` -> a model
+    /// with a larger context to send the request to instead.
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub context_fallbacks: IndexMap<String, String>,
     /// Paths forwarded as they are besides the LLM endpoints weir reads
     /// (`/files`, `/batches`, …): no model checks, no token reservation.
     #[serde(default)]
     pub passthrough: Vec<PassthroughConf>,
+}
+
+/// A route's retry policy.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConf {
+    /// Sends in all, the first included.
+    #[serde(default = "d_attempts")]
+    pub attempts: u32,
+    /// Sends to any one provider.
+    #[serde(default = "d_per_provider")]
+    pub per_provider: u32,
+    /// Outcomes that are tried again: `connect_error`, `reset`, `timeout`,
+    /// and statuses (`429`, `500`, ...).
+    #[serde(default = "d_retry_on")]
+    pub on: Vec<RetryOn>,
+    /// After a 429/5xx or a reset: the same provider again first, or the next.
+    #[serde(default)]
+    pub order: RetryOrder,
+    /// Backoff before sending to the same provider again: doubles from
+    /// `backoff_base` up to `backoff_max`, with jitter.
+    #[serde(default = "d_backoff_base")]
+    pub backoff_base: Dur,
+    #[serde(default = "d_backoff_max")]
+    pub backoff_max: Dur,
+    /// Longest `Retry-After` a request waits out for a provider; a longer
+    /// one takes that provider out of this request.
+    #[serde(default = "d_max_retry_after")]
+    pub max_retry_after: Dur,
+    /// No retry starts, and no wait ends, later than this after the first send.
+    #[serde(default = "d_retry_deadline")]
+    pub deadline: Dur,
+}
+
+/// An outcome a retry policy names.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RetryOn {
+    ConnectError,
+    Reset,
+    Timeout,
+    Status(u16),
+}
+
+impl<'de> Deserialize<'de> for RetryOn {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Num(u16),
+            Str(String),
+        }
+        let bad = |s: &str| {
+            serde::de::Error::custom(format!(
+                "'{s}' is not a retry outcome (connect_error, reset, timeout, or a status 400..=599)"
+            ))
+        };
+        match Raw::deserialize(d)? {
+            Raw::Num(n) if (400..=599).contains(&n) => Ok(RetryOn::Status(n)),
+            Raw::Num(n) => Err(bad(&n.to_string())),
+            Raw::Str(s) => match s.as_str() {
+                "connect_error" => Ok(RetryOn::ConnectError),
+                "reset" => Ok(RetryOn::Reset),
+                "timeout" => Ok(RetryOn::Timeout),
+                other => match other.parse::<u16>() {
+                    Ok(n) if (400..=599).contains(&n) => Ok(RetryOn::Status(n)),
+                    _ => Err(bad(other)),
+                },
+            },
+        }
+    }
+}
+
+impl Serialize for RetryOn {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            RetryOn::ConnectError => s.serialize_str("connect_error"),
+            RetryOn::Reset => s.serialize_str("reset"),
+            RetryOn::Timeout => s.serialize_str("timeout"),
+            RetryOn::Status(n) => s.serialize_u16(*n),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryOrder {
+    #[default]
+    SameFirst,
+    NextFirst,
+}
+
+fn d_attempts() -> u32 {
+    3
+}
+fn d_per_provider() -> u32 {
+    2
+}
+fn d_retry_on() -> Vec<RetryOn> {
+    vec![
+        RetryOn::ConnectError,
+        RetryOn::Reset,
+        RetryOn::Timeout,
+        RetryOn::Status(429),
+        RetryOn::Status(500),
+        RetryOn::Status(502),
+        RetryOn::Status(503),
+        RetryOn::Status(504),
+    ]
+}
+fn d_backoff_base() -> Dur {
+    Dur(std::time::Duration::from_millis(100))
+}
+fn d_backoff_max() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+fn d_max_retry_after() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn d_retry_deadline() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+
+impl Default for RetryConf {
+    fn default() -> Self {
+        RetryConf {
+            attempts: d_attempts(),
+            per_provider: d_per_provider(),
+            on: d_retry_on(),
+            order: RetryOrder::default(),
+            backoff_base: d_backoff_base(),
+            backoff_max: d_backoff_max(),
+            max_retry_after: d_max_retry_after(),
+            deadline: d_retry_deadline(),
+        }
+    }
+}
+
+impl RouteConf {
+    /// The route's retry policy: `retry`, the old `retries`, or the default.
+    pub fn retry_policy(&self) -> RetryConf {
+        match (&self.retry, self.retries) {
+            (Some(r), _) => r.clone(),
+            (None, Some(n)) => RetryConf {
+                attempts: n.saturating_add(1),
+                per_provider: 1,
+                order: RetryOrder::NextFirst,
+                ..RetryConf::default()
+            },
+            (None, None) => RetryConf::default(),
+        }
+    }
 }
 
 /// A path (or prefix) and methods forwarded to providers unread.

@@ -126,8 +126,8 @@ pub async fn call_provider(
     let ex = match upstream.send(&Target::provider(provider), req, body).await {
         Ok(ex) => ex,
         Err(e) => {
-            attempt.end(&Attempt::Failed(e.kind));
-            return Err(e);
+            attempt.end(&Attempt::Failed(e.error.kind));
+            return Err(e.error);
         }
     };
     let header = ex.header().clone();
@@ -137,6 +137,7 @@ pub async fn call_provider(
     });
     let data = upstream
         .read_whole(ex, &provider.peer, &provider.name, max_body)
-        .await?;
+        .await
+        .map_err(WeirError::from)?;
     Ok((header, data))
 }

@@ -3,7 +3,8 @@
 
 use super::plugin::{Capabilities, Plugin};
 use crate::bulkhead::Bulkhead;
-use crate::config::{MatchConf, PluginConf};
+use crate::config::{MatchConf, PluginConf, RetryConf};
+use indexmap::IndexMap;
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::Provider;
 use pingora_http::RequestHeader;
@@ -31,7 +32,10 @@ pub struct Route {
     /// The chain, in route order.
     pub plugins: Vec<Arc<PluginInstance>>,
     pub providers: Vec<Arc<Provider>>,
-    pub retries: u32,
+    /// The retry policy.
+    pub retry: RetryConf,
+    /// Model -> larger-context model, after `context_length_exceeded`.
+    pub context_fallbacks: IndexMap<String, String>,
     /// (public model, first provider serving it), in config order, unique.
     pub models: Vec<(String, String)>,
     /// Some plugin of the chain needs usage on streams.

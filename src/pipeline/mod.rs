@@ -29,7 +29,9 @@ mod context;
 mod downstream;
 mod factory;
 mod plugin;
+mod failover;
 mod relay;
+mod retry;
 mod run;
 
 pub use attempt::call_provider;

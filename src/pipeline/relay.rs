@@ -1,84 +1,181 @@
-//! The provider's response on its way to the client: header and chunks
-//! through the response phases (reverse route order), usage read from JSON
-//! or SSE as it passes, never buffered beyond what a plugin keeps itself.
+//! The provider's answer on its way to the client: header and body through
+//! the response phases (reverse route order), usage read as it passes.
+//!
+//! A stream is forwarded event by event (whole events only, so nothing
+//! weir adds can land inside one). When it dies after content reached the
+//! client — a reset, a gap past `stream_idle`, an end without
+//! `finish_reason`/`[DONE]`, a malformed event — weir either continues it
+//! on a provider that declares `continuation: prefill` (sent the text so
+//! far as an assistant message; its deltas spliced into the same stream)
+//! or ends it with an in-band error event and no `[DONE]`, so an SDK
+//! raises instead of returning a truncated answer.
 
+use super::attempt::AttemptGuard;
 use super::chain::Route;
 use super::context::RequestCtx;
 use super::downstream::Downstream;
-use super::run::{Failure, Pipeline};
+use super::failover::{cut, take_events, PrepareError, Ready, StartError, Started, StreamStart};
+use super::plugin::Attempt;
+use super::run::{finish_local, Failure, Pipeline};
+use crate::config::Continuation;
+use crate::error::{ErrorKind, WeirError};
+use crate::llm::sse::{data_event, event_data, Splice, SseSplitter, StreamWatch};
 use crate::llm::{self, SseUsageScanner};
+use crate::metrics;
 use crate::provider::Provider;
-use crate::upstream::Exchange;
+use crate::upstream::{timed_out, Exchange, Fault, SendError};
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
 
-/// Largest non-stream answer read for its `usage`.
+/// Largest non-stream answer read for its `usage` while forwarding it.
 const MAX_USAGE_JSON: usize = 1 << 20;
 
+/// The client's response header from the provider's.
+pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
+    let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
+    for (name, value) in up.headers.iter() {
+        if matches!(name.as_str(), "connection" | "keep-alive") {
+            continue;
+        }
+        let _ = resp.append_header(name.clone(), value.clone());
+    }
+    let _ = resp.insert_header("x-weir-provider", p.name.as_str());
+    let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
+    resp
+}
+
+/// Run the response body phases (reverse route order) on one chunk.
+fn body_phase(route: &Route, ctx: &mut RequestCtx, chunk: &mut Bytes, end: bool) {
+    for i in (0..ctx.entered).rev() {
+        ctx.enter(i);
+        route.plugins[i].plugin.response_body(chunk, end, ctx);
+    }
+}
+
+fn count_recovery(outcome: &str) {
+    metrics::STREAM_RECOVERIES.with_label_values(&[outcome]).inc();
+}
+
 impl Pipeline {
-    /// Stream the provider's response to the client, chunk by chunk.
-    /// `strip_usage`: weir asked for a usage chunk the client did not; take it out again.
+    /// Send a ready answer to the client and the rest of it as it comes.
+    #[allow(clippy::too_many_arguments)]
     pub(super) async fn relay<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
         route: &Arc<Route>,
         p: &Arc<Provider>,
-        mut ex: Exchange,
+        model: &str,
+        attempt: AttemptGuard,
+        ex: Exchange,
+        ready: Ready,
         strip_usage: bool,
     ) -> Result<(), Failure> {
-        let up = ex.header();
-        let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
-        for (name, value) in up.headers.iter() {
-            if matches!(name.as_str(), "connection" | "keep-alive") {
-                continue;
+        match ready {
+            Ready::Whole(body) => {
+                let status = ex.header().status.as_u16();
+                let head = client_header(ex.header(), p, ctx);
+                self.upstream.finish(ex, &p.peer).await;
+                self.relay_whole(d, ctx, attempt, head, body, status).await
             }
-            let _ = resp.append_header(name.clone(), value.clone());
+            Ready::Pass(prefix) => self.relay_pass(d, ctx, route, p, attempt, ex, prefix, strip_usage).await,
+            Ready::Stream(s) => self.relay_stream(d, ctx, route, p, model, attempt, ex, s, strip_usage).await,
         }
-        let _ = resp.insert_header("x-weir-provider", p.name.as_str());
-        let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
-        let is_sse = resp
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let collect_json = !is_sse && resp.status.as_u16() == 200 && ctx.head.is_some();
-        let entered = ctx.entered;
-        for i in (0..entered).rev() {
+    }
+
+    /// An answer read whole: through every response phase, then sent with
+    /// its exact length.
+    pub(super) async fn relay_whole<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        mut attempt: AttemptGuard,
+        mut head: ResponseHeader,
+        body: Bytes,
+        status: u16,
+    ) -> Result<(), Failure> {
+        attempt.end(&Attempt::Answered {
+            status,
+            ttfb: ctx.upstream_ttfb.unwrap_or_default(),
+        });
+        if status == 200 && ctx.head.is_some() {
+            ctx.usage = llm::usage_of_json(&body);
+        }
+        head.remove_header("transfer-encoding");
+        let _ = head.insert_header("content-length", body.len().to_string());
+        let body = finish_local(ctx, &mut head, body, None);
+        d.write_header(head, false).await.map_err(|_| Failure::ClientGone)?;
+        d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
+    }
+
+    /// Header phases, then the header to the client. On failure the
+    /// exchange is the caller's to abort.
+    async fn commit<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        mut resp: ResponseHeader,
+    ) -> Result<(), Failure> {
+        for i in (0..ctx.entered).rev() {
             ctx.enter(i);
             route.plugins[i].plugin.response_headers(&mut resp, ctx);
         }
         if let Some(e) = ctx.failed.take() {
-            ex.abort().await;
             return Err(Failure::Refuse(e, None));
         }
         ctx.status = resp.status.as_u16();
-        if d.write_header(resp, false).await.is_err() {
+        d.write_header(resp, false).await.map_err(|_| Failure::ClientGone)
+    }
+
+    /// Forward an answer as it comes (large non-stream bodies, error
+    /// answers, paths weir does not read): usage read on the way.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_pass<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        p: &Arc<Provider>,
+        mut attempt: AttemptGuard,
+        mut ex: Exchange,
+        prefix: Bytes,
+        strip_usage: bool,
+    ) -> Result<(), Failure> {
+        let up = ex.header();
+        let (status, ttfb) = (up.status.as_u16(), ex.ttfb);
+        let is_sse = up
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let collect_json = !is_sse && status == 200 && ctx.head.is_some();
+        let resp = client_header(up, p, ctx);
+        if let Err(f) = self.commit(d, ctx, route, resp).await {
             ex.abort().await;
-            return Err(Failure::ClientGone);
+            return Err(f);
         }
+        attempt.end(&Attempt::Answered { status, ttfb });
         let mut scanner = SseUsageScanner::default();
         let mut strip = (is_sse && strip_usage).then(llm::UsageChunkStripper::default);
         let mut json = Vec::new();
-        let body_phase = |chunk: &mut Bytes, end: bool, ctx: &mut RequestCtx| {
-            for i in (0..entered).rev() {
-                ctx.enter(i);
-                route.plugins[i].plugin.response_body(chunk, end, ctx);
-            }
-        };
+        let mut pending = (!prefix.is_empty()).then_some(prefix);
         loop {
-            let chunk = match ex.chunk(&p.name).await {
-                Ok(c) => c,
-                Err(e) => {
-                    ex.abort().await;
-                    return Err(Failure::Aborted(e));
-                }
+            let chunk = match pending.take() {
+                Some(c) => Some(c),
+                None => match ex.chunk(&p.name).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        ex.abort().await;
+                        return Err(Failure::Aborted(e.error));
+                    }
+                },
             };
             let end = chunk.is_none() || ex.done();
             let Some(mut chunk) = chunk else {
                 // End of body: send the terminating chunk.
                 let mut last = strip.as_mut().map_or_else(Bytes::new, |s| s.finish());
-                body_phase(&mut last, true, ctx);
+                body_phase(route, ctx, &mut last, true);
                 if let Some(e) = ctx.failed.take() {
                     return Err(Failure::Aborted(e));
                 }
@@ -103,7 +200,7 @@ impl Pipeline {
             } else if collect_json && json.len() + chunk.len() <= MAX_USAGE_JSON {
                 json.extend_from_slice(&chunk);
             }
-            body_phase(&mut chunk, end, ctx);
+            body_phase(route, ctx, &mut chunk, end);
             if let Some(e) = ctx.failed.take() {
                 ex.abort().await;
                 return Err(Failure::Aborted(e));
@@ -126,5 +223,315 @@ impl Pipeline {
         };
         self.upstream.finish(ex, &p.peer).await;
         Ok(())
+    }
+
+    /// Write forwarded events (through the body phases), if any.
+    async fn flush<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        out: &mut BytesMut,
+        end: bool,
+    ) -> Result<(), Failure> {
+        if out.is_empty() && !end {
+            return Ok(());
+        }
+        let mut chunk = out.split().freeze();
+        body_phase(route, ctx, &mut chunk, end);
+        if let Some(e) = ctx.failed.take() {
+            return Err(Failure::Aborted(e));
+        }
+        if chunk.is_empty() && !end {
+            return Ok(());
+        }
+        d.write_body(chunk, end).await.map_err(|_| Failure::ClientGone)
+    }
+
+    /// Read the next stream chunk within `stream_idle`, leaving if the client does.
+    async fn next_chunk<D: Downstream>(d: &mut D, ex: &mut Exchange, p: &Provider) -> Result<Option<Bytes>, Next> {
+        let limit = p.conf.timeouts.stream_idle.0;
+        let r = tokio::select! {
+            r = ex.chunk_within(&p.name, limit) => r,
+            _ = d.gone() => return Err(Next::ClientGone),
+        };
+        r.map_err(|e| match e.fault {
+            Fault::Timeout => Next::Died(timed_out(&p.name, "stalled mid-stream: sent nothing", limit)),
+            _ => Next::Died(e),
+        })
+    }
+
+    /// A stream whose first content arrived: forward it event by event;
+    /// if it dies, recover.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_stream<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+        p: &Arc<Provider>,
+        model: &str,
+        mut attempt: AttemptGuard,
+        mut ex: Exchange,
+        s: StreamStart,
+        strip_usage: bool,
+    ) -> Result<(), Failure> {
+        let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
+        let resp = client_header(ex.header(), p, ctx);
+        if let Err(f) = self.commit(d, ctx, route, resp).await {
+            ex.abort().await;
+            return Err(f);
+        }
+        let StreamStart {
+            mut splitter,
+            mut watch,
+            held: mut out,
+        } = s;
+        let died = loop {
+            if let Err(f) = self.flush(d, ctx, route, &mut out, false).await {
+                ex.abort().await;
+                return Err(f);
+            }
+            match Self::next_chunk(d, &mut ex, p).await {
+                Err(Next::ClientGone) => {
+                    ex.abort().await;
+                    return Err(Failure::ClientGone);
+                }
+                Err(Next::Died(e)) => break e,
+                Ok(None) if watch.complete() => {
+                    // Whatever trails the last event (a comment without its blank line).
+                    out.extend_from_slice(&splitter.take_rest());
+                    self.flush(d, ctx, route, &mut out, true).await?;
+                    attempt.end(&Attempt::Answered { status, ttfb });
+                    ctx.usage = watch.usage;
+                    self.upstream.finish(ex, &p.peer).await;
+                    return Ok(());
+                }
+                Ok(None) => break cut(&p.name, "ended the stream without finishing the answer"),
+                Ok(Some(c)) => {
+                    splitter.push(&c);
+                    if let Err(e) = take_events(&mut splitter, &mut watch, strip_usage, &mut out, &p.name) {
+                        break e;
+                    }
+                }
+            }
+        };
+        // Events that arrived whole before the failure still go out.
+        let flushed = self.flush(d, ctx, route, &mut out, false).await;
+        attempt.end(&Attempt::Failed(died.error.kind));
+        ex.abort().await;
+        flushed?;
+        self.recover(d, ctx, route, p, model, watch, died, strip_usage).await
+    }
+
+    /// A stream died after content reached the client: continue it on a
+    /// `continuation: prefill` provider, or end it with an error event.
+    #[allow(clippy::too_many_arguments)]
+    async fn recover<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+        dead: &Arc<Provider>,
+        model: &str,
+        primary: StreamWatch,
+        cause: SendError,
+        strip_usage: bool,
+    ) -> Result<(), Failure> {
+        let what = format!(
+            "{} after {} content chunks had reached the client",
+            cause.error.message, primary.content_events
+        );
+        log::warn!("request {}: {what}", ctx.request_id);
+        ctx.usage = primary.usage;
+        let chat = d.req_header().uri.path().ends_with("/chat/completions");
+        if primary.tool_calls || primary.not_continuable || primary.text.is_empty() || !chat {
+            count_recovery("not_continuable");
+            let why = if primary.tool_calls {
+                "tool-call streams are not continued"
+            } else {
+                "this stream cannot be continued"
+            };
+            return self.end_with_error(d, ctx, route, format!("{what}; {why}")).await;
+        }
+        let fallbacks: Vec<Arc<Provider>> = route
+            .candidates(model)
+            .into_iter()
+            .filter(|f| f.name != dead.name && f.conf.continuation == Continuation::Prefill)
+            .collect();
+        if fallbacks.is_empty() {
+            count_recovery("no_fallback");
+            return self
+                .end_with_error(d, ctx, route, format!("{what}; no provider with continuation: prefill serves '{model}'"))
+                .await;
+        }
+        let client_usage = !strip_usage && ctx.head.as_ref().is_some_and(|h| h.include_usage);
+        let mut notes = Vec::new();
+        for f in fallbacks {
+            let Some(body) = f
+                .upstream_model(model)
+                .and_then(|up| llm::prefill_body(&ctx.body, up, &primary.text, primary.content_events))
+            else {
+                notes.push(format!("'{}': the request has no messages to continue", f.name));
+                continue;
+            };
+            let Started { mut attempt, mut ex } = match self.start(d, ctx, route, &f, &body).await {
+                Ok(s) => s,
+                Err(StartError::ClientGone) => return Err(Failure::ClientGone),
+                Err(StartError::Refused(e)) => {
+                    notes.push(e.message);
+                    continue;
+                }
+                Err(StartError::Failed(e)) => {
+                    notes.push(e.error.message);
+                    continue;
+                }
+            };
+            let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
+            if status != 200 {
+                // A fallback that rejects the prefill is not the client's error.
+                notes.push(format!("'{}' answered {status} to the continuation", f.name));
+                attempt.end(&Attempt::Answered { status, ttfb });
+                ex.abort().await;
+                continue;
+            }
+            match self.prepare(d, &mut ex, &f, true, false).await {
+                Ok(Ready::Stream(s)) => {
+                    return self
+                        .splice(d, ctx, route, dead, &f, primary, attempt, ex, s, client_usage)
+                        .await
+                }
+                Ok(_) => notes.push(format!("'{}' did not stream the continuation", f.name)),
+                Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
+                Err(PrepareError::Failed(e)) => {
+                    attempt.end(&Attempt::Failed(e.error.kind));
+                    notes.push(e.error.message);
+                }
+            }
+            ex.abort().await;
+        }
+        count_recovery("failed");
+        let notes = notes.join("; ");
+        self.end_with_error(d, ctx, route, format!("{what}; continuing it failed ({notes})"))
+            .await
+    }
+
+    /// Forward a continuation as part of the stream that died: its events
+    /// rewritten to the original `id`, no second role chunk, usage summed.
+    #[allow(clippy::too_many_arguments)]
+    async fn splice<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        dead: &Provider,
+        f: &Arc<Provider>,
+        primary: StreamWatch,
+        mut attempt: AttemptGuard,
+        mut ex: Exchange,
+        s: StreamStart,
+        client_usage: bool,
+    ) -> Result<(), Failure> {
+        let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
+        let mut splice = Splice::new(&primary, format!("{},{}", dead.name, f.name), client_usage);
+        let StreamStart {
+            mut splitter,
+            mut watch,
+            held,
+        } = s;
+        // `held` holds whole events: cut them again to rewrite each.
+        let mut raw = SseSplitter::default();
+        raw.push(&held);
+        let mut out = BytesMut::new();
+        rewrite(&mut raw, &mut splice, &mut out);
+        ctx.provider = Some(f.clone());
+        let died = loop {
+            self.flush(d, ctx, route, &mut out, false).await?;
+            match Self::next_chunk(d, &mut ex, f).await {
+                Err(Next::ClientGone) => {
+                    ex.abort().await;
+                    return Err(Failure::ClientGone);
+                }
+                Err(Next::Died(e)) => break e,
+                Ok(None) if watch.complete() => {
+                    self.flush(d, ctx, route, &mut out, true).await?;
+                    attempt.end(&Attempt::Answered { status, ttfb });
+                    count_recovery("continued");
+                    log::info!(
+                        "request {}: stream continued on provider '{}' after '{}' failed",
+                        ctx.request_id,
+                        f.name,
+                        dead.name
+                    );
+                    ctx.usage = splice.usage.or(ctx.usage);
+                    self.upstream.finish(ex, &f.peer).await;
+                    return Ok(());
+                }
+                Ok(None) => break cut(&f.name, "ended the continuation without finishing it"),
+                Ok(Some(c)) => {
+                    splitter.push(&c);
+                    // The watch checks each event; the rewrite makes what goes out.
+                    let mut plain = BytesMut::new();
+                    if let Err(e) = take_events(&mut splitter, &mut watch, false, &mut plain, &f.name) {
+                        break e;
+                    }
+                    raw.push(&plain);
+                    rewrite(&mut raw, &mut splice, &mut out);
+                }
+            }
+        };
+        self.flush(d, ctx, route, &mut out, false).await?;
+        attempt.end(&Attempt::Failed(died.error.kind));
+        ex.abort().await;
+        count_recovery("failed");
+        self.end_with_error(
+            d,
+            ctx,
+            route,
+            format!(
+                "the stream from '{}' died and its continuation on '{}' died too: {}",
+                dead.name, f.name, died.error.message
+            ),
+        )
+        .await
+    }
+
+    /// End a stream with an error event in OpenAI's envelope and no
+    /// `[DONE]`: an SDK raises it rather than return a truncated answer.
+    async fn end_with_error<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Route,
+        message: String,
+    ) -> Result<(), Failure> {
+        let event = serde_json::json!({
+            "error": {
+                "message": message,
+                "type": "upstream_error",
+                "code": "stream_interrupted",
+                "param": null,
+            }
+        });
+        let mut out = BytesMut::from(&data_event(&serde_json::to_vec(&event).unwrap_or_default())[..]);
+        ctx.error = Some(WeirError::new(ErrorKind::Upstream, message));
+        self.flush(d, ctx, route, &mut out, true).await
+    }
+}
+
+/// Why reading a stream stopped.
+enum Next {
+    ClientGone,
+    Died(SendError),
+}
+
+/// Rewrite the whole events of `raw` for the client.
+fn rewrite(raw: &mut SseSplitter, splice: &mut Splice, out: &mut BytesMut) {
+    while let Ok(Some(event)) = raw.next_event() {
+        if let Some(data) = event_data(&event) {
+            if let Some(e) = splice.event(&data) {
+                out.extend_from_slice(&e);
+            }
+        }
     }
 }

@@ -6,18 +6,16 @@
 //! the plugins that ran, in reverse route order, the one that answered
 //! excepted.
 
-use super::attempt::{self, AttemptGuard};
+use super::attempt;
 use super::chain::Route;
 use super::context::RequestCtx;
 use super::downstream::Downstream;
-use super::plugin::{Attempt, Flow, LocalResponse};
+use super::plugin::{Flow, LocalResponse};
 use crate::bulkhead::{Bulkhead, Permit};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
-use crate::metrics;
-use crate::provider::Provider;
 use crate::traffic::retry_budget::RetryBudget;
-use crate::upstream::{Target, Upstream};
+use crate::upstream::Upstream;
 use bytes::{Bytes, BytesMut};
 use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
@@ -27,7 +25,7 @@ use std::time::Duration;
 /// budget, shared by every config generation.
 pub struct Pipeline {
     pub(super) upstream: Upstream,
-    retry_budget: RetryBudget,
+    pub(super) retry_budget: RetryBudget,
 }
 
 impl Default for Pipeline {
@@ -105,7 +103,7 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes
 /// away. `watch_client` only when the request body has been read completely.
-async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
+pub(super) async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
     if !watch_client {
         return attempt::acquire(b).await.map_err(Failure::from);
     }
@@ -113,70 +111,6 @@ async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -
         r = attempt::acquire(b) => r.map_err(Failure::from),
         _ = d.gone() => Err(Failure::ClientGone),
     }
-}
-
-/// Headers never copied from client to provider: hop-by-hop ones, the
-/// framing weir sets itself, and `expect` (weir has the whole body before it
-/// sends; a provider's `100 Continue` would only be an interim head to skip).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "te",
-    "trailer",
-    "upgrade",
-    "proxy-authorization",
-    "content-length",
-    "host",
-    "expect",
-];
-
-/// Client credentials for weir itself, never forwarded.
-const CLIENT_KEYS: &[&str] = &["authorization", "api-key", "x-api-key"];
-
-/// Headers that choose which organization or project the operator's key
-/// bills; forwarded only with the provider's `forward_client_org`.
-const CLIENT_ORG: &[&str] = &["openai-organization", "openai-project"];
-
-/// Whether the client's `Connection` header names `name` (lowercase): such
-/// a header is hop-by-hop too (RFC 9110 §7.6.1).
-fn named_in_connection(client: &RequestHeader, name: &str) -> bool {
-    client.headers.get_all("connection").iter().any(|v| {
-        v.as_bytes()
-            .split(|b| *b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
-    })
-}
-
-/// The request header as the provider gets it.
-fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body_len: usize) -> RequestHeader {
-    let path = p
-        .endpoint
-        .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
-    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
-        .expect("method and path come from a valid request");
-    let has_connection = client.headers.contains_key("connection");
-    for (name, value) in client.headers.iter() {
-        let n = name.as_str();
-        if HOP_BY_HOP.contains(&n)
-            || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n))
-            || (!p.conf.forward_client_org && CLIENT_ORG.contains(&n))
-            || (has_connection && named_in_connection(client, n))
-        {
-            continue;
-        }
-        let _ = req.append_header(name.clone(), value.clone());
-    }
-    let _ = req.insert_header("host", p.endpoint.authority());
-    let _ = req.insert_header("x-request-id", request_id);
-    if let Some(auth) = &p.authorization {
-        let _ = req.insert_header("authorization", auth.as_str());
-    }
-    if body_len > 0 || client.method != http::Method::GET {
-        let _ = req.insert_header("content-length", body_len.to_string());
-    }
-    req
 }
 
 /// The client sent `Expect: 100-continue`.
@@ -329,94 +263,6 @@ impl Pipeline {
         self.attempts(d, ctx, route, strip_usage).await
     }
 
-    /// Try the candidates in order: the first, then up to `retries` others
-    /// (within the retry budget), only while nothing has reached the client.
-    /// A provider whose bulkhead refuses, or that a plugin skips, costs no retry.
-    async fn attempts<D: Downstream>(
-        &self,
-        d: &mut D,
-        ctx: &mut RequestCtx,
-        route: &Arc<Route>,
-        strip_usage: bool,
-    ) -> Result<(), Failure> {
-        let max_sends = route.retries as usize + 1;
-        let candidates = std::mem::take(&mut ctx.candidates);
-        let mut sends = 0;
-        let mut last_err = None;
-        let mut _retry = None;
-        for (ci, provider) in candidates.iter().enumerate() {
-            if sends >= max_sends {
-                break;
-            }
-            if sends > 0 {
-                match self.retry_budget.try_retry() {
-                    Some(g) => {
-                        _retry = Some(g);
-                        metrics::RETRIES.with_label_values(&[&route.name, "tried"]).inc();
-                    }
-                    None => {
-                        metrics::RETRIES
-                            .with_label_values(&[&route.name, "budget_exhausted"])
-                            .inc();
-                        break;
-                    }
-                }
-            }
-            ctx.provider = Some(provider.clone());
-            let permit = match wait(d, &provider.bulkhead, true).await {
-                Ok(p) => p,
-                Err(Failure::Refuse(e, _)) => {
-                    last_err = Some(e);
-                    continue;
-                }
-                Err(f) => return Err(f),
-            };
-            let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
-                last_err.get_or_insert_with(|| attempt::skipped_error(provider));
-                continue;
-            };
-            let body = match (&ctx.head, provider.upstream_model(ctx.model().unwrap_or_default())) {
-                (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
-                _ => ctx.body.clone(),
-            };
-            let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len());
-            sends += 1;
-            let target = Target::provider(provider);
-            let sent = tokio::select! {
-                r = self.upstream.send(&target, &req, &body) => Some(r),
-                _ = d.gone() => None,
-            };
-            let ex = match sent {
-                // The attempt guard gives back what it holds.
-                None => return Err(Failure::ClientGone),
-                Some(Err(e)) => {
-                    log::warn!("request {}: {e}", ctx.request_id);
-                    attempt.end(&Attempt::Failed(e.kind));
-                    last_err = Some(e);
-                    continue;
-                }
-                Some(Ok(ex)) => ex,
-            };
-            let status = ex.header().status.as_u16();
-            attempt.end(&Attempt::Answered { status, ttfb: ex.ttfb });
-            let another = ci + 1 < candidates.len() && sends < max_sends;
-            if (status == 429 || status >= 500) && another {
-                log::warn!(
-                    "request {}: provider '{}' answered {status}; trying another",
-                    ctx.request_id,
-                    provider.name
-                );
-                ex.abort().await;
-                continue;
-            }
-            ctx.upstream_ttfb = Some(ex.ttfb);
-            return self.relay(d, ctx, route, provider, ex, strip_usage).await;
-        }
-        Err(last_err
-            .unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered"))
-            .into())
-    }
-
     /// `GET /v1/models`: the models this route (and this key) may use.
     async fn list_models<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx, route: &Route) -> Result<(), Failure> {
         let allowed = ctx.identity.as_ref().and_then(|i| i.models.clone());
@@ -476,7 +322,7 @@ impl Pipeline {
 /// route order, over the plugins that ran, `by` excepted) and fix its
 /// length; a fail-closed filter that failed on it replaces it with its error.
 /// The header already carries the body's length and the request id.
-fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Bytes, by: Option<usize>) -> Bytes {
+pub(super) fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Bytes, by: Option<usize>) -> Bytes {
     if let Some(route) = ctx.route.clone() {
         let entered = ctx.entered;
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);

@@ -9,6 +9,8 @@ use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+pub mod sse;
+
 /// What weir needs from an OpenAI request body, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestHead {
@@ -644,6 +646,30 @@ fn piece_chunk(
     serde_json::json!({"id": id, "object": object, "created": created, "model": model, "choices": [choice]})
 }
 
+/// The body that asks a provider to continue `text`, an answer another
+/// provider streamed in part (`pieces` content chunks): the original
+/// messages plus an assistant message holding `text`, for `model`, streamed
+/// with usage, `max_tokens` lowered by what was already generated. `None`
+/// when the body is not a chat request.
+pub fn prefill_body(body: &[u8], model: &str, text: &str, pieces: u64) -> Option<Bytes> {
+    use serde_json::{json, Value};
+    let mut v: Value = serde_json::from_slice(body).ok()?;
+    let o = v.as_object_mut()?;
+    o.get_mut("messages")?
+        .as_array_mut()?
+        .push(json!({"role": "assistant", "content": text}));
+    o.insert("model".into(), json!(model));
+    o.insert("stream".into(), json!(true));
+    o.insert("stream_options".into(), json!({"include_usage": true}));
+    o.remove("n");
+    for key in ["max_tokens", "max_completion_tokens"] {
+        if let Some(max) = o.get(key).and_then(Value::as_u64) {
+            o.insert(key.into(), json!(max.saturating_sub(pieces).max(1)));
+        }
+    }
+    serde_json::to_vec(&v).ok().map(Bytes::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -824,6 +850,20 @@ mod tests {
         assert!(!std::str::from_utf8(&replay_as_sse(&answer, false))
             .unwrap()
             .contains("usage"));
+    }
+
+    #[test]
+    fn prefill_appends_the_text_so_far() {
+        let body = br#"{"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":60,"n":1}"#;
+        let out = prefill_body(body, "up-m", "tok0 tok1", 2).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["model"], "up-m");
+        assert_eq!(v["messages"][1], serde_json::json!({"role": "assistant", "content": "tok0 tok1"}));
+        assert_eq!(v["stream"], true);
+        assert_eq!(v["stream_options"]["include_usage"], true);
+        assert_eq!(v["max_tokens"], 58);
+        assert!(v.get("n").is_none());
+        assert_eq!(prefill_body(br#"{"model":"m","prompt":"x"}"#, "m", "t", 1), None);
     }
 
     #[test]

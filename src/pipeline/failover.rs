@@ -1,0 +1,490 @@
+//! Attempts at providers until one answers, by the route's retry policy
+//! (`retry.rs`). Nothing reaches the client before an answer is ready:
+//! a stream's first token, or a whole non-stream body (up to a bound), so a
+//! provider that fails before then — reset, silent past `first_token`, cut
+//! mid-body — is one more failed attempt, not a broken response.
+//!
+//! Answers that must not be retried blindly are returned as they are
+//! (4xx), except `context_length_exceeded`, which goes once to the
+//! route's larger-context model when `context_fallbacks` names one.
+
+use super::attempt::{self, AttemptGuard};
+use super::chain::Route;
+use super::context::RequestCtx;
+use super::downstream::Downstream;
+use super::plugin::Attempt;
+use super::relay::client_header;
+use super::retry::{self, Outcome, Schedule};
+use super::run::{wait, Failure, Pipeline};
+use crate::error::{ErrorKind, WeirError};
+use crate::llm::sse::{event_data, Seen, SseSplitter, StreamWatch};
+use crate::llm;
+use crate::metrics;
+use crate::provider::Provider;
+use crate::traffic::retry_budget::RetryGuard;
+use crate::upstream::{timed_out, Exchange, Fault, SendError, Target};
+use bytes::{Bytes, BytesMut};
+use pingora_http::RequestHeader;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+/// A non-stream answer up to this size is read whole before the client
+/// sees anything (so a provider dying mid-body can be retried); a larger
+/// one is forwarded as it comes.
+pub(super) const MAX_WHOLE: usize = 1 << 20;
+
+/// An error answer read to decide whether it is `context_length_exceeded`.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// An attempt under way: its guard and the provider's response head.
+pub(super) struct Started {
+    pub attempt: AttemptGuard,
+    pub ex: Exchange,
+}
+
+pub(super) enum StartError {
+    /// The provider's bulkhead refused, or a plugin skipped it: no send.
+    Refused(WeirError),
+    Failed(SendError),
+    ClientGone,
+}
+
+/// An answer ready to go to the client.
+pub(super) enum Ready {
+    /// An event stream whose first content has arrived; `held` is what
+    /// came before it and with it, ready to forward.
+    Stream(StreamStart),
+    /// The whole body.
+    Whole(Bytes),
+    /// Forward as it comes, starting with these bytes.
+    Pass(Bytes),
+}
+
+/// A stream up to its first content.
+pub(super) struct StreamStart {
+    pub splitter: SseSplitter,
+    pub watch: StreamWatch,
+    pub held: BytesMut,
+}
+
+pub(super) enum PrepareError {
+    Failed(SendError),
+    ClientGone,
+}
+
+/// Headers never copied from client to provider: hop-by-hop ones, the
+/// framing weir sets itself, and `expect` (weir has the whole body before it
+/// sends; a provider's `100 Continue` would only be an interim head to skip).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-authorization",
+    "content-length",
+    "host",
+    "expect",
+];
+
+/// Client credentials for weir itself, never forwarded.
+const CLIENT_KEYS: &[&str] = &["authorization", "api-key", "x-api-key"];
+
+/// Headers that choose which organization or project the operator's key
+/// bills; forwarded only with the provider's `forward_client_org`.
+const CLIENT_ORG: &[&str] = &["openai-organization", "openai-project"];
+
+/// Whether the client's `Connection` header names `name` (lowercase): such
+/// a header is hop-by-hop too (RFC 9110 §7.6.1).
+fn named_in_connection(client: &RequestHeader, name: &str) -> bool {
+    client.headers.get_all("connection").iter().any(|v| {
+        v.as_bytes()
+            .split(|b| *b == b',')
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(name.as_bytes()))
+    })
+}
+
+/// The request header as the provider gets it.
+fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body_len: usize) -> RequestHeader {
+    let path = p
+        .endpoint
+        .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+    let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
+        .expect("method and path come from a valid request");
+    let has_connection = client.headers.contains_key("connection");
+    for (name, value) in client.headers.iter() {
+        let n = name.as_str();
+        if HOP_BY_HOP.contains(&n)
+            || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n))
+            || (!p.conf.forward_client_org && CLIENT_ORG.contains(&n))
+            || (has_connection && named_in_connection(client, n))
+        {
+            continue;
+        }
+        let _ = req.append_header(name.clone(), value.clone());
+    }
+    let _ = req.insert_header("host", p.endpoint.authority());
+    let _ = req.insert_header("x-request-id", request_id);
+    if let Some(auth) = &p.authorization {
+        let _ = req.insert_header("authorization", auth.as_str());
+    }
+    if body_len > 0 || client.method != http::Method::GET {
+        let _ = req.insert_header("content-length", body_len.to_string());
+    }
+    req
+}
+
+/// The body for `provider`: the public `model` renamed to its upstream name.
+fn body_for(ctx: &RequestCtx, provider: &Provider, model: &str) -> Bytes {
+    match (&ctx.head, provider.upstream_model(model)) {
+        (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
+        _ => ctx.body.clone(),
+    }
+}
+
+/// Is this error answer OpenAI's `context_length_exceeded`?
+fn is_context_length(body: &[u8]) -> bool {
+    serde_json::from_slice::<serde_json::Value>(body)
+        .ok()
+        .and_then(|v| v.pointer("/error/code")?.as_str().map(|c| c == "context_length_exceeded"))
+        .unwrap_or(false)
+}
+
+fn count_retry(route: &Route, reason: &str) {
+    metrics::RETRIES.with_label_values(&[&route.name, reason]).inc();
+}
+
+impl Pipeline {
+    /// Admit and send one attempt at `provider`: its bulkhead slot, the
+    /// chain's admission, the request, the response head.
+    pub(super) async fn start<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &RequestCtx,
+        route: &Route,
+        provider: &Arc<Provider>,
+        body: &Bytes,
+    ) -> Result<Started, StartError> {
+        let permit = match wait(d, &provider.bulkhead, true).await {
+            Ok(p) => p,
+            Err(Failure::Refuse(e, _)) => return Err(StartError::Refused(e)),
+            Err(_) => return Err(StartError::ClientGone),
+        };
+        let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
+            return Err(StartError::Refused(attempt::skipped_error(provider)));
+        };
+        let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len());
+        let target = Target::provider(provider);
+        let sent = tokio::select! {
+            r = self.upstream.send(&target, &req, body) => Some(r),
+            _ = d.gone() => None,
+        };
+        match sent {
+            // The attempt guard gives back what it holds.
+            None => Err(StartError::ClientGone),
+            Some(Err(e)) => {
+                attempt.end(&Attempt::Failed(e.error.kind));
+                Err(StartError::Failed(e))
+            }
+            Some(Ok(ex)) => Ok(Started { attempt, ex }),
+        }
+    }
+
+    /// Try candidates by the route's retry policy until one answer is
+    /// ready, then relay it.
+    pub(super) async fn attempts<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+        strip_usage: bool,
+    ) -> Result<(), Failure> {
+        let policy = &route.retry;
+        let mut candidates = std::mem::take(&mut ctx.candidates);
+        let mut model = ctx.model().unwrap_or_default().to_string();
+        let mut switched = false;
+        let mut schedule = Schedule::new(policy, candidates.len(), Instant::now());
+        let mut next = schedule.first().map(|i| (i, Duration::ZERO));
+        let mut last_err: Option<WeirError> = None;
+        // A provider's 429 whose Retry-After was too long to wait out: the
+        // answer if nothing else works, so the client knows when to return.
+        let mut rate_limited: Option<WeirError> = None;
+        // Held from the first retry to the end of the request.
+        let mut retrying = None;
+        while let Some((i, pause)) = next.take() {
+            let provider = candidates[i].clone();
+            if !pause.is_zero() {
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = d.gone() => return Err(Failure::ClientGone),
+                }
+            }
+            ctx.provider = Some(provider.clone());
+            let body = body_for(ctx, &provider, &model);
+            let Started { mut attempt, mut ex } = match self.start(d, ctx, route, &provider, &body).await {
+                Ok(s) => s,
+                Err(StartError::ClientGone) => return Err(Failure::ClientGone),
+                Err(StartError::Refused(e)) => {
+                    last_err = Some(e);
+                    next = schedule.skip(i, Instant::now());
+                    continue;
+                }
+                Err(StartError::Failed(e)) => {
+                    schedule.sent(i);
+                    log::warn!("request {}: {e}", ctx.request_id);
+                    next = self.retry_at(&mut schedule, i, Outcome::Fault(e.fault), route, &mut retrying);
+                    last_err = Some(e.error);
+                    continue;
+                }
+            };
+            schedule.sent(i);
+            let status = ex.header().status.as_u16();
+            let ttfb = ex.ttfb;
+            if status == 429 || status >= 500 {
+                let ra = ex
+                    .header()
+                    .headers
+                    .get("retry-after")
+                    .and_then(|v| retry::retry_after(v.as_bytes(), SystemTime::now()));
+                let outcome = Outcome::Status(status, ra);
+                if let Some(n) = self.retry_at(&mut schedule, i, outcome, route, &mut retrying) {
+                    log::warn!(
+                        "request {}: provider '{}' answered {status}; trying again",
+                        ctx.request_id,
+                        provider.name
+                    );
+                    attempt.end(&Attempt::Answered { status, ttfb });
+                    ex.abort().await;
+                    if let (429, Some(ra)) = (status, ra) {
+                        if ra > policy.max_retry_after.0 {
+                            let secs = ra.as_secs_f64().ceil().max(1.0) as u64;
+                            let mut e = WeirError::new(
+                                ErrorKind::RateLimited,
+                                format!("provider '{}' is rate limited; retry in {secs}s", provider.name),
+                            );
+                            e.retry_after = Some(secs);
+                            rate_limited = Some(e);
+                        }
+                    }
+                    last_err = Some(WeirError::new(
+                        ErrorKind::Upstream,
+                        format!("provider '{}' answered {status}", provider.name),
+                    ));
+                    next = Some(n);
+                    continue;
+                }
+            }
+            let bigger = route.context_fallbacks.get(&model).filter(|_| !switched);
+            if let (400, Some(bigger)) = (status, bigger) {
+                ctx.upstream_ttfb = Some(ttfb);
+                let head = client_header(ex.header(), &provider, ctx);
+                let body = match self.upstream.read_whole(ex, &provider.peer, &provider.name, MAX_ERROR_BODY).await {
+                    Ok(b) => b,
+                    Err(e) => {
+                        attempt.end(&Attempt::Failed(e.error.kind));
+                        return Err(e.error.into());
+                    }
+                };
+                attempt.end(&Attempt::Answered { status, ttfb });
+                if is_context_length(&body) {
+                    log::info!(
+                        "request {}: '{model}' is over its context length at '{}'; trying '{bigger}'",
+                        ctx.request_id,
+                        provider.name
+                    );
+                    count_retry(route, "context_length");
+                    model = bigger.clone();
+                    switched = true;
+                    candidates = route.candidates(&model);
+                    schedule = Schedule::new(policy, candidates.len(), Instant::now());
+                    next = schedule.first().map(|i| (i, Duration::ZERO));
+                    continue;
+                }
+                // Another 400: the client's to see. Its connection went back to the pool.
+                return self.relay_whole(d, ctx, attempt, head, body, status).await;
+            }
+            let ready = if status == 200 && ctx.head.is_some() {
+                let path = d.req_header().uri.path();
+                let chat = path.ends_with("/chat/completions") || path.ends_with("/completions");
+                let stream = chat && ctx.head.as_ref().is_some_and(|h| h.stream);
+                match self.prepare(d, &mut ex, &provider, stream, strip_usage).await {
+                    Ok(r) => r,
+                    Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
+                    Err(PrepareError::Failed(e)) => {
+                        log::warn!("request {}: {e}", ctx.request_id);
+                        attempt.end(&Attempt::Failed(e.error.kind));
+                        ex.abort().await;
+                        next = self.retry_at(&mut schedule, i, Outcome::Fault(e.fault), route, &mut retrying);
+                        last_err = Some(e.error);
+                        continue;
+                    }
+                }
+            } else {
+                Ready::Pass(Bytes::new())
+            };
+            ctx.upstream_ttfb = Some(ttfb);
+            return self.relay(d, ctx, route, &provider, &model, attempt, ex, ready, strip_usage).await;
+        }
+        Err(rate_limited
+            .or(last_err)
+            .unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered"))
+            .into())
+    }
+
+    /// The policy's next candidate after a failed attempt, if the retry
+    /// budget allows one more retry in progress; counted.
+    fn retry_at<'a>(
+        &'a self,
+        s: &mut Schedule,
+        i: usize,
+        outcome: Outcome,
+        route: &Route,
+        retrying: &mut Option<RetryGuard<'a>>,
+    ) -> Option<(usize, Duration)> {
+        let next = s.after(i, outcome, Instant::now())?;
+        if retrying.is_none() {
+            match self.retry_budget.try_retry() {
+                Some(g) => *retrying = Some(g),
+                None => {
+                    count_retry(route, "budget_exhausted");
+                    return None;
+                }
+            }
+        }
+        count_retry(route, outcome.reason());
+        Some(next)
+    }
+
+    /// Read an answer up to the point where it can go to the client: a
+    /// chat stream's first content (within `first_token` of sending), or a
+    /// non-stream body whole (up to [`MAX_WHOLE`]). `stream`: the client
+    /// asked for a chat or completions stream.
+    pub(super) async fn prepare<D: Downstream>(
+        &self,
+        d: &mut D,
+        ex: &mut Exchange,
+        p: &Provider,
+        stream: bool,
+        strip_usage: bool,
+    ) -> Result<Ready, PrepareError> {
+        let is_sse = ex
+            .header()
+            .headers
+            .get("content-type")
+            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        if is_sse {
+            if !stream {
+                // Not a chat stream weir reads (a Responses API stream, a
+                // passthrough path): forwarded as it comes.
+                return Ok(Ready::Pass(Bytes::new()));
+            }
+            return self.first_token(d, ex, p, strip_usage).await.map(Ready::Stream);
+        }
+        let mut buf = BytesMut::new();
+        loop {
+            let chunk = tokio::select! {
+                c = ex.chunk(&p.name) => c,
+                _ = d.gone() => return Err(PrepareError::ClientGone),
+            };
+            match chunk.map_err(PrepareError::Failed)? {
+                None => return Ok(Ready::Whole(buf.freeze())),
+                Some(c) => {
+                    buf.extend_from_slice(&c);
+                    if buf.len() > MAX_WHOLE {
+                        return Ok(Ready::Pass(buf.freeze()));
+                    }
+                }
+            }
+        }
+    }
+
+    /// Read a stream until its first content, holding what came before.
+    async fn first_token<D: Downstream>(
+        &self,
+        d: &mut D,
+        ex: &mut Exchange,
+        p: &Provider,
+        strip_usage: bool,
+    ) -> Result<StreamStart, PrepareError> {
+        let limit = p.conf.timeouts.first_token.0;
+        let deadline = ex.sent_at + limit;
+        let mut s = StreamStart {
+            splitter: SseSplitter::default(),
+            watch: StreamWatch::default(),
+            held: BytesMut::new(),
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(PrepareError::Failed(timed_out(&p.name, "sent no first token", limit)));
+            }
+            let chunk = tokio::select! {
+                c = ex.chunk_within(&p.name, left) => c,
+                _ = d.gone() => return Err(PrepareError::ClientGone),
+            };
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) if e.fault == Fault::Timeout => {
+                    return Err(PrepareError::Failed(timed_out(&p.name, "sent no first token", limit)))
+                }
+                Err(e) => return Err(PrepareError::Failed(e)),
+            };
+            let Some(chunk) = chunk else {
+                if s.watch.complete() {
+                    return Ok(s);
+                }
+                return Err(PrepareError::Failed(cut(&p.name, "ended the stream before any content")));
+            };
+            s.splitter.push(&chunk);
+            if take_events(&mut s.splitter, &mut s.watch, strip_usage, &mut s.held, &p.name)
+                .map_err(PrepareError::Failed)?
+            {
+                return Ok(s);
+            }
+        }
+    }
+}
+
+/// A stream that broke off.
+pub(super) fn cut(provider: &str, what: &str) -> SendError {
+    SendError {
+        error: WeirError::new(ErrorKind::Upstream, format!("provider '{provider}' {what}")),
+        fault: Fault::Reset,
+    }
+}
+
+/// Move the whole events buffered in `splitter` to `out`, read by `watch`
+/// (a usage-only event dropped when weir asked for it, not the client).
+/// Returns whether the answer is under way (content, `[DONE]` or an error
+/// event seen); a malformed or oversized event is the provider's fault.
+pub(super) fn take_events(
+    splitter: &mut SseSplitter,
+    watch: &mut StreamWatch,
+    strip_usage: bool,
+    out: &mut BytesMut,
+    provider: &str,
+) -> Result<bool, SendError> {
+    let mut under_way = false;
+    loop {
+        let event = match splitter.next_event() {
+            Ok(Some(e)) => e,
+            Ok(None) => return Ok(under_way),
+            Err(_) => return Err(cut(provider, "sent an event over 1 MiB")),
+        };
+        let seen = match event_data(&event) {
+            Some(data) => watch.observe(&data),
+            None => Seen::Preamble,
+        };
+        match seen {
+            Seen::Malformed => return Err(cut(provider, "sent a malformed stream event")),
+            Seen::UsageOnly if strip_usage => {}
+            Seen::Content | Seen::Done | Seen::Error => {
+                under_way = true;
+                out.extend_from_slice(&event);
+            }
+            Seen::UsageOnly | Seen::Preamble => out.extend_from_slice(&event),
+        }
+    }
+}
