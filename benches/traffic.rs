@@ -19,6 +19,7 @@ fn bench(c: &mut Criterion) {
         window: Duration::from_secs(30),
         consecutive_failures: 5,
         open_for: Duration::from_secs(30),
+        max_open_for: Duration::from_secs(60),
         half_open_probes: 2,
     };
     let mut breaker = Breaker::new(conf, now);

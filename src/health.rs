@@ -1,7 +1,9 @@
 //! Active health checks: for each provider with `health_check`, a GET of
 //! `{url}{path}` every `interval`, with pingora-load-balancing's
 //! `HttpHealthCheck` doing the request. Results live in the provider's
-//! `healthy` flag (carried across reloads), which the balancer reads.
+//! `health` record (carried across reloads): the healthy flag the balancer
+//! reads, and the count of passing checks that lets a circuit breaker
+//! half-open early. A failing check never touches a breaker.
 
 use crate::metrics;
 use crate::provider::Provider;
@@ -12,7 +14,6 @@ use pingora_core::services::background::BackgroundService;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck};
 use pingora_load_balancing::Backend;
 use std::collections::HashMap;
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -60,7 +61,7 @@ impl BackgroundService for HealthChecks {
                 last.insert(p.name.clone(), Instant::now());
                 let ok = check(p, &hc.path).await;
                 metrics::PROVIDER_HEALTHY.with_label_values(&[&p.name]).set(ok as i64);
-                if p.healthy.swap(ok, Ordering::Relaxed) != ok {
+                if p.health.record(ok) {
                     if ok {
                         log::info!("provider '{}' is healthy again", p.name);
                     } else {

@@ -151,6 +151,16 @@ pub static CIRCUIT_TRANSITIONS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["provider", "to"],
     )
 });
+pub static CIRCUIT_OPEN_SECONDS: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    reg(prometheus::GaugeVec::new(
+        Opts::new(
+            "weir_circuit_open_seconds",
+            "Open period of a provider's breaker, set each time it opens (open_for, doubled per failed probe up to max_open_for).",
+        ),
+        &["provider"],
+    )
+    .unwrap())
+});
 pub static RETRIES: Lazy<IntCounterVec> = Lazy::new(|| {
     counter(
         "weir_retries_total",
@@ -273,6 +283,7 @@ pub fn init() {
     Lazy::force(&RATE_LIMIT_KEYS);
     Lazy::force(&CIRCUIT_STATE);
     Lazy::force(&CIRCUIT_TRANSITIONS);
+    Lazy::force(&CIRCUIT_OPEN_SECONDS);
     Lazy::force(&RETRIES);
     Lazy::force(&STREAM_RECOVERIES);
     Lazy::force(&PROVIDER_HEALTHY);

@@ -11,7 +11,7 @@ use prometheus::IntGauge;
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,6 +114,46 @@ pub fn load_ca(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
+/// What the active health check found, carried over across reloads: the
+/// last result, which the balancer reads, and a count of passing checks, which
+/// a circuit breaker compares with the count it saw when it opened ("has a
+/// check passed since?").
+#[derive(Debug)]
+pub struct Health {
+    healthy: AtomicBool,
+    passes: AtomicU64,
+}
+
+impl Default for Health {
+    /// Healthy until a check says otherwise; no check passed yet.
+    fn default() -> Self {
+        Health {
+            healthy: AtomicBool::new(true),
+            passes: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Health {
+    /// Record one check's result; true if it changed the healthy flag.
+    pub fn record(&self, ok: bool) -> bool {
+        if ok {
+            self.passes.fetch_add(1, Ordering::Relaxed);
+        }
+        self.healthy.swap(ok, Ordering::Relaxed) != ok
+    }
+
+    /// False only after an active health check failed.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// Checks passed so far (only ever grows).
+    pub fn passes(&self) -> u64 {
+        self.passes.load(Ordering::Relaxed)
+    }
+}
+
 /// A provider as it serves requests. State that must outlive a config
 /// generation (the bulkhead) is shared through `Arc`s.
 pub struct Provider {
@@ -131,8 +171,8 @@ pub struct Provider {
     /// survives any rebuild of the provider set. Changed only through
     /// [`Provider::in_flight`]'s guard.
     in_flight: IntGauge,
-    /// Result of the active health check; carried over across reloads.
-    pub healthy: Arc<AtomicBool>,
+    /// Results of the active health check; carried over across reloads.
+    pub health: Arc<Health>,
 }
 
 impl Provider {
@@ -181,7 +221,7 @@ impl Provider {
             authorization: conf.api_key.as_ref().map(|k| format!("Bearer {k}")),
             models: conf.models.pairs().into_iter().collect(),
             in_flight: metrics::UPSTREAM_IN_FLIGHT.with_label_values(&[name]),
-            healthy: previous.map_or_else(|| Arc::new(AtomicBool::new(true)), |p| p.healthy.clone()),
+            health: previous.map_or_else(Default::default, |p| p.health.clone()),
             endpoint,
             peer,
             bulkhead,
@@ -202,7 +242,7 @@ impl Provider {
 
     /// False only after an active health check failed.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.health.is_healthy()
     }
 
     /// The upstream name of a public model, if this provider serves it.
@@ -223,6 +263,18 @@ impl Drop for InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn health_counts_passes_and_reports_flips() {
+        let h = Health::default();
+        assert!(h.is_healthy());
+        assert!(!h.record(true), "healthy to healthy is no change");
+        assert!(h.record(false));
+        assert!(!h.is_healthy());
+        assert_eq!(h.passes(), 1, "a failed check counts no pass");
+        assert!(h.record(true));
+        assert_eq!(h.passes(), 2);
+    }
 
     #[test]
     fn endpoint_parse_and_paths() {

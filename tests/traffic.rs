@@ -334,3 +334,151 @@ fn health_checks_keep_traffic_off_a_dead_provider() {
         Some(0.0)
     );
 }
+
+/// Breaker state (0 closed, 1 half-open, 2 open) of `provider`, and its
+/// transitions to `to` so far.
+fn breaker_metrics(weir: &Weir, provider: &str, to: &str) -> (Option<f64>, Option<f64>) {
+    let m = weir.metrics();
+    (
+        metric(&m, "weir_circuit_state", &[("provider", provider)]),
+        metric(
+            &m,
+            "weir_circuit_transitions_total",
+            &[("provider", provider), ("to", to)],
+        ),
+    )
+}
+
+#[test]
+fn a_passing_health_check_half_opens_the_breaker_long_before_open_for() {
+    // Two providers go down and come back; only `checked` has a health check.
+    let checked = spawn_mock(&[]);
+    let unchecked = spawn_mock(&[]);
+    let good = spawn_mock(&[]);
+    let hc = ", health_check: { path: /models, interval: 200ms }";
+    let cfg = gateway(
+        &format!(
+            "{}\n{}\n{}",
+            provider("checked", &checked, hc),
+            provider("unchecked", &unchecked, ""),
+            provider("good", &good, "")
+        ),
+        "  breaker: { type: circuit_breaker, consecutive_failures: 2, open_for: 30s, half_open_probes: 1 }",
+        "  - { name: chat, plugins: [breaker], providers: [checked, unchecked, good], retries: 2 }",
+    );
+    let weir = spawn_weir(&cfg, &[]);
+    let url = weir.url("/v1/chat/completions");
+    let status = || get(&weir.admin("/status"), &[]).json();
+    let (checked_port, unchecked_port) = (checked.port, unchecked.port);
+    drop(checked);
+    drop(unchecked);
+
+    // Failing health checks alone open no breaker.
+    assert!(eventually(Duration::from_secs(5), || status()["providers"]["checked"]
+        ["health"]
+        == "unhealthy"));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status()["providers"]["checked"]["breaker"], "none");
+
+    // Real failures open both breakers; retries hide them.
+    for _ in 0..2 {
+        let r = post(&url, &chat("m", false), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(r.header("x-weir-provider"), Some("good"));
+    }
+    for p in ["checked", "unchecked"] {
+        assert_eq!(breaker_metrics(&weir, p, "open"), (Some(2.0), Some(1.0)), "{p}");
+        assert_eq!(
+            metric(&weir.metrics(), "weir_circuit_open_seconds", &[("provider", p)]),
+            Some(30.0)
+        );
+    }
+    // Failing health checks alone do not move an open breaker either.
+    std::thread::sleep(Duration::from_millis(600));
+    assert_eq!(breaker_metrics(&weir, "checked", "half_open"), (Some(2.0), None));
+
+    // Both come back. The health check passes within its interval, so the
+    // next request probes `checked` and closes its breaker, 30 s early.
+    let _checked = spawn_mock_on(checked_port, &[]);
+    let unchecked = spawn_mock_on(unchecked_port, &[]);
+    let back = Instant::now();
+    let mut served_by = String::new();
+    assert!(
+        eventually(Duration::from_secs(3), || {
+            let r = post(&url, &chat("m", false), &[]);
+            assert_eq!(r.status, 200, "{}", r.body);
+            served_by = r.header("x-weir-provider").unwrap_or_default().to_string();
+            served_by == "checked"
+        }),
+        "the recovered provider was tried again (last served by {served_by})"
+    );
+    let took = back.elapsed();
+    assert!(took < Duration::from_millis(1500), "recovered in {took:?}");
+    assert_eq!(breaker_metrics(&weir, "checked", "half_open"), (Some(0.0), Some(1.0)));
+    assert_eq!(breaker_metrics(&weir, "checked", "closed"), (Some(0.0), Some(1.0)));
+    let r = post(&url, &chat("m", false), &[]);
+    assert_eq!(
+        r.header("x-weir-provider"),
+        Some("checked"),
+        "closed: first in line again"
+    );
+
+    // Without a health check, the breaker waits out open_for.
+    assert_eq!(breaker_metrics(&weir, "unchecked", "half_open"), (Some(2.0), None));
+    assert_eq!(status()["providers"]["unchecked"]["breaker"], "open");
+    assert_eq!(
+        unchecked.requests(),
+        0,
+        "no traffic reached the provider without a check"
+    );
+}
+
+#[test]
+fn each_failed_probe_doubles_the_open_period_up_to_max_open_for_and_closing_resets_it() {
+    let bad = spawn_mock(&["--fail-rate", "1", "--fail-status", "500"]);
+    let good = spawn_mock(&[]);
+    let cfg = gateway(
+        &format!("{}\n{}", provider("bad", &bad, ""), provider("good", &good, "")),
+        "  breaker: { type: circuit_breaker, consecutive_failures: 2, open_for: 400ms, max_open_for: 1s, half_open_probes: 1 }",
+        "  - { name: chat, plugins: [breaker], providers: [bad, good], retries: 1 }",
+    );
+    let weir = spawn_weir(&cfg, &[]);
+    let url = weir.url("/v1/chat/completions");
+    let served = || {
+        let r = post(&url, &chat("m", false), &[]);
+        assert_eq!(r.status, 200, "retries hide the failing provider: {}", r.body);
+        r.header("x-weir-provider").unwrap_or_default().to_string()
+    };
+    let open_seconds = || metric(&weir.metrics(), "weir_circuit_open_seconds", &[("provider", "bad")]);
+
+    for _ in 0..2 {
+        served();
+    }
+    assert_eq!(bad.requests(), 2);
+    assert_eq!(breaker_metrics(&weir, "bad", "open"), (Some(2.0), Some(1.0)));
+    assert_eq!(open_seconds(), Some(0.4), "first opening: open_for");
+
+    // Each period waited out lets one probe through; it fails and the
+    // breaker reopens for twice as long, then for max_open_for.
+    for (opens, waited, period) in [(2.0, 450, 0.8), (3.0, 850, 1.0)] {
+        assert_eq!(served(), "good", "still open");
+        std::thread::sleep(Duration::from_millis(waited));
+        assert_eq!(served(), "good", "the probe failed; the retry went on");
+        assert_eq!(breaker_metrics(&weir, "bad", "open"), (Some(2.0), Some(opens)));
+        assert_eq!(open_seconds(), Some(period), "after {opens} openings");
+    }
+    assert_eq!(bad.requests(), 4, "one probe per period");
+
+    // Healed: the next probe closes the breaker; its next opening lasts
+    // open_for again.
+    mock_config(&bad, r#"{"fail_rate": 0}"#);
+    std::thread::sleep(Duration::from_millis(1050));
+    assert_eq!(served(), "bad", "the probe succeeded");
+    assert_eq!(breaker_metrics(&weir, "bad", "closed"), (Some(0.0), Some(1.0)));
+    mock_config(&bad, r#"{"fail_rate": 1}"#);
+    for _ in 0..2 {
+        served();
+    }
+    assert_eq!(breaker_metrics(&weir, "bad", "open"), (Some(2.0), Some(4.0)));
+    assert_eq!(open_seconds(), Some(0.4), "reset by closing");
+}

@@ -1,7 +1,13 @@
 //! A circuit breaker's state machine: closed -> open on `consecutive_failures`
 //! or on `failure_rate` over `window` (once `min_requests` were seen); open for
-//! `open_for`; then half-open lets `half_open_probes` through, closes when they
-//! all succeed and reopens on any failure.
+//! the open period; then half-open lets `half_open_probes` through, closes when
+//! they all succeed and reopens on any failure.
+//!
+//! The open period starts at `open_for` and doubles on each reopen after a
+//! failed probe, up to `max_open_for`, so a provider that stays down is probed
+//! less and less often while one that recovers quickly is tried again soon;
+//! closing resets it. An outside sign of recovery (a passing health check) may
+//! cut the wait short through [`Breaker::half_open`].
 
 use std::time::{Duration, Instant};
 
@@ -13,6 +19,8 @@ pub struct BreakerConf {
     pub window: Duration,
     pub consecutive_failures: u32,
     pub open_for: Duration,
+    /// Ceiling of the open period's doubling (at least `open_for`).
+    pub max_open_for: Duration,
     pub half_open_probes: u32,
 }
 
@@ -57,6 +65,8 @@ pub struct Breaker {
     slot_started: Instant,
     slot_idx: usize,
     opened_at: Instant,
+    /// How long this opening lasts: `open_for`, doubled per failed probe.
+    open_period: Duration,
     probes_out: u32,
     probes_ok: u32,
 }
@@ -71,6 +81,7 @@ impl Breaker {
             slot_started: now,
             slot_idx: 0,
             opened_at: now,
+            open_period: conf.open_for,
             probes_out: 0,
             probes_ok: 0,
         }
@@ -80,14 +91,18 @@ impl Breaker {
         self.state
     }
 
+    /// The open period of the current (or last) opening.
+    pub fn open_period(&self) -> Duration {
+        self.open_period
+    }
+
     /// Without taking a probe: is the breaker open and not yet due to half-open?
     /// Returns the time left if so.
     pub fn blocked_for(&self, now: Instant) -> Option<Duration> {
         match self.state {
             State::Open => {
                 let left = self
-                    .conf
-                    .open_for
+                    .open_period
                     .saturating_sub(now.saturating_duration_since(self.opened_at));
                 (!left.is_zero()).then_some(left)
             }
@@ -100,11 +115,8 @@ impl Breaker {
     /// transition, if any, alongside.
     pub fn admit(&mut self, now: Instant) -> (Admit, Option<State>) {
         let mut moved = None;
-        if self.state == State::Open && now.saturating_duration_since(self.opened_at) >= self.conf.open_for {
-            self.state = State::HalfOpen;
-            self.probes_out = 0;
-            self.probes_ok = 0;
-            moved = Some(State::HalfOpen);
+        if self.state == State::Open && now.saturating_duration_since(self.opened_at) >= self.open_period {
+            moved = self.half_open();
         }
         let admit = match self.state {
             State::Closed => Admit::Yes,
@@ -116,6 +128,20 @@ impl Breaker {
             State::HalfOpen => Admit::No(Duration::from_millis(100)),
         };
         (admit, moved)
+    }
+
+    /// Open -> half-open at once, without waiting out the open period: the
+    /// caller saw the provider recover (a passing health check). The next
+    /// admissions take the probes, so real traffic still decides whether the
+    /// breaker closes. Does nothing in any other state.
+    pub fn half_open(&mut self) -> Option<State> {
+        if self.state != State::Open {
+            return None;
+        }
+        self.state = State::HalfOpen;
+        self.probes_out = 0;
+        self.probes_ok = 0;
+        Some(State::HalfOpen)
     }
 
     /// Give back a half-open probe whose attempt ended with no outcome (the
@@ -164,7 +190,13 @@ impl Breaker {
         }
     }
 
+    /// Open from closed for `open_for`; reopen from half-open for twice the
+    /// last period, capped at `max_open_for`.
     fn open(&mut self, now: Instant) -> State {
+        self.open_period = match self.state {
+            State::HalfOpen => self.open_period.saturating_mul(2).min(self.conf.max_open_for),
+            _ => self.conf.open_for,
+        };
         self.state = State::Open;
         self.opened_at = now;
         self.probes_out = 0;
@@ -174,6 +206,7 @@ impl Breaker {
 
     fn close(&mut self, now: Instant) {
         self.state = State::Closed;
+        self.open_period = self.conf.open_for;
         self.consecutive = 0;
         self.slots = [(0, 0); SLOTS];
         self.slot_started = now;
@@ -208,8 +241,32 @@ mod tests {
             window: Duration::from_secs(10),
             consecutive_failures: 5,
             open_for: Duration::from_secs(30),
+            max_open_for: Duration::from_secs(100),
             half_open_probes: 2,
         }
+    }
+
+    /// A breaker opened by five failures at `t0`.
+    fn opened(c: BreakerConf, t0: Instant) -> Breaker {
+        let mut b = Breaker::new(c, t0);
+        for _ in 0..5 {
+            b.record(false, false, t0);
+        }
+        assert_eq!(b.state(), State::Open);
+        b
+    }
+
+    /// Wait out the open period, take a probe at the end of it and fail it;
+    /// returns when the probe failed.
+    fn fail_a_probe(b: &mut Breaker, opened: Instant) -> Instant {
+        let due = opened + b.open_period();
+        assert!(
+            b.blocked_for(due - Duration::from_millis(1)).is_some(),
+            "open until due"
+        );
+        assert_eq!(b.admit(due).0, Admit::Probe);
+        assert_eq!(b.record(false, true, due), Some(State::Open));
+        due
     }
 
     #[test]
@@ -288,5 +345,56 @@ mod tests {
         assert_eq!(b.release_probe(), None);
         assert_eq!(b.admit(t1).0, Admit::Probe, "given back, taken again");
         assert_eq!(b.record(true, true, t1), Some(State::Closed));
+    }
+
+    #[test]
+    fn each_failed_probe_doubles_the_open_period_up_to_the_cap() {
+        let t0 = Instant::now();
+        let mut b = opened(conf(), t0);
+        assert_eq!(b.open_period(), Duration::from_secs(30), "first opening: open_for");
+        let mut at = t0;
+        for expected in [60, 100, 100] {
+            at = fail_a_probe(&mut b, at);
+            assert_eq!(b.open_period(), Duration::from_secs(expected));
+            assert_eq!(b.blocked_for(at), Some(Duration::from_secs(expected)));
+        }
+    }
+
+    #[test]
+    fn closing_resets_the_open_period() {
+        let t0 = Instant::now();
+        let mut b = opened(conf(), t0);
+        let t1 = fail_a_probe(&mut b, t0);
+        assert_eq!(b.open_period(), Duration::from_secs(60));
+        let t2 = t1 + Duration::from_secs(60);
+        assert_eq!(b.admit(t2).0, Admit::Probe);
+        assert_eq!(b.admit(t2).0, Admit::Probe);
+        b.record(true, true, t2);
+        assert_eq!(b.record(true, true, t2), Some(State::Closed));
+        assert_eq!(b.open_period(), Duration::from_secs(30), "reset on close");
+        for _ in 0..5 {
+            b.record(false, false, t2);
+        }
+        assert_eq!(b.state(), State::Open);
+        assert_eq!(
+            b.blocked_for(t2),
+            Some(Duration::from_secs(30)),
+            "opens for open_for again"
+        );
+    }
+
+    #[test]
+    fn half_open_cuts_the_wait_short_and_a_failed_probe_still_backs_off() {
+        let t0 = Instant::now();
+        let mut b = opened(conf(), t0);
+        assert_eq!(b.half_open(), Some(State::HalfOpen));
+        assert_eq!(b.half_open(), None, "only from open");
+        assert_eq!(b.blocked_for(t0), None, "due for a probe at once");
+        assert_eq!(b.admit(t0), (Admit::Probe, None));
+        assert_eq!(b.record(false, true, t0), Some(State::Open));
+        assert_eq!(b.open_period(), Duration::from_secs(60));
+        let mut closed = Breaker::new(conf(), t0);
+        assert_eq!(closed.half_open(), None, "a closed breaker stays closed");
+        assert_eq!(closed.state(), State::Closed);
     }
 }
