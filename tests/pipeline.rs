@@ -488,7 +488,7 @@ fn in_flight_returns_to_zero_after_a_mixed_run() {
     assert!(failed_over >= 1, "some failed over from A to B");
     let m = weir.metrics();
     assert_eq!(
-        metric(&m, "weir_retries_total", &[("route", "chat"), ("result", "tried")]),
+        metric(&m, "weir_retries_total", &[("route", "chat"), ("reason", "status_5xx")]),
         Some(failed_over as f64),
         "each answer from B was a retry after A's 500"
     );

@@ -398,7 +398,7 @@ fn reset_with_a_retry_goes_to_the_next_provider_and_counts() {
     assert_eq!(good.seen().len(), 1);
     let m = g.weir.metrics();
     assert_eq!(
-        metric(&m, "weir_retries_total", &[("route", "chat"), ("result", "tried")]),
+        metric(&m, "weir_retries_total", &[("route", "chat"), ("reason", "reset")]),
         Some(1.0),
         "{m}"
     );
