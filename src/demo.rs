@@ -26,9 +26,7 @@ pub fn run(path: &Path) -> Result<(), String> {
             fail_rate: 0.0,
             fail_status: 503,
             models: p.models.pairs().into_iter().map(|(_, up)| up).collect(),
-            tls_cert: None,
-            tls_key: None,
-            threads: 1,
+            ..MockOptions::default()
         };
         println!("mock provider '{name}' on {}", opts.listen);
         extra.push(Box::new(mock_service(opts)?));

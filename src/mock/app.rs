@@ -9,24 +9,32 @@ use bytes::{Bytes, BytesMut};
 use http::header::{
     AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER, TRANSFER_ENCODING,
 };
-use http::{HeaderValue, Version};
+use http::{HeaderName, HeaderValue, Version};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
 use pingora_core::protocols::http::ServerSession;
 use pingora_core::server::ShutdownWatch;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::behaviour::{parse_config_update, Behaviour, Settings, MAX_DELAY};
-use super::completions::{Generation, Kind};
+use super::behaviour::{parse_config_update, Behaviour, InFlight, Settings, MAX_DELAY};
+use super::completions::{prefill_words, Generation, Kind};
 use super::embeddings::embeddings_answer;
-use super::errors::{error_body, failure_body, invalid_request, model_not_found};
-use super::options::MockOptions;
+use super::errors::{
+    content_filtered, context_length_exceeded, error_body, failure_body, invalid_request, model_not_found,
+    prefill_unsupported,
+};
+use super::faults::{parse_spec, CliFaults, Fault, FaultSpec, StreamBreak};
+use super::options::{fault_header_name, MockOptions};
 use super::routes::{route, Api, Route};
 use super::sse::{sse_event, TokenEvents, SSE_DONE};
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
+
+/// The event of a `malformed` fault: JSON cut short.
+const MALFORMED_EVENT: &[u8] = b"data: {\"choices\": [ not json\n\n";
 
 /// Never preallocate more than this for a request body, whatever Content-Length claims.
 const MAX_BODY_PREALLOC: usize = 64 << 20;
@@ -70,11 +78,38 @@ struct ReceivedBody {
     sha256_hex: String,
 }
 
+/// How an exchange leaves its connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Ending {
+    /// Answered: the connection may serve another request.
+    Reuse,
+    /// The exchange failed (client gone, write error): drop the connection.
+    Close,
+    /// A fault: send what was written, then drop the connection.
+    Cut,
+    /// A fault: send what was written, then keep the connection open and
+    /// silent until the client leaves (at most [`MAX_DELAY`]).
+    Hold,
+}
+
+impl Ending {
+    /// `Reuse` when every write went out, else `Close`.
+    fn of(written: bool) -> Self {
+        if written {
+            Ending::Reuse
+        } else {
+            Ending::Close
+        }
+    }
+}
+
 /// The mock provider as a Pingora [`HttpServerApp`].
 pub struct MockApp {
     behaviour: Behaviour,
     models: Vec<String>,
     listen: HeaderValue,
+    faults: CliFaults,
+    fault_header: HeaderName,
 }
 
 impl MockApp {
@@ -82,15 +117,20 @@ impl MockApp {
     pub fn new(opts: &MockOptions) -> Result<Self, String> {
         let listen =
             HeaderValue::from_str(&opts.listen).map_err(|_| format!("invalid listen address `{}`", opts.listen))?;
+        let faults = CliFaults::parse(&opts.faults)?;
         Ok(MockApp {
-            behaviour: Behaviour::new(opts),
+            behaviour: Behaviour::new(opts, &faults),
             models: opts.models.iter().filter(|m| !m.is_empty()).cloned().collect(),
             listen,
+            faults,
+            fault_header: fault_header_name(&opts.fault_header)?,
         })
     }
 
-    /// Answer one request; `false` means the connection must not be reused.
-    async fn handle(&self, session: &mut ServerSession) -> bool {
+    /// Answer one request. An API request stays counted in flight (the
+    /// returned guard) until its connection is done with, also while a
+    /// fault holds it.
+    async fn handle(&self, session: &mut ServerSession) -> (Ending, Option<InFlight<'_>>) {
         let request = session.req_header();
         let route = route(&request.method, request.uri.path());
         if expects_continue(request) {
@@ -99,59 +139,74 @@ impl MockApp {
                 session.set_keepalive(None);
             } else if session.write_continue_response().await.is_err() {
                 // Without the 100, curl waits a second before sending large bodies.
-                return false;
+                return (Ending::Close, None);
             }
         }
+        if let Route::Api(api) = route {
+            let in_flight = self.behaviour.begin_request();
+            return (self.serve_api(session, api).await, Some(in_flight));
+        }
+        (self.serve_control(session, route).await, None)
+    }
+
+    /// The control endpoints, and the 404 of an unknown URL.
+    async fn serve_control(&self, session: &mut ServerSession, route: Route) -> Ending {
         match route {
-            Route::Api(api) => self.serve_api(session, api).await,
             Route::GetConfig => {
                 let settings = self.behaviour.settings().to_json();
-                self.respond(session, 200, None, &settings, false).await
+                self.respond(session, 200, None, &settings, None).await
             }
             Route::SetConfig => {
                 let Some(body) = read_body(session).await else {
-                    return false;
+                    return Ending::Close;
                 };
                 match parse_config_update(&body.bytes) {
                     Ok(update) => {
                         self.behaviour.apply(&update);
                         let settings = self.behaviour.settings().to_json();
-                        self.respond(session, 200, None, &settings, false).await
+                        self.respond(session, 200, None, &settings, None).await
                     }
                     Err(message) => {
                         let error = invalid_request(&message);
-                        self.respond(session, 400, None, &error, false).await
+                        self.respond(session, 400, None, &error, None).await
                     }
                 }
             }
             Route::Stats => {
                 let stats = self.behaviour.stats_json();
-                self.respond(session, 200, None, &stats, false).await
+                self.respond(session, 200, None, &stats, None).await
             }
             Route::StatsReset => {
                 self.behaviour.reset_stats();
                 let stats = self.behaviour.stats_json();
-                self.respond(session, 200, None, &stats, false).await
+                self.respond(session, 200, None, &stats, None).await
             }
-            Route::NotFound => {
+            // API routes never come here (`handle` serves them).
+            Route::NotFound | Route::Api(_) => {
                 let message = format!(
                     "Unknown request URL: {} {}",
                     session.req_header().method,
                     session.req_header().uri.path()
                 );
                 let error = error_body(&message, "invalid_request_error", Some("unknown_url"));
-                self.respond(session, 404, None, &error, false).await
+                self.respond(session, 404, None, &error, None).await
             }
         }
     }
 
-    async fn serve_api(&self, session: &mut ServerSession, api: Api) -> bool {
-        let _in_flight = self.behaviour.begin_request();
+    async fn serve_api(&self, session: &mut ServerSession, api: Api) -> Ending {
         let Some(body) = read_body(session).await else {
-            return false;
+            return Ending::Close;
         };
         let mut echo = Echo::new(session.req_header(), &body);
         let settings = self.behaviour.settings();
+        let header_spec = match self.header_fault(session.req_header()) {
+            Ok(spec) => spec,
+            Err(message) => {
+                let error = error_body(&message, "invalid_request_error", Some("invalid_fault_spec"));
+                return self.respond(session, 400, Some(&echo), &error, None).await;
+            }
+        };
 
         let request = if api == Api::Models {
             Value::Null
@@ -160,76 +215,168 @@ impl MockApp {
                 Ok(v) if v.is_object() => v,
                 Ok(_) => {
                     let error = invalid_request("The request body must be a JSON object.");
-                    return self.respond(session, 400, Some(&echo), &error, false).await;
+                    return self.respond(session, 400, Some(&echo), &error, None).await;
                 }
                 Err(e) => {
                     let error = invalid_request(&format!("We could not parse the JSON body of your request: {e}"));
-                    return self.respond(session, 400, Some(&echo), &error, false).await;
+                    return self.respond(session, 400, Some(&echo), &error, None).await;
                 }
             };
             let Some(model) = request.get("model").and_then(Value::as_str) else {
                 let error = invalid_request("You must provide a model parameter.");
-                return self.respond(session, 400, Some(&echo), &error, false).await;
+                return self.respond(session, 400, Some(&echo), &error, None).await;
             };
             echo.set_model(model);
             if !self.serves(model) {
                 let error = model_not_found(model);
-                return self.respond(session, 404, Some(&echo), &error, false).await;
+                return self.respond(session, 404, Some(&echo), &error, None).await;
             }
             request
         };
 
+        let model = request.get("model").and_then(Value::as_str);
+        let fault = match self.fault_for(api, header_spec.as_ref(), model) {
+            Ok(fault) => fault,
+            Err(message) => {
+                let error = invalid_request(&message);
+                return self.respond(session, 400, Some(&echo), &error, None).await;
+            }
+        };
+        if let Some(ending) = self.refuse(session, &echo, api, &request, fault).await {
+            return ending;
+        }
+
         if settings.should_fail() {
             let (error, retry_after) = failure_body(settings.fail_status);
+            let retry_after = retry_after.then_some("1");
             return self
                 .respond(session, settings.fail_status, Some(&echo), &error, retry_after)
                 .await;
         }
 
-        let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+        let model = model.unwrap_or("");
         match api {
             Api::Chat | Api::Completions => {
                 let kind = if api == Api::Chat { Kind::Chat } else { Kind::Text };
-                let generation = Generation::plan(
-                    kind,
-                    &request,
-                    model,
-                    settings.completion_tokens,
-                    self.behaviour.next_id(),
-                    unix_now(),
-                );
-                let done = if generation.stream {
-                    self.stream(session, &echo, &generation, &settings).await
-                } else {
-                    pause(settings.generation_time(generation.tokens)).await;
-                    let answer = generation.full_answer();
-                    self.respond(session, 200, Some(&echo), &answer, false).await
-                };
-                if done {
-                    self.behaviour.completed();
-                }
-                done
+                self.complete(session, &echo, kind, &request, &settings, fault).await
             }
             Api::Embeddings => match embeddings_answer(&request, model) {
                 Ok(answer) => {
                     // Embeddings have latency but no decoding phase.
-                    pause(settings.ttft).await;
-                    self.respond(session, 200, Some(&echo), &answer, false).await
+                    pause(fault.and_then(Fault::first_token_delay).unwrap_or(settings.ttft)).await;
+                    self.answer(session, &echo, &answer, fault).await
                 }
                 Err(message) => {
                     let error = invalid_request(&message);
-                    self.respond(session, 400, Some(&echo), &error, false).await
+                    self.respond(session, 400, Some(&echo), &error, None).await
                 }
             },
             Api::Models => {
                 let answer = models_answer(&self.models);
-                self.respond(session, 200, Some(&echo), &answer, false).await
+                self.respond(session, 200, Some(&echo), &answer, None).await
             }
         }
     }
 
+    /// Answer a (chat) completion, streamed or not, shaped by `fault`.
+    async fn complete(
+        &self,
+        session: &mut ServerSession,
+        echo: &Echo,
+        kind: Kind,
+        request: &Value,
+        settings: &Settings,
+        fault: Option<Fault>,
+    ) -> Ending {
+        let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+        let generation = Generation::plan(
+            kind,
+            request,
+            model,
+            settings.completion_tokens,
+            self.behaviour.next_id(),
+            unix_now(),
+        );
+        if generation.prefill {
+            self.behaviour.prefilled();
+        }
+        let ending = if generation.stream {
+            self.stream(session, echo, &generation, settings, fault).await
+        } else {
+            let wait = match fault.and_then(Fault::first_token_delay) {
+                Some(delay) => (delay + settings.decode_time(generation.tokens)).min(MAX_DELAY),
+                None => settings.generation_time(generation.tokens),
+            };
+            pause(wait).await;
+            self.answer(session, echo, &generation.full_answer(), fault).await
+        };
+        // A stream that a fault ends early may end cleanly, yet it is not a full answer.
+        let broken = generation.stream && fault.and_then(Fault::stream_break).is_some();
+        if ending == Ending::Reuse && !broken {
+            self.behaviour.completed();
+        }
+        ending
+    }
+
     fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
+    }
+
+    /// The spec of the fault header, if the request has one.
+    fn header_fault(&self, request: &RequestHeader) -> Result<Option<FaultSpec>, String> {
+        let Some(value) = request.headers.get(&self.fault_header) else {
+            return Ok(None);
+        };
+        let name = &self.fault_header;
+        let text = value
+            .to_str()
+            .map_err(|_| format!("invalid {name} header: a fault spec is visible ASCII"))?;
+        parse_spec(text.trim())
+            .map(Some)
+            .map_err(|e| format!("invalid {name} header: {e}"))
+    }
+
+    /// The fault acting on this request: the header's spec, else the
+    /// request model's `--fault`, else the global one, when its counters say
+    /// it acts now. `GET /models` (health checks) only heeds `flap`.
+    /// Without a spec nothing is locked or counted. `Err`: too many specs.
+    fn fault_for(&self, api: Api, header: Option<&FaultSpec>, model: Option<&str>) -> Result<Option<Fault>, String> {
+        let Some(spec) = header.or_else(|| self.faults.select(model)) else {
+            return Ok(None);
+        };
+        if api == Api::Models && !matches!(spec.fault, Fault::Flap { .. }) {
+            return Ok(None);
+        }
+        Ok(self.behaviour.record_fault(spec)?.then_some(spec.fault))
+    }
+
+    /// Answer a fault that takes the place of the answer; `None` when the
+    /// request gets its answer (perhaps shaped by the fault).
+    async fn refuse(
+        &self,
+        session: &mut ServerSession,
+        echo: &Echo,
+        api: Api,
+        request: &Value,
+        fault: Option<Fault>,
+    ) -> Option<Ending> {
+        let (status, body, retry_after) = match fault? {
+            Fault::Reset => return Some(Ending::Cut),
+            Fault::Hang => return Some(Ending::Hold),
+            Fault::Status { code, retry_after } => (code, failure_body(code).0, retry_after),
+            Fault::ContextLength => (400, context_length_exceeded(), None),
+            Fault::ContentFilter => (400, content_filtered(), None),
+            Fault::Flap { .. } => (503, failure_body(503).0, None),
+            Fault::RejectPrefill if api == Api::Chat && prefill_words(request).is_some() => {
+                (400, prefill_unsupported(), None)
+            }
+            _ => return None,
+        };
+        let retry_after = retry_after.map(|r| r.value(SystemTime::now()));
+        Some(
+            self.respond(session, status, Some(echo), &body, retry_after.as_deref())
+                .await,
+        )
     }
 
     /// Response header shared by every answer.
@@ -252,6 +399,22 @@ impl MockApp {
         Ok(header)
     }
 
+    /// The header of a JSON answer of `len` bytes.
+    fn json_header(
+        &self,
+        status: u16,
+        echo: Option<&Echo>,
+        len: usize,
+        retry_after: Option<&str>,
+    ) -> pingora_core::Result<ResponseHeader> {
+        let mut header = self.header(status, JSON, echo)?;
+        header.insert_header(CONTENT_LENGTH, len)?;
+        if let Some(retry_after) = retry_after {
+            header.insert_header(RETRY_AFTER, retry_after)?;
+        }
+        Ok(header)
+    }
+
     /// Send a complete JSON answer with a content-length.
     async fn respond(
         &self,
@@ -259,45 +422,73 @@ impl MockApp {
         status: u16,
         echo: Option<&Echo>,
         body: &Value,
-        retry_after: bool,
-    ) -> bool {
+        retry_after: Option<&str>,
+    ) -> Ending {
         let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-        let Ok(mut header) = self.header(status, JSON, echo) else {
-            return false;
+        let Ok(header) = self.json_header(status, echo, body.len(), retry_after) else {
+            return Ending::Close;
         };
-        if header.insert_header(CONTENT_LENGTH, body.len()).is_err()
-            || (retry_after && header.insert_header(RETRY_AFTER, "1").is_err())
+        Ending::of(
+            session.write_response_header(Box::new(header)).await.is_ok()
+                && session.write_response_body(body, true).await.is_ok(),
+        )
+    }
+
+    /// A 200 JSON answer, or what a fault leaves of it: `cut` sends the
+    /// header (with the full content-length) and half the body, then drops
+    /// the connection; `stall` sends the header alone and holds it.
+    async fn answer(&self, session: &mut ServerSession, echo: &Echo, body: &Value, fault: Option<Fault>) -> Ending {
+        let ending = match fault {
+            Some(Fault::Cut { .. }) => Ending::Cut,
+            Some(Fault::Stall { .. }) => Ending::Hold,
+            _ => return self.respond(session, 200, Some(echo), body, None).await,
+        };
+        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let Ok(header) = self.json_header(200, Some(echo), body.len(), None) else {
+            return Ending::Close;
+        };
+        let part = if ending == Ending::Cut {
+            body.slice(..body.len() / 2)
+        } else {
+            Bytes::new()
+        };
+        // Pingora buffers both until the connection is abandoned (which flushes).
+        if session.write_response_header(Box::new(header)).await.is_err()
+            || session.write_response_body(part, false).await.is_err()
         {
-            return false;
+            return Ending::Close;
         }
-        session.write_response_header(Box::new(header)).await.is_ok()
-            && session.write_response_body(body, true).await.is_ok()
+        ending
     }
 
     /// Stream a generation as server-sent events, one write per event, so
-    /// the gateway sees tokens exactly when they are "generated". Returns
-    /// `false` as soon as a write fails (client gone).
+    /// the gateway sees tokens exactly when they are "generated". Ends
+    /// `Close` as soon as a write fails (client gone), or where `fault`
+    /// breaks the stream.
     async fn stream(
         &self,
         session: &mut ServerSession,
         echo: &Echo,
         generation: &Generation,
         settings: &Settings,
-    ) -> bool {
-        // Headers go out with the first event, so time to first byte == ttft.
-        pause(settings.ttft).await;
-        let start = tokio::time::Instant::now();
+        fault: Option<Fault>,
+    ) -> Ending {
+        let first_token_delay = fault.and_then(Fault::first_token_delay);
+        if first_token_delay.is_none() {
+            // Headers go out with the first event, so time to first byte == ttft.
+            pause(settings.ttft).await;
+        }
         let Ok(mut header) = self.header(200, EVENT_STREAM, Some(echo)) else {
-            return false;
+            return Ending::Close;
         };
         if header.insert_header(CACHE_CONTROL, "no-cache").is_err() {
-            return false;
+            return Ending::Close;
         }
         let http11 = session.req_header().version == Version::HTTP_11;
         if !session.is_http2() {
             if http11 {
                 if header.insert_header(TRANSFER_ENCODING, "chunked").is_err() {
-                    return false;
+                    return Ending::Close;
                 }
             } else {
                 // HTTP/1.0 has no chunked encoding: the body ends with the connection.
@@ -305,40 +496,57 @@ impl MockApp {
             }
         }
         if session.write_response_header(Box::new(header)).await.is_err() {
-            return false;
+            return Ending::Close;
         }
 
         if let Some(role) = generation.role_chunk() {
             if !send_event(session, sse_event(&role)).await {
-                return false;
+                return Ending::Close;
             }
         }
+        if let Some(delay) = first_token_delay {
+            // The header and the role chunk are out: only the first token is late.
+            pause(delay).await;
+        }
+        let start = tokio::time::Instant::now();
         let interval = settings.token_interval();
         let tokens = TokenEvents::new(generation);
-        for index in 0..generation.tokens {
-            if let (Some(interval), true) = (interval, index > 0) {
+        let stop = fault.and_then(Fault::stream_break);
+        for (sent, index) in (0u32..).zip(generation.indices()) {
+            if let Some((after, how)) = stop {
+                if sent == after {
+                    return break_stream(session, how).await;
+                }
+            }
+            if let (Some(interval), true) = (interval, sent > 0) {
                 // Deadlines from the start, so sleep overshoot does not accumulate.
-                let deadline = start + (interval * index).min(MAX_DELAY);
+                let deadline = start + (interval * sent).min(MAX_DELAY);
                 if deadline > tokio::time::Instant::now() {
                     tokio::time::sleep_until(deadline).await;
                 }
             }
             if !send_event(session, tokens.event(generation, index)).await {
-                return false;
+                return Ending::Close;
             }
         }
+        if let Some((_, how)) = stop {
+            // `after` is at least the tokens generated: break after the last one.
+            return break_stream(session, how).await;
+        }
         if !send_event(session, sse_event(&generation.finish_chunk())).await {
-            return false;
+            return Ending::Close;
         }
         if let Some(usage) = generation.usage_chunk() {
             if !send_event(session, sse_event(&usage)).await {
-                return false;
+                return Ending::Close;
             }
         }
-        session
-            .write_response_body(Bytes::from_static(SSE_DONE), true)
-            .await
-            .is_ok()
+        Ending::of(
+            session
+                .write_response_body(Bytes::from_static(SSE_DONE), true)
+                .await
+                .is_ok(),
+        )
     }
 }
 
@@ -355,8 +563,14 @@ impl HttpServerApp for MockApp {
         }
         let keepalive = if *shutdown.borrow() { None } else { Some(60) };
         session.set_keepalive(keepalive);
-        if !self.handle(&mut session).await {
-            return None;
+        let (ending, _in_flight) = self.handle(&mut session).await;
+        match ending {
+            Ending::Reuse => {}
+            Ending::Close => return None,
+            Ending::Cut | Ending::Hold => {
+                abandon(session, ending == Ending::Hold).await;
+                return None;
+            }
         }
         let persistent_settings = HttpPersistentSettings::for_session(&session);
         match session.finish().await {
@@ -368,6 +582,54 @@ impl HttpServerApp for MockApp {
 
 async fn send_event(session: &mut ServerSession, event: Bytes) -> bool {
     session.write_response_body(event, false).await.is_ok()
+}
+
+/// End a stream where a fault breaks it.
+async fn break_stream(session: &mut ServerSession, how: StreamBreak) -> Ending {
+    match how {
+        StreamBreak::Cut => Ending::Cut,
+        StreamBreak::Stall => Ending::Hold,
+        StreamBreak::NoDone => end_body(session).await,
+        StreamBreak::Malformed => {
+            if !send_event(session, Bytes::from_static(MALFORMED_EVENT)).await {
+                return Ending::Close;
+            }
+            end_body(session).await
+        }
+    }
+}
+
+/// End the body cleanly where it stands: the terminating chunk (HTTP/1.1)
+/// or the end of the stream, with no finish chunk and no `[DONE]`.
+async fn end_body(session: &mut ServerSession) -> Ending {
+    Ending::of(session.write_response_body(Bytes::new(), true).await.is_ok())
+}
+
+/// Leave the connection of an exchange a fault ends: push out what was
+/// written (Pingora buffers a header, and a body short of its
+/// content-length, until more comes), then drop the connection, or with
+/// `hold` keep it until the client leaves, at most [`MAX_DELAY`].
+async fn abandon(session: ServerSession, hold: bool) {
+    let leave = async move {
+        match session {
+            ServerSession::H1(h1) => {
+                let mut stream = h1.into_inner();
+                if stream.flush().await.is_ok() && hold {
+                    // Whatever the client sends is ignored; EOF or an error means it left.
+                    let mut scratch = [0u8; 1024];
+                    while matches!(stream.read(&mut scratch).await, Ok(n) if n > 0) {}
+                }
+            }
+            // HTTP/2 writes are not buffered, and dropping the session resets the stream.
+            mut other => {
+                if hold {
+                    let _ = other.read_body_or_idle(true).await;
+                }
+            }
+        }
+    };
+    // The connection closes when the stream drops, on time-out too.
+    let _ = tokio::time::timeout(MAX_DELAY, leave).await;
 }
 
 async fn pause(delay: Duration) {

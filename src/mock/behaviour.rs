@@ -2,10 +2,11 @@
 //! the request counters behind `/mock/stats`.
 
 use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::faults::{CliFaults, FaultBook, FaultSpec};
 use super::options::{check_fail_rate, check_fail_status, check_tokens_per_sec, MockOptions};
 
 /// Upper bound for any artificial delay, so a typo cannot park a request forever.
@@ -39,12 +40,16 @@ impl Settings {
 
     /// How long a non-streamed answer of `tokens` tokens takes.
     pub(super) fn generation_time(&self, tokens: u32) -> Duration {
-        let decode = if self.tokens_per_sec > 0.0 {
+        (self.ttft + self.decode_time(tokens)).min(MAX_DELAY)
+    }
+
+    /// How long generating `tokens` tokens takes after the first one is due.
+    pub(super) fn decode_time(&self, tokens: u32) -> Duration {
+        if self.tokens_per_sec > 0.0 {
             clamped_secs(f64::from(tokens) / self.tokens_per_sec)
         } else {
             Duration::ZERO
-        };
-        (self.ttft + decode).min(MAX_DELAY)
+        }
     }
 
     /// The settings as `GET /mock/config` shows them.
@@ -111,7 +116,8 @@ pub(super) fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
 }
 
 /// Settings that can change at runtime plus counters, all lock-free so the
-/// hot path never contends on a mutex.
+/// hot path never contends on a mutex (only a request carrying a fault spec
+/// takes the lock of its counters).
 #[derive(Debug)]
 pub(super) struct Behaviour {
     /// `f64` bit pattern.
@@ -125,12 +131,14 @@ pub(super) struct Behaviour {
     in_flight: AtomicU64,
     max_in_flight: AtomicU64,
     completions: AtomicU64,
+    prefills: AtomicU64,
     next_id: AtomicU64,
+    faults: FaultBook,
 }
 
 impl Behaviour {
     /// Start from the command-line values, with zeroed counters.
-    pub(super) fn new(opts: &MockOptions) -> Self {
+    pub(super) fn new(opts: &MockOptions, faults: &CliFaults) -> Self {
         Behaviour {
             fail_rate: AtomicU64::new(opts.fail_rate.to_bits()),
             fail_status: AtomicU16::new(opts.fail_status),
@@ -141,7 +149,9 @@ impl Behaviour {
             in_flight: AtomicU64::new(0),
             max_in_flight: AtomicU64::new(0),
             completions: AtomicU64::new(0),
+            prefills: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
+            faults: FaultBook::new(faults, Instant::now()),
         }
     }
 
@@ -189,6 +199,16 @@ impl Behaviour {
         self.completions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Count a chat completion that continues an assistant prefill.
+    pub(super) fn prefilled(&self) {
+        self.prefills.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Count a request carrying `spec`; whether its fault acts on this request.
+    pub(super) fn record_fault(&self, spec: &FaultSpec) -> Result<bool, String> {
+        self.faults.record(spec, Instant::now())
+    }
+
     /// Serial number for the next answer's id.
     pub(super) fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
@@ -201,14 +221,20 @@ impl Behaviour {
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "max_in_flight": self.max_in_flight.load(Ordering::Relaxed),
             "completions": self.completions.load(Ordering::Relaxed),
+            "prefills": self.prefills.load(Ordering::Relaxed),
+            "faults": self.faults.to_json(),
         })
     }
 
     /// Zero the counters. `in_flight` cannot be zeroed (the running requests
     /// still decrement it), so the high-water mark restarts from it instead.
+    /// Fault specs are forgotten: `first=N` counts again, and `flap` windows
+    /// restart (a command-line one from now).
     pub(super) fn reset_stats(&self) {
         self.requests.store(0, Ordering::Relaxed);
         self.completions.store(0, Ordering::Relaxed);
+        self.prefills.store(0, Ordering::Relaxed);
+        self.faults.reset(Instant::now());
         self.max_in_flight
             .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
     }
@@ -248,7 +274,7 @@ mod tests {
         assert!(parse_config_update(br#"{"failrate": 0.5}"#).is_err());
         assert!(parse_config_update(b"nope").is_err());
 
-        let behaviour = Behaviour::new(&MockOptions::default());
+        let behaviour = Behaviour::new(&MockOptions::default(), &CliFaults::default());
         behaviour.apply(&update);
         let settings = behaviour.settings();
         assert_eq!(settings.fail_rate, 1.0);
@@ -279,21 +305,30 @@ mod tests {
 
     #[test]
     fn stats_track_in_flight() {
-        let behaviour = Behaviour::new(&MockOptions::default());
+        let behaviour = Behaviour::new(&MockOptions::default(), &CliFaults::default());
         {
             let _a = behaviour.begin_request();
             let _b = behaviour.begin_request();
             behaviour.completed();
+            behaviour.prefilled();
+            let spec = super::super::faults::parse_spec("reset").expect("valid");
+            assert_eq!(behaviour.record_fault(&spec), Ok(true));
         }
         let _c = behaviour.begin_request();
         assert_eq!(
             behaviour.stats_json(),
-            json!({"requests": 3, "in_flight": 1, "max_in_flight": 2, "completions": 1})
+            json!({
+                "requests": 3, "in_flight": 1, "max_in_flight": 2, "completions": 1,
+                "prefills": 1, "faults": {"reset": 1},
+            })
         );
         behaviour.reset_stats();
         assert_eq!(
             behaviour.stats_json(),
-            json!({"requests": 0, "in_flight": 1, "max_in_flight": 1, "completions": 0})
+            json!({
+                "requests": 0, "in_flight": 1, "max_in_flight": 1, "completions": 0,
+                "prefills": 0, "faults": {},
+            })
         );
     }
 }

@@ -1,6 +1,8 @@
 //! Chat and legacy text completions: prompt and completion token counts, the
 //! full answer and the chunks of a streamed one (pure JSON builders).
 
+use std::ops::Range;
+
 use serde_json::{json, Value};
 
 /// Whitespace-separated words: the mock's stand-in for a tokenizer.
@@ -46,6 +48,14 @@ fn text_prompt_tokens(prompt: &Value) -> u64 {
     }
 }
 
+/// Words already written by an assistant prefill: `Some` when the last
+/// message of a chat request has role `assistant`, whose text the answer
+/// then continues.
+pub(super) fn prefill_words(request: &Value) -> Option<u64> {
+    let last = request.get("messages")?.as_array()?.last()?;
+    (last.get("role")?.as_str()? == "assistant").then(|| last.get("content").map_or(0, content_words))
+}
+
 /// The smaller of `max_tokens` / `max_completion_tokens`, when present.
 fn requested_max_tokens(request: &Value) -> Option<u64> {
     ["max_tokens", "max_completion_tokens"]
@@ -76,8 +86,15 @@ pub(super) fn token_piece(index: u32) -> String {
 }
 
 /// `tok0 tok1 … tok{n-1}`: each word is one token.
+#[cfg(test)]
 pub(super) fn completion_text(tokens: u32) -> String {
-    (0..tokens).map(token_piece).collect()
+    tokens_text(0..tokens)
+}
+
+/// The text of tokens `indices`: from a start past 0 it begins with a space,
+/// as it continues earlier text.
+fn tokens_text(indices: Range<u32>) -> String {
+    indices.map(token_piece).collect()
 }
 
 /// Chat completion or legacy text completion.
@@ -94,7 +111,13 @@ pub(super) struct Generation {
     pub(super) id: String,
     pub(super) created: u64,
     pub(super) model: String,
+    /// Index of the first token generated: the words of an assistant prefill
+    /// (0 without one), so the answer continues `tok0 … tok{first-1}`.
+    pub(super) first: u32,
+    /// Tokens generated (a continuation counts only its own).
     pub(super) tokens: u32,
+    /// Whether the answer continues an assistant prefill.
+    pub(super) prefill: bool,
     pub(super) finish_reason: &'static str,
     pub(super) prompt_tokens: u64,
     pub(super) stream: bool,
@@ -111,7 +134,12 @@ impl Generation {
         serial: u64,
         created: u64,
     ) -> Self {
-        let (tokens, finish_reason) = completion_budget(completion_tokens, requested_max_tokens(request));
+        let (total, finish_reason) = completion_budget(completion_tokens, requested_max_tokens(request));
+        let prefill = match kind {
+            Kind::Chat => prefill_words(request),
+            Kind::Text => None,
+        };
+        let first = prefill.map_or(0, |words| u32::try_from(words).unwrap_or(u32::MAX).min(total));
         let (id, prompt_tokens) = match kind {
             Kind::Chat => (format!("chatcmpl-mock-{serial}"), chat_prompt_tokens(request)),
             Kind::Text => (
@@ -124,7 +152,9 @@ impl Generation {
             id,
             created,
             model: model.to_string(),
-            tokens,
+            first,
+            tokens: total - first,
+            prefill: prefill.is_some(),
             finish_reason,
             prompt_tokens,
             stream: request.get("stream").and_then(Value::as_bool) == Some(true),
@@ -133,6 +163,11 @@ impl Generation {
                 .and_then(Value::as_bool)
                 == Some(true),
         }
+    }
+
+    /// Indices of the tokens generated.
+    pub(super) fn indices(&self) -> Range<u32> {
+        self.first..self.first + self.tokens
     }
 
     fn usage(&self) -> Value {
@@ -145,7 +180,7 @@ impl Generation {
 
     /// The non-streamed answer.
     pub(super) fn full_answer(&self) -> Value {
-        let text = completion_text(self.tokens);
+        let text = tokens_text(self.indices());
         let (object, choice) = match self.kind {
             Kind::Chat => (
                 "chat.completion",
@@ -306,6 +341,79 @@ mod tests {
             answer["usage"],
             json!({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8})
         );
+    }
+
+    fn prefilled(prefill: Value, max_tokens: Option<u64>) -> Value {
+        let mut request = json!({
+            "model": "gpt-test",
+            "messages": [
+                {"role": "user", "content": "count"},
+                {"role": "assistant", "content": prefill},
+            ],
+        });
+        if let Some(max) = max_tokens {
+            request["max_tokens"] = json!(max);
+        }
+        request
+    }
+
+    #[test]
+    fn a_prefill_is_continued() {
+        let g = generation(prefilled(json!("tok0 tok1 tok2"), None), Kind::Chat, 5);
+        assert!(g.prefill);
+        assert_eq!((g.first, g.tokens, g.indices()), (3, 2, 3..5));
+        let answer = g.full_answer();
+        let continuation = answer["choices"][0]["message"]["content"].as_str().expect("text");
+        assert_eq!(continuation, " tok3 tok4");
+        assert_eq!(format!("tok0 tok1 tok2{continuation}"), completion_text(5));
+        // Prompt tokens count the prefill words; completion tokens only what was generated.
+        assert_eq!(
+            answer["usage"],
+            json!({"prompt_tokens": 1 + 3 + 6, "completion_tokens": 2, "total_tokens": 12})
+        );
+        let pieces: String = g.indices().map(token_piece).collect();
+        assert_eq!(pieces, continuation);
+        assert_eq!(g.token_chunk(3)["choices"][0]["delta"]["content"], " tok3");
+    }
+
+    #[test]
+    fn prefill_arithmetic_edges() {
+        // An empty prefill continues from the start, without a leading space.
+        let g = generation(prefilled(json!(""), None), Kind::Chat, 3);
+        assert!(g.prefill);
+        assert_eq!(g.full_answer()["choices"][0]["message"]["content"], "tok0 tok1 tok2");
+        // Parts count their text; a prefill past the budget leaves nothing to generate.
+        let parts = json!([{"type": "text", "text": "a b"}, {"type": "text", "text": "c d e f"}]);
+        let g = generation(prefilled(parts, None), Kind::Chat, 4);
+        assert_eq!((g.first, g.tokens), (4, 0));
+        assert_eq!(g.full_answer()["choices"][0]["message"]["content"], "");
+        assert_eq!(g.full_answer()["usage"]["completion_tokens"], 0);
+        // max_tokens caps the total, as without a prefill.
+        let g = generation(prefilled(json!("tok0"), Some(3)), Kind::Chat, 16);
+        assert_eq!((g.first, g.tokens, g.finish_reason), (1, 2, "length"));
+        assert_eq!(g.full_answer()["choices"][0]["message"]["content"], " tok1 tok2");
+        // Null content is zero words.
+        let g = generation(prefilled(Value::Null, None), Kind::Chat, 2);
+        assert_eq!((g.first, g.tokens), (0, 2));
+    }
+
+    #[test]
+    fn only_a_trailing_assistant_message_is_a_prefill() {
+        let user_last = json!({"messages": [
+            {"role": "assistant", "content": "tok0"},
+            {"role": "user", "content": "go on"},
+        ]});
+        assert_eq!(prefill_words(&user_last), None);
+        let g = generation(user_last, Kind::Chat, 2);
+        assert!(!g.prefill);
+        assert_eq!((g.first, g.tokens), (0, 2));
+        assert_eq!(prefill_words(&json!({})), None);
+        assert_eq!(prefill_words(&json!({"messages": []})), None);
+        assert_eq!(prefill_words(&prefilled(json!("x y"), None)), Some(2));
+        // Text completions have no messages to continue.
+        let text = generation(prefilled(json!("tok0"), None), Kind::Text, 2);
+        assert!(!text.prefill);
+        assert_eq!(text.first, 0);
     }
 
     #[test]

@@ -42,6 +42,38 @@ pub(super) fn model_not_found(model: &str) -> Value {
     )
 }
 
+/// 400 `context_length_exceeded`, word for word as OpenAI sends it.
+pub(super) fn context_length_exceeded() -> Value {
+    json!({"error": {
+        "message": "This model's maximum context length is 8192 tokens. However, your messages resulted \
+                    in 9000 tokens. Please reduce the length of the messages.",
+        "type": "invalid_request_error",
+        "param": "messages",
+        "code": "context_length_exceeded",
+    }})
+}
+
+/// 400 `content_filter` as Azure OpenAI sends it (`type` null, a `status` field).
+pub(super) fn content_filtered() -> Value {
+    json!({"error": {
+        "message": "The response was filtered due to the prompt triggering Azure OpenAI's content \
+                    management policy.",
+        "type": null,
+        "param": "prompt",
+        "code": "content_filter",
+        "status": 400,
+    }})
+}
+
+/// 400 for an assistant prefill the model refuses.
+pub(super) fn prefill_unsupported() -> Value {
+    error_body(
+        "This model does not support assistant message prefill.",
+        "invalid_request_error",
+        Some("prefill_unsupported"),
+    )
+}
+
 /// 400 for a request the mock cannot answer.
 pub(super) fn invalid_request(message: &str) -> Value {
     error_body(message, "invalid_request_error", None)
@@ -64,5 +96,25 @@ mod tests {
         let body = model_not_found("nope");
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["message"], "The model `nope` does not exist");
+    }
+
+    #[test]
+    fn provider_error_bodies() {
+        let body = context_length_exceeded();
+        assert_eq!(
+            body["error"]["message"],
+            "This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 \
+             tokens. Please reduce the length of the messages."
+        );
+        assert_eq!(body["error"]["code"], "context_length_exceeded");
+        assert_eq!(body["error"]["param"], "messages");
+        let body = content_filtered();
+        assert_eq!(
+            body["error"]["message"],
+            "The response was filtered due to the prompt triggering Azure OpenAI's content management policy."
+        );
+        assert!(body["error"]["type"].is_null());
+        assert_eq!(body["error"]["status"], 400);
+        assert_eq!(prefill_unsupported()["error"]["code"], "prefill_unsupported");
     }
 }

@@ -4,8 +4,11 @@
 //! enough of the OpenAI API (`/chat/completions`, `/completions`,
 //! `/embeddings`, `/models`, under any path prefix) to exercise a gateway:
 //! latency shaping (time to first token, tokens per second), failure
-//! injection that can be switched at runtime, and `x-mock-*` response headers
-//! that echo what the gateway forwarded.
+//! injection that can be switched at runtime, fault modes chosen per request
+//! (`--fault [MODEL=]SPEC`, or the `x-mock-fault` header: resets, hangs, cut
+//! or stalled streams, provider error bodies, …), continuation of an
+//! assistant prefill, and `x-mock-*` response headers that echo what the
+//! gateway forwarded.
 //!
 //! The mock must never be the bottleneck of a benchmark, so it implements
 //! [`HttpServerApp`](pingora_core::apps::HttpServerApp) directly: responses
@@ -16,8 +19,9 @@
 //! - `GET /mock/config`, `POST /mock/config` with any subset of
 //!   `{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10,
 //!   "tokens_per_sec": 100, "completion_tokens": 16}`;
-//! - `GET /mock/stats` → `{"requests", "in_flight", "max_in_flight", "completions"}`;
-//! - `POST /mock/stats/reset`.
+//! - `GET /mock/stats` → `{"requests", "in_flight", "max_in_flight",
+//!   "completions", "prefills", "faults": {SPEC: requests}}`;
+//! - `POST /mock/stats/reset` (also forgets the fault specs' counters).
 //!
 //! Where things live:
 //! - `options`      the command line of `weir mock` and the valid range of each value
@@ -25,7 +29,8 @@
 //! - `routes`       which endpoint a method and path name
 //! - `app`          the Pingora application: read a request, answer it on the session
 //! - `errors`       OpenAI error envelopes, injected failures included
-//! - `completions`  chat and text completions: token counts, answers, stream chunks
+//! - `faults`       the fault spec grammar, which spec a request carries, per-spec counters
+//! - `completions`  chat and text completions: token counts, answers, stream chunks, prefills
 //! - `sse`          server-sent event framing and the pre-rendered token events
 //! - `embeddings`   deterministic embeddings, as floats or base64
 //! - `server`       the Pingora service (`mock_service`) and the standalone `run`
@@ -40,6 +45,7 @@ mod behaviour;
 mod completions;
 mod embeddings;
 mod errors;
+mod faults;
 mod options;
 mod routes;
 mod server;

@@ -4,6 +4,8 @@
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
+use http::HeaderName;
+
 /// Run a mock OpenAI-compatible provider (options of `weir mock`).
 #[derive(Debug, Clone, clap::Args)]
 pub struct MockOptions {
@@ -37,7 +39,18 @@ pub struct MockOptions {
     /// Worker threads
     #[arg(long, default_value_t = 1)]
     pub threads: usize,
+    /// Inject a fault into every API request (SPEC) or into requests for one
+    /// model (MODEL=SPEC, when no `:` precedes the first `=`); repeatable.
+    /// SPEC is NAME or NAME:key=value,... (see README, `weir mock`)
+    #[arg(long = "fault", value_name = "[MODEL=]SPEC")]
+    pub faults: Vec<String>,
+    /// Request header carrying a fault SPEC for that request (wins over --fault)
+    #[arg(long, default_value = DEFAULT_FAULT_HEADER)]
+    pub fault_header: String,
 }
+
+/// The header a client names a fault in, unless `--fault-header` says otherwise.
+pub(super) const DEFAULT_FAULT_HEADER: &str = "x-mock-fault";
 
 impl Default for MockOptions {
     /// The same values as the command line defaults.
@@ -53,6 +66,8 @@ impl Default for MockOptions {
             tls_cert: None,
             tls_key: None,
             threads: 1,
+            faults: Vec::new(),
+            fault_header: DEFAULT_FAULT_HEADER.to_string(),
         }
     }
 }
@@ -63,9 +78,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 /// Check the options up front, so a bad value is a readable error rather
-/// than a panic inside Pingora once the server starts.
+/// than a panic inside Pingora once the server starts. (The `--fault` specs
+/// are parsed, and checked, where the application is built.)
 pub(super) fn validate_options(opts: &MockOptions) -> Result<(), String> {
     resolve(&opts.listen)?;
+    fault_header_name(&opts.fault_header)?;
     check_fail_rate(opts.fail_rate)?;
     check_fail_status(u64::from(opts.fail_status))?;
     check_tokens_per_sec(opts.tokens_per_sec)?;
@@ -73,6 +90,11 @@ pub(super) fn validate_options(opts: &MockOptions) -> Result<(), String> {
         return Err("--threads must be at least 1".to_string());
     }
     Ok(())
+}
+
+/// The `--fault-header` name as a header name (lower-cased).
+pub(super) fn fault_header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("--fault-header `{name}` is not a valid header name"))
 }
 
 /// A failure share within `0.0..=1.0`.
@@ -121,5 +143,15 @@ mod tests {
         assert_eq!(parse_duration("50ms"), Ok(Duration::from_millis(50)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
         assert!(parse_duration("fast").is_err());
+    }
+
+    #[test]
+    fn fault_header_names() {
+        assert_eq!(
+            fault_header_name("X-Fault-A").map(|h| h.to_string()),
+            Ok("x-fault-a".to_string())
+        );
+        assert!(fault_header_name("bad header").is_err());
+        assert!(fault_header_name("").is_err());
     }
 }

@@ -145,6 +145,14 @@ mod tests {
                 assert_eq!(events.event(&g, i), sse_event(&g.token_chunk(i)));
             }
         }
+        // A continuation renders its own token indices the same way.
+        let prefilled = json!({"stream": true, "messages": [{"role": "assistant", "content": "tok0 tok1"}]});
+        let g = generation(prefilled, Kind::Chat, 5);
+        let events = TokenEvents::new(&g);
+        assert_eq!(g.indices(), 2..5);
+        for i in g.indices() {
+            assert_eq!(events.event(&g, i), sse_event(&g.token_chunk(i)));
+        }
         // A model name containing the marker falls back to full rendering.
         let tricky = Generation::plan(Kind::Chat, &json!({}), TokenEvents::MARKER, 3, 1, 0);
         let events = TokenEvents::new(&tricky);
