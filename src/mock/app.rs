@@ -505,8 +505,12 @@ impl MockApp {
             }
         }
         if let Some(delay) = first_token_delay {
-            // The header and the role chunk are out: only the first token is late.
-            pause(delay).await;
+            // The header and the role chunk are out: only the first token is
+            // late. A client that leaves meanwhile ends the exchange at once.
+            tokio::select! {
+                _ = pause(delay) => {}
+                _ = session.read_body_or_idle(true) => return Ending::Close,
+            }
         }
         let start = tokio::time::Instant::now();
         let interval = settings.token_interval();

@@ -122,7 +122,22 @@ pub(super) struct Generation {
     pub(super) prompt_tokens: u64,
     pub(super) stream: bool,
     pub(super) include_usage: bool,
+    /// The function a chat request forces with `tool_choice`: the answer is
+    /// a call to it, its arguments `{"text":"tok0 …"}` streamed piece by piece.
+    pub(super) tool: Option<String>,
 }
+
+/// The function name of `tool_choice: {"type": "function", "function": {"name": …}}`.
+fn forced_tool(request: &Value) -> Option<String> {
+    let choice = request.get("tool_choice")?;
+    (choice.get("type")?.as_str()? == "function")
+        .then(|| choice.pointer("/function/name")?.as_str().map(str::to_string))
+        .flatten()
+}
+
+/// What a tool call's streamed arguments open and close with, around the text.
+const ARGS_OPEN: &str = "{\"text\":\"";
+const ARGS_CLOSE: &str = "\"}";
 
 impl Generation {
     /// Decide the answer to `request`: `serial` numbers its id, `created` is a Unix time.
@@ -147,7 +162,13 @@ impl Generation {
                 request.get("prompt").map_or(0, text_prompt_tokens),
             ),
         };
+        let tool = match kind {
+            Kind::Chat => forced_tool(request),
+            Kind::Text => None,
+        };
+        let forced = tool.is_some();
         Generation {
+            tool,
             kind,
             id,
             created,
@@ -155,7 +176,11 @@ impl Generation {
             first,
             tokens: total - first,
             prefill: prefill.is_some(),
-            finish_reason,
+            finish_reason: if forced && finish_reason == "stop" {
+                "tool_calls"
+            } else {
+                finish_reason
+            },
             prompt_tokens,
             stream: request.get("stream").and_then(Value::as_bool) == Some(true),
             include_usage: request
@@ -182,6 +207,19 @@ impl Generation {
     pub(super) fn full_answer(&self) -> Value {
         let text = tokens_text(self.indices());
         let (object, choice) = match self.kind {
+            Kind::Chat if self.tool.is_some() => (
+                "chat.completion",
+                json!({
+                    "index": 0,
+                    "message": {"role": "assistant", "content": null, "tool_calls": [{
+                        "id": self.call_id(),
+                        "type": "function",
+                        "function": {"name": self.tool, "arguments": format!("{ARGS_OPEN}{text}{ARGS_CLOSE}")},
+                    }]},
+                    "logprobs": null,
+                    "finish_reason": self.finish_reason,
+                }),
+            ),
             Kind::Chat => (
                 "chat.completion",
                 json!({
@@ -231,8 +269,24 @@ impl Generation {
         chunk
     }
 
-    /// The first chat chunk announcing the assistant role (text completions have none).
+    fn call_id(&self) -> String {
+        format!("call_{}", self.id)
+    }
+
+    /// The first chat chunk announcing the assistant role (text completions
+    /// have none); with a forced tool, the call's id, name and the opening
+    /// of its arguments.
     pub(super) fn role_chunk(&self) -> Option<Value> {
+        if let (Kind::Chat, Some(name)) = (self.kind, &self.tool) {
+            return Some(self.chunk(json!([{
+                "index": 0,
+                "delta": {"role": "assistant", "content": null, "tool_calls": [{
+                    "index": 0, "id": self.call_id(), "type": "function",
+                    "function": {"name": name, "arguments": ARGS_OPEN},
+                }]},
+                "finish_reason": null,
+            }])));
+        }
         (self.kind == Kind::Chat).then(|| {
             self.chunk(json!([{
                 "index": 0,
@@ -255,6 +309,12 @@ impl Generation {
     /// A chunk carrying `piece` of text, or the end of the answer with `finish_reason`.
     pub(super) fn piece_chunk(&self, piece: &str, finish_reason: Option<&str>) -> Value {
         let choice = match (self.kind, finish_reason) {
+            (Kind::Chat, None) if self.tool.is_some() => {
+                json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "finish_reason": null})
+            }
+            (Kind::Chat, Some(reason)) if self.tool.is_some() => {
+                json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ARGS_CLOSE}}]}, "finish_reason": reason})
+            }
             (Kind::Chat, None) => {
                 json!({"index": 0, "delta": {"content": piece}, "finish_reason": null})
             }
@@ -374,6 +434,34 @@ mod tests {
         let pieces: String = g.indices().map(token_piece).collect();
         assert_eq!(pieces, continuation);
         assert_eq!(g.token_chunk(3)["choices"][0]["delta"]["content"], " tok3");
+    }
+
+    #[test]
+    fn a_forced_tool_is_called_with_the_text_as_arguments() {
+        let request = json!({
+            "messages": [{"role": "user", "content": "x"}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+        });
+        let g = generation(request, Kind::Chat, 3);
+        let answer = g.full_answer();
+        let call = &answer["choices"][0]["message"]["tool_calls"][0];
+        assert_eq!(call["function"]["name"], "f");
+        assert_eq!(call["function"]["arguments"], r#"{"text":"tok0 tok1 tok2"}"#);
+        assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
+        // Streamed: the role chunk opens the arguments, pieces follow, the finish closes them.
+        let mut args = g.role_chunk().unwrap()["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        for i in g.indices() {
+            args += g.token_chunk(i)["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+                .as_str()
+                .unwrap();
+        }
+        let fin = g.finish_chunk();
+        args += fin["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+        assert_eq!(args, r#"{"text":"tok0 tok1 tok2"}"#);
+        assert_eq!(fin["choices"][0]["finish_reason"], "tool_calls");
     }
 
     #[test]
