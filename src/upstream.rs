@@ -163,7 +163,11 @@ async fn final_header(s: &mut HttpSession, provider: &str) -> Result<(), SendErr
         let status = s.response_header().map_or(0, |h| h.status.as_u16());
         match status {
             // weir never asks to switch protocols (it strips `Upgrade`).
-            101 => return Err(broken(format!("provider '{provider}' switched protocols unasked (101)"))),
+            101 => {
+                return Err(broken(format!(
+                    "provider '{provider}' switched protocols unasked (101)"
+                )))
+            }
             100..=199 => continue,
             _ => return Ok(()),
         }

@@ -52,7 +52,12 @@ fn figure(scenario: &str, outcome: &str, attempts: &[(&str, &Mock)], wall: Durat
 }
 
 fn retries(w: &Weir, reason: &str) -> f64 {
-    metric(&w.metrics(), "weir_retries_total", &[("route", "chat"), ("reason", reason)]).unwrap_or(0.0)
+    metric(
+        &w.metrics(),
+        "weir_retries_total",
+        &[("route", "chat"), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
 }
 
 fn recoveries(w: &Weir, outcome: &str) -> f64 {
@@ -94,7 +99,9 @@ fn content(events: &[serde_json::Value]) -> String {
 }
 
 fn tokens(n: u32) -> String {
-    (0..n).map(|i| if i == 0 { "tok0".to_string() } else { format!(" tok{i}") }).collect()
+    (0..n)
+        .map(|i| if i == 0 { "tok0".to_string() } else { format!(" tok{i}") })
+        .collect()
 }
 
 fn time<T>(f: impl FnOnce() -> T) -> (T, Duration) {
@@ -112,11 +119,23 @@ fn retry_after_once_is_waited_out_on_the_same_provider() {
     let w = gateway(&[("a", &a, ""), ("b", &b, "")], "", "");
     let (r, wall) = time(|| post(&w.url("/v1/chat/completions"), &chat_body(false, false), &[]));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.header("x-weir-provider"), Some("a"), "the same provider, once it allowed");
-    assert!(wall >= Duration::from_secs(1), "never sooner than Retry-After: {wall:?}");
+    assert_eq!(
+        r.header("x-weir-provider"),
+        Some("a"),
+        "the same provider, once it allowed"
+    );
+    assert!(
+        wall >= Duration::from_secs(1),
+        "never sooner than Retry-After: {wall:?}"
+    );
     assert_eq!((a.requests(), b.requests()), (2, 0));
     assert_eq!(retries(&w, "status_429"), 1.0);
-    figure("429 + Retry-After: 1, once", "200 from a", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "429 + Retry-After: 1, once",
+        "200 from a",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 }
 
 #[test]
@@ -127,8 +146,17 @@ fn a_persistent_429_fails_over_and_a_long_retry_after_is_not_waited() {
     let (r, wall) = time(|| post(&w.url("/v1/chat/completions"), &chat_body(false, false), &[]));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-weir-provider"), Some("b"));
-    assert_eq!((a.requests(), b.requests()), (2, 1), "per_provider: 2 sends to a at most");
-    figure("429 + Retry-After: 1, always", "200 from b", &[("a", &a), ("b", &b)], wall);
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (2, 1),
+        "per_provider: 2 sends to a at most"
+    );
+    figure(
+        "429 + Retry-After: 1, always",
+        "200 from b",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 
     // A Retry-After past max_retry_after (5s): a is out at once, b answers.
     let a = spawn_mock(&["--fault", "status:code=429,retry_after=30"]);
@@ -148,7 +176,12 @@ fn a_persistent_429_fails_over_and_a_long_retry_after_is_not_waited() {
     assert_eq!(r.status, 429, "{}", r.body);
     assert_eq!(r.header("retry-after"), Some("30"));
     assert_eq!(a.requests(), 1);
-    figure("429 + Retry-After: 30, one provider", "429, Retry-After: 30", &[("a", &a)], wall);
+    figure(
+        "429 + Retry-After: 30, one provider",
+        "429, Retry-After: 30",
+        &[("a", &a)],
+        wall,
+    );
 }
 
 #[test]
@@ -181,7 +214,10 @@ fn reset_and_silence_fail_over_within_one_timeout() {
     let (r, wall) = time(|| post(&w.url("/v1/chat/completions"), &chat_body(false, false), &[]));
     assert_eq!(r.status, 200, "{}", r.body);
     assert_eq!(r.header("x-weir-provider"), Some("b"));
-    assert!(a.requests() >= 1 && a.requests() <= 2, "reset: a at most per_provider times");
+    assert!(
+        a.requests() >= 1 && a.requests() <= 2,
+        "reset: a at most per_provider times"
+    );
     assert!(retries(&w, "reset") >= 1.0);
     figure("reset before headers", "200 from b", &[("a", &a), ("b", &b)], wall);
 
@@ -193,7 +229,11 @@ fn reset_and_silence_fail_over_within_one_timeout() {
     assert_eq!(r.header("x-weir-provider"), Some("b"));
     assert!(wall >= Duration::from_secs(1), "first_token: 1s was waited: {wall:?}");
     assert!(wall < Duration::from_secs(4), "one timeout, then b: {wall:?}");
-    assert_eq!((a.requests(), b.requests()), (1, 1), "a silent provider is not tried again first");
+    assert_eq!(
+        (a.requests(), b.requests()),
+        (1, 1),
+        "a silent provider is not tried again first"
+    );
     assert_eq!(retries(&w, "timeout"), 1.0);
     figure("no answer at all", "200 from b", &[("a", &a), ("b", &b)], wall);
 }
@@ -208,13 +248,21 @@ fn a_slow_first_token_fails_over_and_the_slow_stream_is_cancelled() {
     assert_eq!(r.header("x-weir-provider"), Some("b"));
     let ev = events(&r.body);
     assert_eq!(content(&ev), tokens(16));
-    assert!(wall >= Duration::from_secs(1) && wall < Duration::from_secs(5), "{wall:?}");
+    assert!(
+        wall >= Duration::from_secs(1) && wall < Duration::from_secs(5),
+        "{wall:?}"
+    );
     assert!(
         eventually(Duration::from_secs(3), || a.stats()["in_flight"] == 0),
         "the slow stream was cancelled: {}",
         a.stats()
     );
-    figure("slow first token (10s > first_token 1s)", "stream from b", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "slow first token (10s > first_token 1s)",
+        "stream from b",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 }
 
 #[test]
@@ -239,7 +287,11 @@ fn a_cut_stream_is_continued_by_a_prefill_fallback() {
     let w = gateway(&[("a", &a, ""), ("b", &b, "    continuation: prefill\n")], "", "");
     let (r, wall) = time(|| post(&w.url("/v1/chat/completions"), &chat_body(true, true), &[]));
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.header("x-weir-provider"), Some("a"), "the header went out with a's first token");
+    assert_eq!(
+        r.header("x-weir-provider"),
+        Some("a"),
+        "the header went out with a's first token"
+    );
     let ev = events(&r.body);
     assert_eq!(content(&ev), tokens(60), "a's 40 tokens, then b's continuation");
     let done = ev.iter().filter(|e| *e == "[DONE]").count();
@@ -261,7 +313,12 @@ fn a_cut_stream_is_continued_by_a_prefill_fallback() {
     assert_eq!(usage["completion_tokens"], 60, "40 streamed by a + 20 by b: {usage}");
     assert_eq!(b.stats()["prefills"], 1);
     assert_eq!(recoveries(&w, "continued"), 1.0);
-    figure("stream cut after 40 of 60", "continued on b, one stream", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "stream cut after 40 of 60",
+        "continued on b, one stream",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 }
 
 /// Run the official `openai` SDK on a stream through weir; its stdout.
@@ -287,7 +344,11 @@ except openai.APIError as e:
         .args(["-c", script, &w.url("/v1")])
         .output()
         .expect("run python");
-    assert!(out.status.success(), "python failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "python failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -298,10 +359,18 @@ fn without_a_fallback_the_openai_sdk_raises_instead_of_returning_a_truncated_ans
     let w = gateway(&[("a", &a, ""), ("b", &b, "")], "", "");
     let (out, wall) = time(|| openai_stream(&w));
     assert!(out.starts_with("RAISED APIError"), "{out}");
-    assert!(out.contains("provider 'a'") && out.contains("40 content chunks"), "{out}");
+    assert!(
+        out.contains("provider 'a'") && out.contains("40 content chunks"),
+        "{out}"
+    );
     assert_eq!(b.requests(), 0, "b does not continue streams");
     assert_eq!(recoveries(&w, "no_fallback"), 1.0);
-    figure("stream cut, no prefill fallback (openai SDK)", "SDK raises APIError", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "stream cut, no prefill fallback (openai SDK)",
+        "SDK raises APIError",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 
     // The raw stream: the error event last, no [DONE].
     let r = post(&w.url("/v1/chat/completions"), &chat_body(true, false), &[]);
@@ -329,16 +398,29 @@ fn a_stalled_stream_is_continued_after_stream_idle_and_other_deaths_too() {
     assert_eq!(content(&ev), tokens(30));
     assert_eq!(ev.last().unwrap(), "[DONE]");
     assert!(wall >= Duration::from_secs(1), "stream_idle: 1s was waited: {wall:?}");
-    figure("stream stalls after 10 of 30", "continued on b after stream_idle", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "stream stalls after 10 of 30",
+        "continued on b after stream_idle",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 
-    for (fault, what) in [("no_done:after=10", "ends without [DONE]"), ("malformed:after=10", "malformed chunk")] {
+    for (fault, what) in [
+        ("no_done:after=10", "ends without [DONE]"),
+        ("malformed:after=10", "malformed chunk"),
+    ] {
         let a = spawn_mock(&["--completion-tokens", "30", "--fault", fault]);
         let w = gateway(&[("a", &a, ""), ("b", &b, "    continuation: prefill\n")], "", "");
         let (r, wall) = time(|| post(&w.url("/v1/chat/completions"), &chat_body(true, false), &[]));
         let ev = events(&r.body);
         assert_eq!(content(&ev), tokens(30), "{fault}: {}", r.body);
         assert_eq!(ev.last().unwrap(), "[DONE]", "{fault}");
-        figure(&format!("stream {what} after 10 of 30"), "continued on b", &[("a", &a), ("b", &b)], wall);
+        figure(
+            &format!("stream {what} after 10 of 30"),
+            "continued on b",
+            &[("a", &a), ("b", &b)],
+            wall,
+        );
     }
 }
 
@@ -357,7 +439,12 @@ fn a_fallback_that_rejects_the_prefill_does_not_become_the_clients_error() {
     assert_eq!(err["type"], "upstream_error", "not b's invalid_request_error");
     assert_eq!(b.requests(), 1);
     assert_eq!(recoveries(&w, "failed"), 1.0);
-    figure("stream cut, fallback rejects prefill", "error event naming a's cut", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "stream cut, fallback rejects prefill",
+        "error event naming a's cut",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 }
 
 #[test]
@@ -400,7 +487,12 @@ fn context_length_goes_to_the_larger_model_once() {
     assert_eq!(a.requests(), 2);
     assert_eq!(b.requests(), 0, "m was not sent anywhere else");
     assert_eq!(retries(&w, "context_length"), 1.0);
-    figure("400 context_length_exceeded, fallback model", "200 from big", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "400 context_length_exceeded, fallback model",
+        "200 from big",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 
     let a = spawn_mock(&["--fault", "context_length"]);
     let b = spawn_mock(&[]);
@@ -409,7 +501,12 @@ fn context_length_goes_to_the_larger_model_once() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
     assert_eq!((a.requests(), b.requests()), (1, 0), "returned once, unretried");
-    figure("400 context_length_exceeded, no fallback", "400 once", &[("a", &a), ("b", &b)], wall);
+    figure(
+        "400 context_length_exceeded, no fallback",
+        "400 once",
+        &[("a", &a), ("b", &b)],
+        wall,
+    );
 
     let a = spawn_mock(&["--fault", "content_filter"]);
     let w = gateway(&[("a", &a, ""), ("b", &b, "")], "", "");
@@ -429,10 +526,7 @@ fn a_flapping_primary_is_covered_by_the_fallback_and_serves_again_soon_after() {
     let a_started = Instant::now();
     let b = spawn_mock(&[]);
     let w = gateway(
-        &[
-            ("a", &a, "    health_check: { interval: 500ms }\n"),
-            ("b", &b, ""),
-        ],
+        &[("a", &a, "    health_check: { interval: 500ms }\n"), ("b", &b, "")],
         "    plugins: [breaker]\n",
         "  breaker: { type: circuit_breaker, consecutive_failures: 2, open_for: 2s }",
     );
@@ -449,14 +543,29 @@ fn a_flapping_primary_is_covered_by_the_fallback_and_serves_again_soon_after() {
     let back_at = back_at.expect("a served again after it recovered");
     assert!(back_at < down + Duration::from_secs(5), "back at {back_at:?}");
     let m = w.metrics();
-    assert!(metric(&m, "weir_circuit_transitions_total", &[("provider", "a"), ("to", "open")]).unwrap_or(0.0) >= 1.0);
+    assert!(
+        metric(
+            &m,
+            "weir_circuit_transitions_total",
+            &[("provider", "a"), ("to", "open")]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
     assert_eq!(
-        metric(&m, "weir_circuit_transitions_total", &[("provider", "a"), ("to", "closed")]),
+        metric(
+            &m,
+            "weir_circuit_transitions_total",
+            &[("provider", "a"), ("to", "closed")]
+        ),
         Some(1.0)
     );
     figure(
         "primary down 15s, breaker + health check",
-        &format!("all 200; a serves again {:.1}s after recovering", (back_at - down).as_secs_f64()),
+        &format!(
+            "all 200; a serves again {:.1}s after recovering",
+            (back_at - down).as_secs_f64()
+        ),
         &[("a", &a), ("b", &b)],
         a_started.elapsed(),
     );

@@ -111,7 +111,8 @@ fn a_half_open_probe_given_back_when_its_client_leaves() {
     let cfg = gateway(
         &format!("  p: {{ url: \"{}\", models: [m] }}", mock.url()),
         "  breaker: { type: circuit_breaker, consecutive_failures: 2, open_for: 1s, half_open_probes: 1, min_requests: 100 }",
-        "  - { name: chat, plugins: [breaker], providers: [p] }",
+        // One send per request: each failure below is one breaker outcome.
+        "  - { name: chat, plugins: [breaker], providers: [p], retry: { attempts: 1 } }",
     );
     let weir = spawn_weir(&cfg, &[]);
     let url = weir.url("/v1/chat/completions");

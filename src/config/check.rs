@@ -165,10 +165,7 @@ fn check_retry(ck: &mut Checker, c: &Config, at: &str, r: &RouteConf) {
     };
     for (from, to) in &r.context_fallbacks {
         if from == to {
-            ck.error(
-                format!("{at}.context_fallbacks.{from}"),
-                "falls back to itself",
-            );
+            ck.error(format!("{at}.context_fallbacks.{from}"), "falls back to itself");
         } else if !served(to) {
             ck.error(
                 format!("{at}.context_fallbacks.{from}"),

@@ -858,7 +858,10 @@ mod tests {
         let out = prefill_body(body, "up-m", "tok0 tok1", 2).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v["model"], "up-m");
-        assert_eq!(v["messages"][1], serde_json::json!({"role": "assistant", "content": "tok0 tok1"}));
+        assert_eq!(
+            v["messages"][1],
+            serde_json::json!({"role": "assistant", "content": "tok0 tok1"})
+        );
         assert_eq!(v["stream"], true);
         assert_eq!(v["stream_options"]["include_usage"], true);
         assert_eq!(v["max_tokens"], 58);

@@ -85,7 +85,10 @@ fn lines(event: &[u8]) -> impl Iterator<Item = &[u8]> {
         if rest.is_empty() {
             return None;
         }
-        let end = rest.iter().position(|b| *b == b'\n' || *b == b'\r').unwrap_or(rest.len());
+        let end = rest
+            .iter()
+            .position(|b| *b == b'\n' || *b == b'\r')
+            .unwrap_or(rest.len());
         let line = &rest[..end];
         let skip = match rest.get(end) {
             Some(b'\r') if rest.get(end + 1) == Some(&b'\n') => 2,
@@ -220,10 +223,18 @@ impl StreamWatch {
             self.id = chunk.id.map(Cow::into_owned);
         }
         let Some(choices) = chunk.choices else {
-            return if self.usage.is_some() { Seen::UsageOnly } else { Seen::Malformed };
+            return if self.usage.is_some() {
+                Seen::UsageOnly
+            } else {
+                Seen::Malformed
+            };
         };
         if choices.is_empty() {
-            return if chunk.usage.is_some() { Seen::UsageOnly } else { Seen::Preamble };
+            return if chunk.usage.is_some() {
+                Seen::UsageOnly
+            } else {
+                Seen::Preamble
+            };
         }
         let mut seen = Seen::Preamble;
         for c in &choices {
@@ -400,7 +411,10 @@ mod tests {
     #[test]
     fn events_split_on_any_line_end() {
         let lf = split_all(&[b"data: a\n\ndata: b\n", b"\n: c"]);
-        assert_eq!(lf, vec![Bytes::from_static(b"data: a\n\n"), Bytes::from_static(b"data: b\n\n")]);
+        assert_eq!(
+            lf,
+            vec![Bytes::from_static(b"data: a\n\n"), Bytes::from_static(b"data: b\n\n")]
+        );
         let crlf = split_all(&[b"data: a\r\n\r", b"\ndata: b\r\n\r\n"]);
         assert_eq!(crlf.len(), 2);
         assert_eq!(&crlf[0][..], b"data: a\r\n\r\n");
@@ -439,11 +453,15 @@ mod tests {
     #[test]
     fn watch_tracks_a_chat_stream() {
         let mut w = StreamWatch::default();
-        let role = br#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
+        let role =
+            br#"{"id":"c1","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}]}"#;
         assert_eq!(w.observe(role), Seen::Preamble);
         let piece = br#"{"id":"c1","choices":[{"index":0,"delta":{"content":"tok0"},"finish_reason":null}]}"#;
         assert_eq!(w.observe(piece), Seen::Content);
-        assert_eq!(w.observe(br#"{"id":"c1", "choices": [ {"index":0,"delta":{"content":" tok1"}} ]}"#), Seen::Content);
+        assert_eq!(
+            w.observe(br#"{"id":"c1", "choices": [ {"index":0,"delta":{"content":" tok1"}} ]}"#),
+            Seen::Content
+        );
         assert_eq!(w.text, "tok0 tok1");
         assert!(!w.complete());
         let fin = br#"{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}"#;
@@ -485,7 +503,10 @@ mod tests {
         assert_eq!(s.event(b"[DONE]").unwrap(), Bytes::from_static(b"data: [DONE]\n\n"));
         // A client that did not ask for usage does not see it.
         let mut quiet = Splice::new(&primary, "a,b".into(), false);
-        assert_eq!(quiet.event(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#), None);
+        assert_eq!(
+            quiet.event(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
+            None
+        );
         assert!(quiet.usage.is_some());
     }
 

@@ -459,7 +459,9 @@ mod tests {
                 .unwrap();
         }
         let fin = g.finish_chunk();
-        args += fin["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"].as_str().unwrap();
+        args += fin["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+            .as_str()
+            .unwrap();
         assert_eq!(args, r#"{"text":"tok0 tok1 tok2"}"#);
         assert_eq!(fin["choices"][0]["finish_reason"], "tool_calls");
     }

@@ -4,9 +4,9 @@
 use super::plugin::{Capabilities, Plugin};
 use crate::bulkhead::Bulkhead;
 use crate::config::{MatchConf, PluginConf, RetryConf};
-use indexmap::IndexMap;
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::Provider;
+use indexmap::IndexMap;
 use pingora_http::RequestHeader;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -17,14 +17,14 @@ use super::relay::client_header;
 use super::retry::{self, Outcome, Schedule};
 use super::run::{wait, Failure, Pipeline};
 use crate::error::{ErrorKind, WeirError};
-use crate::llm::sse::{event_data, Seen, SseSplitter, StreamWatch};
 use crate::llm;
+use crate::llm::sse::{event_data, Seen, SseSplitter, StreamWatch};
 use crate::metrics;
 use crate::provider::Provider;
 use crate::traffic::retry_budget::RetryGuard;
 use crate::upstream::{timed_out, Exchange, Fault, SendError, Target};
 use bytes::{Bytes, BytesMut};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -35,6 +35,13 @@ pub(super) const MAX_WHOLE: usize = 1 << 20;
 
 /// An error answer read to decide whether it is `context_length_exceeded`.
 const MAX_ERROR_BODY: usize = 64 << 10;
+
+/// A provider's error answer kept while other attempts are made.
+struct Held {
+    head: ResponseHeader,
+    body: Bytes,
+    provider: Arc<Provider>,
+}
 
 /// An attempt under way: its guard and the provider's response head.
 pub(super) struct Started {
@@ -148,7 +155,11 @@ fn body_for(ctx: &RequestCtx, provider: &Provider, model: &str) -> Bytes {
 fn is_context_length(body: &[u8]) -> bool {
     serde_json::from_slice::<serde_json::Value>(body)
         .ok()
-        .and_then(|v| v.pointer("/error/code")?.as_str().map(|c| c == "context_length_exceeded"))
+        .and_then(|v| {
+            v.pointer("/error/code")?
+                .as_str()
+                .map(|c| c == "context_length_exceeded")
+        })
         .unwrap_or(false)
 }
 
@@ -208,9 +219,12 @@ impl Pipeline {
         let mut schedule = Schedule::new(policy, candidates.len(), Instant::now());
         let mut next = schedule.first().map(|i| (i, Duration::ZERO));
         let mut last_err: Option<WeirError> = None;
-        // A provider's 429 whose Retry-After was too long to wait out: the
-        // answer if nothing else works, so the client knows when to return.
-        let mut rate_limited: Option<WeirError> = None;
+        // The last provider answer retried (its header and error body): the
+        // client's if no later attempt answers, rather than weir's own error.
+        // A 429 whose Retry-After was too long to wait out comes first, so
+        // the client learns when to come back.
+        let mut held: Option<Held> = None;
+        let mut rate_limited: Option<Held> = None;
         // Held from the first retry to the end of the request.
         let mut retrying = None;
         while let Some((i, pause)) = next.take() {
@@ -256,16 +270,22 @@ impl Pipeline {
                         provider.name
                     );
                     attempt.end(&Attempt::Answered { status, ttfb });
-                    ex.abort().await;
-                    if let (429, Some(ra)) = (status, ra) {
-                        if ra > policy.max_retry_after.0 {
-                            let secs = ra.as_secs_f64().ceil().max(1.0) as u64;
-                            let mut e = WeirError::new(
-                                ErrorKind::RateLimited,
-                                format!("provider '{}' is rate limited; retry in {secs}s", provider.name),
-                            );
-                            e.retry_after = Some(secs);
-                            rate_limited = Some(e);
+                    let head = client_header(ex.header(), &provider, ctx);
+                    // Read the (small) error body: the connection goes back
+                    // to the pool and the answer can still be the client's.
+                    let read = self
+                        .upstream
+                        .read_whole(ex, &provider.peer, &provider.name, MAX_ERROR_BODY);
+                    if let Ok(body) = read.await {
+                        let answer = Held {
+                            head,
+                            body,
+                            provider: provider.clone(),
+                        };
+                        if status == 429 && ra.is_some_and(|ra| ra > policy.max_retry_after.0) {
+                            rate_limited = Some(answer);
+                        } else {
+                            held = Some(answer);
                         }
                     }
                     last_err = Some(WeirError::new(
@@ -280,7 +300,11 @@ impl Pipeline {
             if let (400, Some(bigger)) = (status, bigger) {
                 ctx.upstream_ttfb = Some(ttfb);
                 let head = client_header(ex.header(), &provider, ctx);
-                let body = match self.upstream.read_whole(ex, &provider.peer, &provider.name, MAX_ERROR_BODY).await {
+                let body = match self
+                    .upstream
+                    .read_whole(ex, &provider.peer, &provider.name, MAX_ERROR_BODY)
+                    .await
+                {
                     Ok(b) => b,
                     Err(e) => {
                         attempt.end(&Attempt::Failed(e.error.kind));
@@ -325,10 +349,16 @@ impl Pipeline {
                 Ready::Pass(Bytes::new())
             };
             ctx.upstream_ttfb = Some(ttfb);
-            return self.relay(d, ctx, route, &provider, &model, attempt, ex, ready, strip_usage).await;
+            return self
+                .relay(d, ctx, route, &provider, &model, attempt, ex, ready, strip_usage)
+                .await;
         }
-        Err(rate_limited
-            .or(last_err)
+        if let Some(h) = rate_limited.or(held) {
+            ctx.provider = Some(h.provider);
+            let status = h.head.status.as_u16();
+            return self.send_whole(d, ctx, h.head, h.body, status).await;
+        }
+        Err(last_err
             .unwrap_or_else(|| WeirError::new(ErrorKind::Upstream, "no provider answered"))
             .into())
     }
@@ -435,7 +465,10 @@ impl Pipeline {
                 if s.watch.complete() {
                     return Ok(s);
                 }
-                return Err(PrepareError::Failed(cut(&p.name, "ended the stream before any content")));
+                return Err(PrepareError::Failed(cut(
+                    &p.name,
+                    "ended the stream before any content",
+                )));
             };
             s.splitter.push(&chunk);
             if take_events(&mut s.splitter, &mut s.watch, strip_usage, &mut s.held, &p.name)

@@ -1,15 +1,19 @@
 //! The plugin pipeline: what a plugin is (`plugin`), the state of one
 //! request (`context`), a route's chain (`chain`), and the chain run both
-//! ways (`run`, `attempt`, `relay`) against a client (`downstream`).
+//! ways (`run`, `attempt`, `failover` with the route's `retry` policy,
+//! `relay`) against a client (`downstream`).
 //!
 //! Run order for a route with plugins `[a, b]`:
 //! 1. `request_headers`: a, b  — before the body is read; may refuse cheaply.
 //! 2. `request_body`:    a, b  — the JSON head is parsed, the model known.
 //! 3. `upstream_choice`: a, b  — may filter or reorder the candidate providers.
-//!    Then, for each provider tried (the first and any failover): its
-//!    bulkhead slot, then `attempt_start` of a, b (either may skip it); the
-//!    attempt's guard tells each plugin's hold how it ended.
-//! 4. `response_headers`: b, a — the provider's, a local or an error response.
+//!    Then, for each attempt (the first, and each retry the route's policy
+//!    makes, to the same provider or the next): the provider's bulkhead
+//!    slot, then `attempt_start` of a, b (either may skip it); the
+//!    attempt's guard tells each plugin's hold how it ended. A stream that
+//!    dies mid-answer may get one more attempt, its continuation.
+//! 4. `response_headers`: b, a — the provider's (once its answer is ready:
+//!    a stream's first token, a non-stream body whole), a local or an error response.
 //! 5. `response_body`:   b, a  — each chunk as it passes, never buffered here.
 //! 6. `log`:             a, b  — after the last byte, whatever the outcome.
 //!
@@ -28,8 +32,8 @@ mod chain;
 mod context;
 mod downstream;
 mod factory;
-mod plugin;
 mod failover;
+mod plugin;
 mod relay;
 mod retry;
 mod run;

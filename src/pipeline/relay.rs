@@ -79,8 +79,14 @@ impl Pipeline {
                 self.upstream.finish(ex, &p.peer).await;
                 self.relay_whole(d, ctx, attempt, head, body, status).await
             }
-            Ready::Pass(prefix) => self.relay_pass(d, ctx, route, p, attempt, ex, prefix, strip_usage).await,
-            Ready::Stream(s) => self.relay_stream(d, ctx, route, p, model, attempt, ex, s, strip_usage).await,
+            Ready::Pass(prefix) => {
+                self.relay_pass(d, ctx, route, p, attempt, ex, prefix, strip_usage)
+                    .await
+            }
+            Ready::Stream(s) => {
+                self.relay_stream(d, ctx, route, p, model, attempt, ex, s, strip_usage)
+                    .await
+            }
         }
     }
 
@@ -91,7 +97,7 @@ impl Pipeline {
         d: &mut D,
         ctx: &mut RequestCtx,
         mut attempt: AttemptGuard,
-        mut head: ResponseHeader,
+        head: ResponseHeader,
         body: Bytes,
         status: u16,
     ) -> Result<(), Failure> {
@@ -99,6 +105,18 @@ impl Pipeline {
             status,
             ttfb: ctx.upstream_ttfb.unwrap_or_default(),
         });
+        self.send_whole(d, ctx, head, body, status).await
+    }
+
+    /// A whole answer (the attempt it came from already ended).
+    pub(super) async fn send_whole<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        mut head: ResponseHeader,
+        body: Bytes,
+        status: u16,
+    ) -> Result<(), Failure> {
         if status == 200 && ctx.head.is_some() {
             ctx.usage = llm::usage_of_json(&body);
         }
@@ -362,7 +380,12 @@ impl Pipeline {
         if fallbacks.is_empty() {
             count_recovery("no_fallback");
             return self
-                .end_with_error(d, ctx, route, format!("{what}; no provider with continuation: prefill serves '{model}'"))
+                .end_with_error(
+                    d,
+                    ctx,
+                    route,
+                    format!("{what}; no provider with continuation: prefill serves '{model}'"),
+                )
                 .await;
         }
         let client_usage = !strip_usage && ctx.head.as_ref().is_some_and(|h| h.include_usage);

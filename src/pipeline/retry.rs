@@ -183,10 +183,17 @@ mod tests {
         s.sent(0);
         let (i, wait) = s.after(0, Outcome::Status(500, None), t).unwrap();
         assert_eq!(i, 0, "same provider first");
-        assert!(wait >= Duration::from_millis(50) && wait <= Duration::from_millis(100), "{wait:?}");
+        assert!(
+            wait >= Duration::from_millis(50) && wait <= Duration::from_millis(100),
+            "{wait:?}"
+        );
         s.sent(0);
         let (i, wait) = s.after(0, Outcome::Status(500, None), t).unwrap();
-        assert_eq!((i, wait), (1, Duration::ZERO), "per_provider reached: the next, at once");
+        assert_eq!(
+            (i, wait),
+            (1, Duration::ZERO),
+            "per_provider reached: the next, at once"
+        );
         s.sent(1);
         assert_eq!(s.after(1, Outcome::Status(500, None), t), None, "three attempts in all");
     }
@@ -197,12 +204,16 @@ mod tests {
         let t = Instant::now();
         let mut s = Schedule::new(&p, 2, t);
         s.sent(0);
-        let (i, wait) = s.after(0, Outcome::Status(429, Some(Duration::from_secs(2))), t).unwrap();
+        let (i, wait) = s
+            .after(0, Outcome::Status(429, Some(Duration::from_secs(2))), t)
+            .unwrap();
         assert_eq!(i, 0);
         assert!(wait >= Duration::from_secs(2), "never sooner than it asked: {wait:?}");
         s.sent(0);
         // Too long to wait: provider 0 is out; provider 1 next.
-        let (i, _) = s.after(0, Outcome::Status(429, Some(Duration::from_secs(60))), t).unwrap();
+        let (i, _) = s
+            .after(0, Outcome::Status(429, Some(Duration::from_secs(60))), t)
+            .unwrap();
         assert_eq!(i, 1);
         s.sent(1);
         assert_eq!(s.after(1, Outcome::Status(500, None), t), None);
@@ -216,7 +227,9 @@ mod tests {
         let t = Instant::now();
         let mut s = Schedule::new(&p, 2, t);
         s.sent(0);
-        let (i, w) = s.after(0, Outcome::Status(429, Some(Duration::from_secs(3))), t).unwrap();
+        let (i, w) = s
+            .after(0, Outcome::Status(429, Some(Duration::from_secs(3))), t)
+            .unwrap();
         assert_eq!((i, w), (1, Duration::ZERO));
         s.sent(1);
         let later = t + Duration::from_secs(1);
@@ -249,7 +262,9 @@ mod tests {
         assert_eq!(s.after(0, Outcome::Status(500, None), t), None);
         assert_eq!(s.after(0, Outcome::Fault(Fault::Reset), t), None);
         // Waiting 2s would end past the deadline: that provider is out; the other is fine.
-        let (i, _) = s.after(0, Outcome::Status(503, Some(Duration::from_millis(1500))), t).unwrap();
+        let (i, _) = s
+            .after(0, Outcome::Status(503, Some(Duration::from_millis(1500))), t)
+            .unwrap();
         assert_eq!(i, 1);
     }
 

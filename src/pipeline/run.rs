@@ -322,7 +322,12 @@ impl Pipeline {
 /// route order, over the plugins that ran, `by` excepted) and fix its
 /// length; a fail-closed filter that failed on it replaces it with its error.
 /// The header already carries the body's length and the request id.
-pub(super) fn finish_local(ctx: &mut RequestCtx, header: &mut ResponseHeader, mut body: Bytes, by: Option<usize>) -> Bytes {
+pub(super) fn finish_local(
+    ctx: &mut RequestCtx,
+    header: &mut ResponseHeader,
+    mut body: Bytes,
+    by: Option<usize>,
+) -> Bytes {
     if let Some(route) = ctx.route.clone() {
         let entered = ctx.entered;
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);
