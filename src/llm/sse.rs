@@ -196,6 +196,10 @@ struct Delta<'a> {
     content: Option<Cow<'a, str>>,
     #[serde(borrow, default)]
     refusal: Option<Cow<'a, str>>,
+    /// Reasoning models' thinking (`reasoning_content`, or `reasoning`):
+    /// the answer is under way, though it is not text to continue.
+    #[serde(borrow, default, alias = "reasoning")]
+    reasoning_content: Option<Cow<'a, str>>,
     #[serde(default)]
     tool_calls: Option<IgnoredAny>,
     #[serde(default)]
@@ -262,7 +266,12 @@ impl StreamWatch {
             if c.finish_reason.is_some() {
                 self.finished = true;
             }
-            if !piece.is_empty() || !refusal.is_empty() || tools || c.finish_reason.is_some() {
+            let thinking = c
+                .delta
+                .as_ref()
+                .and_then(|d| d.reasoning_content.as_deref())
+                .is_some_and(|r| !r.is_empty());
+            if !piece.is_empty() || !refusal.is_empty() || tools || thinking || c.finish_reason.is_some() {
                 seen = Seen::Content;
             }
             if c.index == 0 && !piece.is_empty() {
@@ -518,6 +527,14 @@ mod tests {
         assert!(w.tool_calls);
         assert_eq!(w.observe(br#"{"choices": [ not json"#), Seen::Malformed);
         assert_eq!(w.observe(br#"{"error":{"message":"overloaded"}}"#), Seen::Error);
+        let mut thinker = StreamWatch::default();
+        let thought = br#"{"choices":[{"index":0,"delta":{"reasoning_content":"hmm"}}]}"#;
+        assert_eq!(
+            thinker.observe(thought),
+            Seen::Content,
+            "thinking counts as the first token"
+        );
+        assert_eq!(thinker.text, "", "but is not text to continue");
         let two = br#"{"choices":[{"index":1,"delta":{"content":"x"}}]}"#;
         assert_eq!(w.observe(two), Seen::Content);
         assert!(w.not_continuable);
