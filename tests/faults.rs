@@ -410,6 +410,7 @@ fn a_stalled_stream_is_continued_after_stream_idle_and_other_deaths_too() {
         ("malformed:after=10", "malformed chunk"),
     ] {
         let a = spawn_mock(&["--completion-tokens", "30", "--fault", fault]);
+        let b = spawn_mock(&["--completion-tokens", "30"]);
         let w = gateway(&[("a", &a, ""), ("b", &b, "    continuation: prefill\n")], "", "");
         let (r, wall) = time(|| post(&w.url("/v1/chat/completions"), &chat_body(true, false), &[]));
         let ev = events(&r.body);
