@@ -308,6 +308,8 @@ pub fn data_event(json: &[u8]) -> Bytes {
 /// original `id`, no second role chunk, the finish chunk naming both
 /// providers (`x_weir_provider`), and usage summed over both.
 pub struct Splice {
+    /// The provider whose stream died.
+    pub from: String,
     id: Option<String>,
     providers: String,
     /// The first provider's usage, if it reported one.
@@ -321,10 +323,12 @@ pub struct Splice {
 }
 
 impl Splice {
-    pub fn new(primary: &StreamWatch, providers: String, client_usage: bool) -> Self {
+    /// `primary` died at provider `from`; `to` continues it.
+    pub fn new(primary: &StreamWatch, from: &str, to: &str, client_usage: bool) -> Self {
         Splice {
+            from: from.to_string(),
             id: primary.id.clone(),
-            providers,
+            providers: format!("{from},{to}"),
             before: primary.usage,
             before_pieces: primary.content_events,
             client_usage,
@@ -489,7 +493,7 @@ mod tests {
         let mut primary = StreamWatch::default();
         primary.observe(br#"{"id":"first","choices":[{"index":0,"delta":{"content":"tok0"}}]}"#);
         primary.observe(br#"{"id":"first","choices":[{"index":0,"delta":{"content":" tok1"}}]}"#);
-        let mut s = Splice::new(&primary, "a,b".into(), true);
+        let mut s = Splice::new(&primary, "a", "b", true);
         let role = br#"{"id":"second","choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"usage":null}"#;
         assert_eq!(s.event(role), None, "no second role chunk");
         let piece = s
@@ -511,7 +515,7 @@ mod tests {
         assert_eq!(v["usage"]["prompt_tokens"], 10 + 12);
         assert_eq!(s.event(b"[DONE]").unwrap(), Bytes::from_static(b"data: [DONE]\n\n"));
         // A client that did not ask for usage does not see it.
-        let mut quiet = Splice::new(&primary, "a,b".into(), false);
+        let mut quiet = Splice::new(&primary, "a", "b", false);
         assert_eq!(
             quiet.event(br#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":1}}"#),
             None

@@ -43,10 +43,22 @@ struct Held {
     provider: Arc<Provider>,
 }
 
-/// An attempt under way: its guard and the provider's response head.
-pub(super) struct Started {
+/// An attempt under way: the provider, the attempt's guard, and the
+/// exchange whose response head has arrived.
+pub(super) struct Leg {
+    pub provider: Arc<Provider>,
     pub attempt: AttemptGuard,
     pub ex: Exchange,
+}
+
+/// What the attempts of one request share once an answer is chosen.
+#[derive(Clone, Copy)]
+pub(super) struct Job<'a> {
+    pub route: &'a Arc<Route>,
+    /// The public model asked for (after a context-length fallback, the larger one).
+    pub model: &'a str,
+    /// weir asked for a usage chunk the client did not: take it out again.
+    pub strip_usage: bool,
 }
 
 pub(super) enum StartError {
@@ -177,7 +189,7 @@ impl Pipeline {
         route: &Route,
         provider: &Arc<Provider>,
         body: &Bytes,
-    ) -> Result<Started, StartError> {
+    ) -> Result<Leg, StartError> {
         let permit = match wait(d, &provider.bulkhead, true).await {
             Ok(p) => p,
             Err(Failure::Refuse(e, _)) => return Err(StartError::Refused(e)),
@@ -199,7 +211,11 @@ impl Pipeline {
                 attempt.end(&Attempt::Failed(e.error.kind));
                 Err(StartError::Failed(e))
             }
-            Some(Ok(ex)) => Ok(Started { attempt, ex }),
+            Some(Ok(ex)) => Ok(Leg {
+                provider: provider.clone(),
+                attempt,
+                ex,
+            }),
         }
     }
 
@@ -237,7 +253,9 @@ impl Pipeline {
             }
             ctx.provider = Some(provider.clone());
             let body = body_for(ctx, &provider, &model);
-            let Started { mut attempt, mut ex } = match self.start(d, ctx, route, &provider, &body).await {
+            let Leg {
+                mut attempt, mut ex, ..
+            } = match self.start(d, ctx, route, &provider, &body).await {
                 Ok(s) => s,
                 Err(StartError::ClientGone) => return Err(Failure::ClientGone),
                 Err(StartError::Refused(e)) => {
@@ -350,7 +368,17 @@ impl Pipeline {
             };
             ctx.upstream_ttfb = Some(ttfb);
             return self
-                .relay(d, ctx, route, &provider, &model, attempt, ex, ready, strip_usage)
+                .relay(
+                    d,
+                    ctx,
+                    Job {
+                        route,
+                        model: &model,
+                        strip_usage,
+                    },
+                    Leg { provider, attempt, ex },
+                    ready,
+                )
                 .await;
         }
         if let Some(h) = rate_limited.or(held) {

@@ -14,7 +14,7 @@ use super::attempt::AttemptGuard;
 use super::chain::Route;
 use super::context::RequestCtx;
 use super::downstream::Downstream;
-use super::failover::{cut, take_events, PrepareError, Ready, StartError, Started, StreamStart};
+use super::failover::{cut, take_events, Job, Leg, PrepareError, Ready, StartError, StreamStart};
 use super::plugin::Attempt;
 use super::run::{finish_local, Failure, Pipeline};
 use crate::config::Continuation;
@@ -59,34 +59,28 @@ fn count_recovery(outcome: &str) {
 
 impl Pipeline {
     /// Send a ready answer to the client and the rest of it as it comes.
-    #[allow(clippy::too_many_arguments)]
     pub(super) async fn relay<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
-        route: &Arc<Route>,
-        p: &Arc<Provider>,
-        model: &str,
-        attempt: AttemptGuard,
-        ex: Exchange,
+        job: Job<'_>,
+        leg: Leg,
         ready: Ready,
-        strip_usage: bool,
     ) -> Result<(), Failure> {
         match ready {
             Ready::Whole(body) => {
+                let Leg {
+                    provider: p,
+                    attempt,
+                    ex,
+                } = leg;
                 let status = ex.header().status.as_u16();
-                let head = client_header(ex.header(), p, ctx);
+                let head = client_header(ex.header(), &p, ctx);
                 self.upstream.finish(ex, &p.peer).await;
                 self.relay_whole(d, ctx, attempt, head, body, status).await
             }
-            Ready::Pass(prefix) => {
-                self.relay_pass(d, ctx, route, p, attempt, ex, prefix, strip_usage)
-                    .await
-            }
-            Ready::Stream(s) => {
-                self.relay_stream(d, ctx, route, p, model, attempt, ex, s, strip_usage)
-                    .await
-            }
+            Ready::Pass(prefix) => self.relay_pass(d, ctx, job, leg, prefix).await,
+            Ready::Stream(s) => self.relay_stream(d, ctx, job, leg, s).await,
         }
     }
 
@@ -149,18 +143,20 @@ impl Pipeline {
 
     /// Forward an answer as it comes (large non-stream bodies, error
     /// answers, paths weir does not read): usage read on the way.
-    #[allow(clippy::too_many_arguments)]
     async fn relay_pass<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
-        route: &Route,
-        p: &Arc<Provider>,
-        mut attempt: AttemptGuard,
-        mut ex: Exchange,
+        job: Job<'_>,
+        leg: Leg,
         prefix: Bytes,
-        strip_usage: bool,
     ) -> Result<(), Failure> {
+        let Leg {
+            provider: p,
+            mut attempt,
+            mut ex,
+        } = leg;
+        let route = job.route;
         let up = ex.header();
         let (status, ttfb) = (up.status.as_u16(), ex.ttfb);
         let is_sse = up
@@ -168,14 +164,14 @@ impl Pipeline {
             .get("content-type")
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
         let collect_json = !is_sse && status == 200 && ctx.head.is_some();
-        let resp = client_header(up, p, ctx);
+        let resp = client_header(up, &p, ctx);
         if let Err(f) = self.commit(d, ctx, route, resp).await {
             ex.abort().await;
             return Err(f);
         }
         attempt.end(&Attempt::Answered { status, ttfb });
         let mut scanner = SseUsageScanner::default();
-        let mut strip = (is_sse && strip_usage).then(llm::UsageChunkStripper::default);
+        let mut strip = (is_sse && job.strip_usage).then(llm::UsageChunkStripper::default);
         let mut json = Vec::new();
         let mut pending = (!prefix.is_empty()).then_some(prefix);
         loop {
@@ -281,21 +277,22 @@ impl Pipeline {
 
     /// A stream whose first content arrived: forward it event by event;
     /// if it dies, recover.
-    #[allow(clippy::too_many_arguments)]
     async fn relay_stream<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
-        route: &Arc<Route>,
-        p: &Arc<Provider>,
-        model: &str,
-        mut attempt: AttemptGuard,
-        mut ex: Exchange,
+        job: Job<'_>,
+        leg: Leg,
         s: StreamStart,
-        strip_usage: bool,
     ) -> Result<(), Failure> {
+        let Leg {
+            provider: p,
+            mut attempt,
+            mut ex,
+        } = leg;
+        let route = job.route;
         let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
-        let resp = client_header(ex.header(), p, ctx);
+        let resp = client_header(ex.header(), &p, ctx);
         if let Err(f) = self.commit(d, ctx, route, resp).await {
             ex.abort().await;
             return Err(f);
@@ -310,7 +307,7 @@ impl Pipeline {
                 ex.abort().await;
                 return Err(f);
             }
-            match Self::next_chunk(d, &mut ex, p).await {
+            match Self::next_chunk(d, &mut ex, &p).await {
                 Err(Next::ClientGone) => {
                     ex.abort().await;
                     return Err(Failure::ClientGone);
@@ -328,7 +325,7 @@ impl Pipeline {
                 Ok(None) => break cut(&p.name, "ended the stream without finishing the answer"),
                 Ok(Some(c)) => {
                     splitter.push(&c);
-                    if let Err(e) = take_events(&mut splitter, &mut watch, strip_usage, &mut out, &p.name) {
+                    if let Err(e) = take_events(&mut splitter, &mut watch, job.strip_usage, &mut out, &p.name) {
                         break e;
                     }
                 }
@@ -339,23 +336,21 @@ impl Pipeline {
         attempt.end(&Attempt::Failed(died.error.kind));
         ex.abort().await;
         flushed?;
-        self.recover(d, ctx, route, p, model, watch, died, strip_usage).await
+        self.recover(d, ctx, job, &p, watch, died).await
     }
 
     /// A stream died after content reached the client: continue it on a
     /// `continuation: prefill` provider, or end it with an error event.
-    #[allow(clippy::too_many_arguments)]
     async fn recover<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
-        route: &Arc<Route>,
-        dead: &Arc<Provider>,
-        model: &str,
+        job: Job<'_>,
+        dead: &Provider,
         primary: StreamWatch,
         cause: SendError,
-        strip_usage: bool,
     ) -> Result<(), Failure> {
+        let (route, model) = (job.route, job.model);
         let what = format!(
             "{} after {} content chunks had reached the client",
             cause.error.message, primary.content_events
@@ -388,7 +383,7 @@ impl Pipeline {
                 )
                 .await;
         }
-        let client_usage = !strip_usage && ctx.head.as_ref().is_some_and(|h| h.include_usage);
+        let client_usage = !job.strip_usage && ctx.head.as_ref().is_some_and(|h| h.include_usage);
         let mut notes = Vec::new();
         for f in fallbacks {
             let Some(body) = f
@@ -398,7 +393,7 @@ impl Pipeline {
                 notes.push(format!("'{}': the request has no messages to continue", f.name));
                 continue;
             };
-            let Started { mut attempt, mut ex } = match self.start(d, ctx, route, &f, &body).await {
+            let mut leg = match self.start(d, ctx, route, &f, &body).await {
                 Ok(s) => s,
                 Err(StartError::ClientGone) => return Err(Failure::ClientGone),
                 Err(StartError::Refused(e)) => {
@@ -410,28 +405,27 @@ impl Pipeline {
                     continue;
                 }
             };
-            let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
+            let (status, ttfb) = (leg.ex.header().status.as_u16(), leg.ex.ttfb);
             if status != 200 {
                 // A fallback that rejects the prefill is not the client's error.
                 notes.push(format!("'{}' answered {status} to the continuation", f.name));
-                attempt.end(&Attempt::Answered { status, ttfb });
-                ex.abort().await;
+                leg.attempt.end(&Attempt::Answered { status, ttfb });
+                leg.ex.abort().await;
                 continue;
             }
-            match self.prepare(d, &mut ex, &f, true, false).await {
+            match self.prepare(d, &mut leg.ex, &f, true, false).await {
                 Ok(Ready::Stream(s)) => {
-                    return self
-                        .splice(d, ctx, route, dead, &f, primary, attempt, ex, s, client_usage)
-                        .await
+                    let splice = Splice::new(&primary, &dead.name, &f.name, client_usage);
+                    return self.splice(d, ctx, job, leg, s, splice).await;
                 }
                 Ok(_) => notes.push(format!("'{}' did not stream the continuation", f.name)),
                 Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
                 Err(PrepareError::Failed(e)) => {
-                    attempt.end(&Attempt::Failed(e.error.kind));
+                    leg.attempt.end(&Attempt::Failed(e.error.kind));
                     notes.push(e.error.message);
                 }
             }
-            ex.abort().await;
+            leg.ex.abort().await;
         }
         count_recovery("failed");
         let notes = notes.join("; ");
@@ -441,22 +435,22 @@ impl Pipeline {
 
     /// Forward a continuation as part of the stream that died: its events
     /// rewritten to the original `id`, no second role chunk, usage summed.
-    #[allow(clippy::too_many_arguments)]
     async fn splice<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
-        route: &Route,
-        dead: &Provider,
-        f: &Arc<Provider>,
-        primary: StreamWatch,
-        mut attempt: AttemptGuard,
-        mut ex: Exchange,
+        job: Job<'_>,
+        leg: Leg,
         s: StreamStart,
-        client_usage: bool,
+        mut splice: Splice,
     ) -> Result<(), Failure> {
+        let Leg {
+            provider: f,
+            mut attempt,
+            mut ex,
+        } = leg;
+        let route = job.route;
         let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
-        let mut splice = Splice::new(&primary, format!("{},{}", dead.name, f.name), client_usage);
         let StreamStart {
             mut splitter,
             mut watch,
@@ -470,7 +464,7 @@ impl Pipeline {
         ctx.provider = Some(f.clone());
         let died = loop {
             self.flush(d, ctx, route, &mut out, false).await?;
-            match Self::next_chunk(d, &mut ex, f).await {
+            match Self::next_chunk(d, &mut ex, &f).await {
                 Err(Next::ClientGone) => {
                     ex.abort().await;
                     return Err(Failure::ClientGone);
@@ -484,7 +478,7 @@ impl Pipeline {
                         "request {}: stream continued on provider '{}' after '{}' failed",
                         ctx.request_id,
                         f.name,
-                        dead.name
+                        splice.from
                     );
                     ctx.usage = splice.usage.or(ctx.usage);
                     self.upstream.finish(ex, &f.peer).await;
@@ -513,7 +507,7 @@ impl Pipeline {
             route,
             format!(
                 "the stream from '{}' died and its continuation on '{}' died too: {}",
-                dead.name, f.name, died.error.message
+                splice.from, f.name, died.error.message
             ),
         )
         .await
