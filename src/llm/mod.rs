@@ -10,6 +10,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 pub mod sse;
+pub mod tokens;
 
 /// What weir needs from an OpenAI request body, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +319,28 @@ pub struct Usage {
     pub prompt_tokens: u64,
     #[serde(default)]
     pub completion_tokens: u64,
+    /// Of `prompt_tokens`, those read from the provider's prompt cache.
+    #[serde(skip)]
+    pub cached_tokens: u64,
+    /// Of `prompt_tokens`, those written to the provider's prompt cache.
+    #[serde(skip)]
+    pub cache_write_tokens: u64,
+}
+
+impl Usage {
+    /// Both counts added (saturating: the numbers are the provider's, and may be absurd).
+    pub fn plus(self, o: Usage) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt_tokens.saturating_add(o.prompt_tokens),
+            completion_tokens: self.completion_tokens.saturating_add(o.completion_tokens),
+            cached_tokens: self.cached_tokens.saturating_add(o.cached_tokens),
+            cache_write_tokens: self.cache_write_tokens.saturating_add(o.cache_write_tokens),
+        }
+    }
+
+    pub fn total(self) -> u64 {
+        self.prompt_tokens.saturating_add(self.completion_tokens)
+    }
 }
 
 #[derive(Deserialize)]
@@ -788,7 +811,8 @@ mod tests {
                 s.usage,
                 Some(Usage {
                     prompt_tokens: 5,
-                    completion_tokens: 9
+                    completion_tokens: 9,
+                    ..Usage::default()
                 }),
                 "split {split}"
             );
@@ -876,7 +900,8 @@ mod tests {
             u,
             Some(Usage {
                 prompt_tokens: 3,
-                completion_tokens: 4
+                completion_tokens: 4,
+                ..Usage::default()
             })
         );
         assert_eq!(usage_of_json(b"{}"), None);

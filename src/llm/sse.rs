@@ -320,6 +320,8 @@ pub struct Splice {
     client_usage: bool,
     /// Both providers' usage, once the continuation reported its own.
     pub usage: Option<Usage>,
+    /// The continuation's own report.
+    pub continuation_usage: Option<Usage>,
 }
 
 impl Splice {
@@ -333,6 +335,7 @@ impl Splice {
             before_pieces: primary.content_events,
             client_usage,
             usage: None,
+            continuation_usage: None,
         }
     }
 
@@ -377,11 +380,10 @@ impl Splice {
             let before = self.before.unwrap_or(Usage {
                 prompt_tokens: after.prompt_tokens.saturating_sub(self.before_pieces),
                 completion_tokens: self.before_pieces,
+                ..Usage::default()
             });
-            let sum = Usage {
-                prompt_tokens: before.prompt_tokens + after.prompt_tokens,
-                completion_tokens: before.completion_tokens + after.completion_tokens,
-            };
+            let sum = before.plus(after);
+            self.continuation_usage = Some(after);
             self.usage = Some(sum);
             if self.client_usage {
                 o.insert(

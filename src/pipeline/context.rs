@@ -20,6 +20,49 @@ pub struct Identity {
     pub models: Option<Arc<[String]>>,
 }
 
+/// What providers did for one request, as far as weir knows: what token and
+/// money budgets settle on. Attempts add up (a stream cut and continued
+/// elsewhere was produced, and billed, by both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Spent {
+    /// Tokens known to be used: reported by providers, or counted by weir.
+    pub usage: Usage,
+    /// Part of `usage` is weir's count (the prompt and the text a stream
+    /// sent before it ended early), not a provider's report.
+    pub counted: bool,
+    /// A provider may have done work weir could not see (an answer cut or
+    /// timed out after the request reached it, or one without usage):
+    /// settle at least what was reserved.
+    pub unknown: bool,
+}
+
+impl Spent {
+    /// A provider's own report.
+    pub fn reported(&mut self, u: Usage) {
+        self.usage = self.usage.plus(u);
+    }
+
+    /// weir's count where the provider could not report.
+    pub fn counted(&mut self, u: Usage) {
+        self.usage = self.usage.plus(u);
+        self.counted = true;
+    }
+
+    /// Work weir could not see.
+    pub fn unknown(&mut self) {
+        self.unknown = true;
+    }
+
+    /// Tokens to charge against a reservation of `reserved`.
+    pub fn charge(&self, reserved: u64) -> u64 {
+        if self.unknown {
+            self.usage.total().max(reserved)
+        } else {
+            self.usage.total()
+        }
+    }
+}
+
 /// Per-request state: one value per request, owned by Pingora's session.
 pub struct RequestCtx {
     pub started: Instant,
@@ -50,8 +93,10 @@ pub struct RequestCtx {
     pub status: u16,
     /// What went wrong, if weir answered with an error.
     pub error: Option<WeirError>,
-    /// Token usage the provider reported.
+    /// Token usage the provider reported (for metrics; a cache hit sets it too).
     pub usage: Option<Usage>,
+    /// What the providers did for this request: what budgets settle on.
+    pub spent: Spent,
     /// Time the provider took to send its response header.
     pub upstream_ttfb: Option<Duration>,
     /// Per-plugin state, indexed like the route's plugin list.
@@ -85,6 +130,7 @@ impl Default for RequestCtx {
             status: 0,
             error: None,
             usage: None,
+            spent: Spent::default(),
             upstream_ttfb: None,
             plugin_state: Vec::new(),
             plugin_index: 0,

@@ -356,6 +356,9 @@ impl Pipeline {
                     Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
                     Err(PrepareError::Failed(e)) => {
                         log::warn!("request {}: {e}", ctx.request_id);
+                        // It accepted the request (200): it may have generated,
+                        // and billed, what never arrived.
+                        ctx.spent.unknown();
                         attempt.end(&Attempt::Failed(e.error.kind));
                         ex.abort().await;
                         next = self.retry_at(&mut schedule, i, Outcome::Fault(e.fault), route, &mut retrying);

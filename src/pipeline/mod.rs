@@ -40,7 +40,7 @@ mod run;
 
 pub use attempt::call_provider;
 pub use chain::{PluginInstance, Route};
-pub use context::{Identity, RequestCtx};
+pub use context::{Identity, RequestCtx, Spent};
 pub use downstream::Downstream;
 pub use factory::{no_check, no_files, BuildCtx, BuildError, PluginSpec, PluginType, Settings, Typed};
 pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Plugin};

@@ -20,7 +20,7 @@ use super::run::{finish_local, Failure, Pipeline};
 use crate::config::Continuation;
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::sse::{data_event, event_data, Splice, SseSplitter, StreamWatch};
-use crate::llm::{self, SseUsageScanner};
+use crate::llm::{self, tokens, SseUsageScanner, Usage};
 use crate::metrics;
 use crate::provider::Provider;
 use crate::upstream::{timed_out, Exchange, Fault, SendError};
@@ -112,7 +112,7 @@ impl Pipeline {
         status: u16,
     ) -> Result<(), Failure> {
         if status == 200 && ctx.head.is_some() {
-            ctx.usage = llm::usage_of_json(&body);
+            record(ctx, llm::usage_of_json(&body));
         }
         head.remove_header("transfer-encoding");
         let _ = head.insert_header("content-length", body.len().to_string());
@@ -170,6 +170,11 @@ impl Pipeline {
             return Err(f);
         }
         attempt.end(&Attempt::Answered { status, ttfb });
+        // Until the answer is read to its end, the provider's work is unseen.
+        let spent = ctx.spent;
+        if status == 200 && ctx.head.is_some() {
+            ctx.spent.unknown();
+        }
         let mut scanner = SseUsageScanner::default();
         let mut strip = (is_sse && job.strip_usage).then(llm::UsageChunkStripper::default);
         let mut json = Vec::new();
@@ -230,11 +235,15 @@ impl Pipeline {
                 break;
             }
         }
-        ctx.usage = if is_sse {
-            scanner.usage
-        } else {
-            llm::usage_of_json(&json)
-        };
+        ctx.spent = spent;
+        if status == 200 && ctx.head.is_some() {
+            let usage = if is_sse {
+                scanner.usage
+            } else {
+                llm::usage_of_json(&json)
+            };
+            record(ctx, usage);
+        }
         self.upstream.finish(ex, &p.peer).await;
         Ok(())
     }
@@ -318,7 +327,10 @@ impl Pipeline {
                     out.extend_from_slice(&splitter.take_rest());
                     self.flush(d, ctx, route, &mut out, true).await?;
                     attempt.end(&Attempt::Answered { status, ttfb });
-                    ctx.usage = watch.usage;
+                    match watch.usage {
+                        Some(u) => record(ctx, Some(u)),
+                        None => count_stream(ctx, &watch.text).await,
+                    }
                     self.upstream.finish(ex, &p.peer).await;
                     return Ok(());
                 }
@@ -356,7 +368,10 @@ impl Pipeline {
             cause.error.message, primary.content_events
         );
         log::warn!("request {}: {what}", ctx.request_id);
-        ctx.usage = primary.usage;
+        match primary.usage {
+            Some(u) => record(ctx, Some(u)),
+            None => count_stream(ctx, &primary.text).await,
+        }
         let chat = d.req_header().uri.path().ends_with("/chat/completions");
         if primary.tool_calls || primary.not_continuable || primary.text.is_empty() || !chat {
             count_recovery("not_continuable");
@@ -480,6 +495,11 @@ impl Pipeline {
                         f.name,
                         splice.from
                     );
+                    // The first provider's part was counted in `recover`.
+                    match splice.continuation_usage {
+                        Some(u) => ctx.spent.reported(u),
+                        None => ctx.spent.unknown(),
+                    }
                     ctx.usage = splice.usage.or(ctx.usage);
                     self.upstream.finish(ex, &f.peer).await;
                     return Ok(());
@@ -534,6 +554,37 @@ impl Pipeline {
         ctx.error = Some(WeirError::new(ErrorKind::Upstream, message));
         self.flush(d, ctx, route, &mut out, true).await
     }
+}
+
+/// A finished answer's usage: for metrics, and for budgets (an answer from
+/// an LLM endpoint without usage: the provider's work is unknown).
+fn record(ctx: &mut RequestCtx, usage: Option<Usage>) {
+    ctx.usage = usage;
+    match usage {
+        Some(u) => ctx.spent.reported(u),
+        None => ctx.spent.unknown(),
+    }
+}
+
+/// A stream that ended without the provider's usage: count its prompt and
+/// the text it sent (weir's count, settled like a report).
+async fn count_stream(ctx: &mut RequestCtx, text: &str) {
+    let prompt = tokens::reserve_prompt_tokens(&ctx.body).await;
+    let completion = if text.len() <= tokens::INLINE_MAX {
+        tokens::text_tokens(text)
+    } else {
+        let owned = text.to_string();
+        tokio::task::spawn_blocking(move || tokens::text_tokens(&owned))
+            .await
+            .unwrap_or(text.len() as u64)
+    };
+    let u = Usage {
+        prompt_tokens: prompt,
+        completion_tokens: completion,
+        ..Usage::default()
+    };
+    ctx.usage = Some(u);
+    ctx.spent.counted(u);
 }
 
 /// Why reading a stream stopped.

@@ -5,10 +5,10 @@
 //! burst cannot overshoot the budget.
 
 mod store;
-pub mod tokens;
 
 use crate::config::Checker;
 use crate::error::{ErrorKind, WeirError};
+use crate::llm::tokens;
 use crate::metrics;
 use crate::pipeline::{Capabilities, Flow, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
@@ -460,17 +460,14 @@ impl Plugin for RateLimit {
     }
 
     fn log(&self, ctx: &mut RequestCtx) {
-        let (usage, status) = (ctx.usage, ctx.status);
+        let spent = ctx.spent;
         let Some((key, reserved)) = ctx.state::<Taken>().and_then(|t| t.reserved.take()) else {
             return;
         };
-        // Settle: give back what was not used; a failed request uses nothing.
-        let used = match usage {
-            // Saturating: the numbers are the provider's, and may be absurd.
-            Some(u) => u.prompt_tokens.saturating_add(u.completion_tokens) as f64,
-            None if status != 200 => 0.0,
-            None => reserved,
-        };
+        // Settle on what the providers did (`Spent`): their usage, weir's
+        // count of a stream that ended early, or the reservation when a
+        // provider may have worked unseen; nothing when none worked.
+        let used = spent.charge(reserved as u64) as f64;
         let delta = reserved - used;
         if delta == 0.0 {
             return;

@@ -1,5 +1,6 @@
-//! Counting prompt tokens with OpenAI's BPE (o200k_base, bundled offline), so
-//! token budgets can be reserved before a request goes out.
+//! Counting tokens with OpenAI's BPE (o200k_base, bundled offline): a
+//! prompt's, so token budgets can be reserved before a request goes out, and
+//! streamed text's, so a stream that ends early is charged what it produced.
 
 use bytes::Bytes;
 use once_cell::sync::Lazy;
@@ -22,6 +23,16 @@ pub const EXACT_MAX: usize = 1024 * 1024;
 
 fn bpe(s: &str) -> u64 {
     BPE.encode_ordinary(s).len() as u64
+}
+
+/// Tokens of generated text (what a stream sent before it ended early).
+/// Texts over [`EXACT_MAX`] are bounded by their byte count instead.
+pub fn text_tokens(s: &str) -> u64 {
+    if s.len() <= EXACT_MAX {
+        bpe(s)
+    } else {
+        bytes(s)
+    }
 }
 
 /// Every o200k_base token stands for at least one byte of the UTF-8 text (the
