@@ -2,7 +2,8 @@
 //! adds, the models it serves, and the bulkhead in front of it.
 
 use crate::bulkhead::{Bulkhead, Limits};
-use crate::config::{BulkheadConf, ProviderConf};
+use crate::config::{BulkheadConf, PriceConf, ProviderConf};
+use crate::llm::Usage;
 use crate::metrics;
 use indexmap::IndexMap;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -249,6 +250,78 @@ impl Provider {
     pub fn upstream_model(&self, public: &str) -> Option<&str> {
         self.models.get(public).map(String::as_str)
     }
+
+    /// The prices of a public model here, if config gives them.
+    pub fn prices(&self, public: &str) -> Option<&PriceConf> {
+        self.conf.prices.get(public)
+    }
+
+    /// What `usage` of a public model costs here, if the model has a price.
+    pub fn cost(&self, public: &str, usage: Usage) -> Option<Cost> {
+        self.prices(public).map(|p| Cost::of(p, usage))
+    }
+}
+
+/// An amount of money in billionths of the config's currency: integers, so
+/// budgets add and take back reservations exactly (and Redis's Lua, whose
+/// numbers are doubles, stays exact up to 2^53, nine million units).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Cost(pub u64);
+
+impl Cost {
+    /// Billionths per unit of currency.
+    pub const SCALE: f64 = 1e9;
+    /// The most a [`Cost`] holds: 2^53 billionths, where doubles stop being exact.
+    pub const MAX: u64 = 1 << 53;
+
+    /// `tokens` at `per_million`, rounded up to a billionth (so a count
+    /// never costs less than a smaller count).
+    pub fn tokens(tokens: u64, per_million: f64) -> Cost {
+        // Prices are per million tokens: a token costs per_million × 1e-6,
+        // i.e. per_million × 1000 billionths.
+        let v = (tokens as f64 * per_million * 1000.0).ceil();
+        Cost(if v.is_finite() && v > 0.0 {
+            (v as u64).min(Self::MAX)
+        } else {
+            0
+        })
+    }
+
+    /// What `u` costs at `p`: cached prompt tokens at `cached_input` (when
+    /// given), the rest of the prompt (cache writes included) at `input`,
+    /// completion at `output`.
+    pub fn of(p: &PriceConf, u: Usage) -> Cost {
+        let (cached, rest) = match p.cached_input {
+            Some(price) => {
+                let c = u.cached_tokens.min(u.prompt_tokens);
+                (Cost::tokens(c, price), u.prompt_tokens - c)
+            }
+            None => (Cost(0), u.prompt_tokens),
+        };
+        Cost::tokens(rest, p.input)
+            .plus(cached)
+            .plus(Cost::tokens(u.completion_tokens, p.output))
+    }
+
+    /// Both added, within [`Cost::MAX`].
+    pub fn plus(self, o: Cost) -> Cost {
+        Cost(self.0.saturating_add(o.0).min(Self::MAX))
+    }
+
+    /// In units of the currency.
+    pub fn units(self) -> f64 {
+        self.0 as f64 / Self::SCALE
+    }
+
+    /// From units of the currency (a limit in config), rounded down.
+    pub fn from_units(v: f64) -> Cost {
+        let n = (v * Self::SCALE).floor();
+        Cost(if n.is_finite() && n > 0.0 {
+            (n as u64).min(Self::MAX)
+        } else {
+            0
+        })
+    }
 }
 
 /// One request in flight at a provider; counted down on drop.
@@ -274,6 +347,40 @@ mod tests {
         assert_eq!(h.passes(), 1, "a failed check counts no pass");
         assert!(h.record(true));
         assert_eq!(h.passes(), 2);
+    }
+
+    #[test]
+    fn cost_of_usage() {
+        let p = PriceConf {
+            input: 2.5,
+            output: 10.0,
+            cached_input: Some(1.25),
+        };
+        let u = Usage {
+            prompt_tokens: 1_000_000,
+            completion_tokens: 100_000,
+            cached_tokens: 400_000,
+            cache_write_tokens: 100_000,
+        };
+        // 600k uncached (cache writes included) at 2.5, 400k cached at 1.25, 100k out at 10.
+        assert_eq!(Cost::of(&p, u).units(), 1.5 + 0.5 + 1.0);
+        let no_cache_price = PriceConf {
+            cached_input: None,
+            ..p
+        };
+        assert_eq!(Cost::of(&no_cache_price, u).units(), 2.5 + 1.0);
+        // Rounded up to a billionth: one token at 0.15 per million is 150 billionths.
+        assert_eq!(Cost::tokens(1, 0.15), Cost(150));
+        assert_eq!(Cost::tokens(3, 0.0000001), Cost(1));
+        assert_eq!(Cost::tokens(u64::MAX, 1e6), Cost(Cost::MAX));
+        assert_eq!(Cost::from_units(20.0), Cost(20_000_000_000));
+        // More cached than prompt (a provider's odd report) never underflows.
+        let odd = Usage {
+            prompt_tokens: 10,
+            cached_tokens: 50,
+            ..Usage::default()
+        };
+        assert_eq!(Cost::of(&p, odd), Cost::tokens(10, 1.25));
     }
 
     #[test]

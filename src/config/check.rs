@@ -2,7 +2,7 @@
 //! sections, addresses, limits.
 
 use super::errors::Checker;
-use super::schema::{AdminConf, BulkheadConf, Config, RouteConf};
+use super::schema::{AdminConf, BulkheadConf, Config, ProviderConf, RouteConf};
 
 /// Semantic checks: references, addresses, limits. Nothing here reads a
 /// file or builds anything: the runtime build does (and reports) that.
@@ -61,6 +61,7 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
                 ck.error(format!("{at}.timeouts.{field}"), "must be above zero");
             }
         }
+        check_prices(ck, &at, p);
     }
     for (name, p) in &c.plugins {
         let at = format!("plugins.{name}");
@@ -171,6 +172,30 @@ fn check_retry(ck: &mut Checker, c: &Config, at: &str, r: &RouteConf) {
                 format!("{at}.context_fallbacks.{from}"),
                 format!("no provider of this route serves '{to}'"),
             );
+        }
+    }
+}
+
+/// Prices name models the provider serves (a typo would silently make a
+/// model free) and are finite, non-negative numbers.
+fn check_prices(ck: &mut Checker, at: &str, p: &ProviderConf) {
+    let served = p.models.pairs();
+    for (model, price) in &p.prices {
+        let at = format!("{at}.prices.{model}");
+        if !served.iter().any(|(public, _)| public == model) {
+            ck.error(
+                &at,
+                format!("the provider does not serve '{model}' (prices are per public model name it lists)"),
+            );
+        }
+        for (field, v) in [
+            ("input", Some(price.input)),
+            ("output", Some(price.output)),
+            ("cached_input", price.cached_input),
+        ] {
+            if let Some(v) = v.filter(|v| !(v.is_finite() && *v >= 0.0)) {
+                ck.error(format!("{at}.{field}"), format!("{v}: a price must be a number >= 0"));
+            }
         }
     }
 }

@@ -139,6 +139,23 @@ pub struct ProviderConf {
     /// assistant message and continues it).
     #[serde(default)]
     pub continuation: Continuation,
+    /// Public model name -> its prices here, per million tokens (any
+    /// currency, as long as budgets use the same one).
+    #[serde(default, skip_serializing_if = "IndexMap::is_empty")]
+    pub prices: IndexMap<String, PriceConf>,
+}
+
+/// A model's prices at one provider, per million tokens.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PriceConf {
+    /// Prompt tokens.
+    pub input: f64,
+    /// Completion tokens.
+    pub output: f64,
+    /// Prompt tokens read from the provider's prompt cache; `input` when not given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_input: Option<f64>,
 }
 
 /// How a provider can take over a stream that died elsewhere.
