@@ -104,6 +104,41 @@ pub static LLM_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["provider", "model", "kind"],
     )
 });
+pub static TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_tokens_total",
+        "Tokens providers used for requests (reported, or counted by weir for a stream that ended \
+         early), by API key name, public model, provider and kind (prompt, completion, cached: the \
+         part of prompt read from the provider's prompt cache).",
+        &["key", "model", "provider", "kind"],
+    )
+});
+pub static COST: Lazy<prometheus::CounterVec> = Lazy::new(|| {
+    reg(prometheus::CounterVec::new(
+        Opts::new(
+            "weir_cost_total",
+            "What those tokens cost at the provider's configured prices (providers.*.prices), in \
+             the prices' currency, by API key name, public model and provider.",
+        ),
+        &["key", "model", "provider"],
+    )
+    .unwrap())
+});
+pub static BUDGET_REFUSED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_budget_refused_total",
+        "Requests a budget plugin refused (429 insufficient_quota), by the budget that had no room.",
+        &["plugin", "budget"],
+    )
+});
+pub static BUDGET_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_budget_store_errors_total",
+        "Budget decisions (reserve, settle) whose store failed: Redis unreachable, or the memory \
+         store full.",
+        &["plugin"],
+    )
+});
 pub static PLUGIN_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter(
         "weir_plugin_errors_total",
@@ -274,6 +309,10 @@ pub fn init() {
     Lazy::force(&QUEUE_OLDEST_WAIT);
     Lazy::force(&QUEUE_REJECTED);
     Lazy::force(&LLM_TOKENS);
+    Lazy::force(&TOKENS);
+    Lazy::force(&COST);
+    Lazy::force(&BUDGET_REFUSED);
+    Lazy::force(&BUDGET_STORE_ERRORS);
     Lazy::force(&PLUGIN_ERRORS);
     CONFIG_RELOADS.with_label_values(&["ok"]);
     CONFIG_RELOADS.with_label_values(&["error"]);

@@ -354,12 +354,43 @@ impl ProxyHttp for WeirProxy {
                 .with_label_values(&[provider, model, "completion"])
                 .inc_by(u.completion_tokens);
         }
+        record_spent(ctx);
         log::debug!(
             "{} route={route_name} provider={provider} status={} ms={}",
             ctx.request_id,
             ctx.status,
             ctx.started.elapsed().as_millis()
         );
+    }
+}
+
+/// `weir_tokens_total` and `weir_cost_total` from what the providers did
+/// for the request (`ctx.spent`, the view budgets settle on): tokens known to
+/// be used, priced at the answering provider's prices for the model it served.
+fn record_spent(ctx: &RequestCtx) {
+    let u = ctx.spent.usage;
+    let (Some(p), Some(model)) = (&ctx.provider, ctx.served_model()) else {
+        return;
+    };
+    if u.total() == 0 {
+        return;
+    }
+    let key = ctx.identity.as_ref().map_or("", |i| &i.name);
+    for (kind, n) in [
+        ("prompt", u.prompt_tokens),
+        ("completion", u.completion_tokens),
+        ("cached", u.cached_tokens),
+    ] {
+        if n > 0 {
+            metrics::TOKENS
+                .with_label_values(&[key, model, &p.name, kind])
+                .inc_by(n);
+        }
+    }
+    if let Some(c) = p.cost(model, u) {
+        metrics::COST
+            .with_label_values(&[key, model, &p.name])
+            .inc_by(c.units());
     }
 }
 

@@ -151,6 +151,22 @@ impl RequestCtx {
         self.head.as_ref().map(|h| h.model.as_str())
     }
 
+    /// The public model the answering provider served: the one asked for,
+    /// or the route's context fallback for it when the provider serves only
+    /// that (when it serves both, the one asked for).
+    pub fn served_model(&self) -> Option<&str> {
+        let model = self.model()?;
+        let provider = self.provider.as_ref()?;
+        if provider.upstream_model(model).is_some() {
+            return Some(model);
+        }
+        let fallback = self.route.as_ref().and_then(|r| r.context_fallbacks.get(model));
+        match fallback {
+            Some(f) if provider.upstream_model(f).is_some() => Some(f.as_str()),
+            _ => Some(model),
+        }
+    }
+
     /// The running plugin's own per-request state.
     pub fn state<T: Any + Send + Sync>(&mut self) -> Option<&mut T> {
         self.plugin_state.get_mut(self.plugin_index)?.as_mut()?.downcast_mut()
