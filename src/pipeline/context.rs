@@ -18,6 +18,8 @@ pub struct Identity {
     pub name: Arc<str>,
     /// Models this key may use; `None` = any.
     pub models: Option<Arc<[String]>>,
+    /// The key's group (a team) from the keys file, which budgets may be per.
+    pub group: Option<Arc<str>>,
 }
 
 /// What providers did for one request, as far as weir knows: what token and

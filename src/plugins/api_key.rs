@@ -1,6 +1,7 @@
 //! `api_key`: clients present a key (`Authorization: Bearer …`, `api-key` or
 //! `x-api-key`); the keys file holds only SHA-256 digests, each with a name
-//! and optional allowed models and routes. Comparison is constant-time.
+//! and optional allowed models, routes and group (a team, for budgets).
+//! Comparison is constant-time.
 
 use crate::error::{ErrorKind, WeirError};
 use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Plugin, RequestCtx, Typed};
@@ -45,6 +46,9 @@ struct KeyEntry {
     models: Option<Vec<String>>,
     #[serde(default)]
     routes: Option<Vec<String>>,
+    /// A group of keys (a team) that shares `per: group` budgets.
+    #[serde(default)]
+    group: Option<String>,
 }
 
 struct Key {
@@ -103,6 +107,7 @@ impl ApiKeys {
                 identity: Identity {
                     name: k.name.into(),
                     models: k.models.map(Arc::from),
+                    group: k.group.map(Arc::from),
                 },
                 routes: k.routes,
             };
@@ -190,8 +195,9 @@ mod tests {
         std::fs::write(
             &path,
             format!(
-                "keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n",
-                digest_hex("sk-alice")
+                "keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n    group: team-a\n  - name: bob\n    sha256: {}\n",
+                digest_hex("sk-alice"),
+                digest_hex("sk-bob")
             ),
         )
         .unwrap();
@@ -204,8 +210,10 @@ mod tests {
             source: dir.path().join("weir.yaml"),
         };
         let keys = ApiKeys::load(&conf, &b).map_err(|e| e.1).unwrap();
-        assert_eq!(&*keys.find("sk-alice").unwrap().identity.name, "alice");
-        assert!(keys.find("sk-bob").is_none());
+        let alice = &keys.find("sk-alice").unwrap().identity;
+        assert_eq!((&*alice.name, alice.group.as_deref()), ("alice", Some("team-a")));
+        assert_eq!(keys.find("sk-bob").unwrap().identity.group, None);
+        assert!(keys.find("sk-carol").is_none());
         assert!(keys.find("").is_none());
     }
 
