@@ -65,7 +65,7 @@ impl Admin {
         metrics::render()
     }
 
-    fn status(&self) -> serde_json::Value {
+    async fn status(&self) -> serde_json::Value {
         let rt = self.gateway.current();
         let providers: serde_json::Map<String, serde_json::Value> = rt
             .providers
@@ -88,25 +88,23 @@ impl Admin {
                 )
             })
             .collect();
-        let plugins: serde_json::Map<String, serde_json::Value> = rt
-            .plugins
-            .iter()
-            .map(|(name, p)| {
-                let s = p.bulkhead.snapshot();
-                let l = p.bulkhead.limits();
-                (
-                    name.clone(),
-                    json!({
-                        "type": p.conf.type_name,
-                        "in_flight": s.in_flight,
-                        "queued": s.waiting,
-                        "oldest_wait_ms": s.oldest_wait.as_millis() as u64,
-                        "max_concurrent": l.max_concurrent,
-                        "queue": l.queue,
-                    }),
-                )
-            })
-            .collect();
+        let mut plugins = serde_json::Map::new();
+        for (name, p) in &rt.plugins {
+            let s = p.bulkhead.snapshot();
+            let l = p.bulkhead.limits();
+            let mut entry = json!({
+                "type": p.conf.type_name,
+                "in_flight": s.in_flight,
+                "queued": s.waiting,
+                "oldest_wait_ms": s.oldest_wait.as_millis() as u64,
+                "max_concurrent": l.max_concurrent,
+                "queue": l.queue,
+            });
+            if let Some(state) = p.plugin.status().await {
+                entry["state"] = state;
+            }
+            plugins.insert(name.clone(), entry);
+        }
         json!({
             "generation": rt.generation,
             "last_reload": self.gateway.last_reload(),
@@ -181,7 +179,7 @@ impl ServeHttp for Admin {
                     reply(200, "text/plain", b"ready\n".to_vec())
                 }
             }
-            ("GET", "/status") => json_reply(200, self.status()),
+            ("GET", "/status") => json_reply(200, self.status().await),
             ("GET", "/config") => {
                 let rt = self.gateway.current();
                 json_reply(200, redact::redacted(&rt.config))

@@ -113,6 +113,13 @@ pub trait Plugin: Send + Sync {
     /// Update this plugin's state gauges (called when `/metrics` is scraped).
     fn refresh_metrics(&self) {}
 
+    /// What `/status` shows of this plugin's own state (a budget's spend per
+    /// key), if it keeps any worth showing. Bounded in size and time: it may
+    /// ask a shared store, with a short timeout.
+    async fn status(&self) -> Option<serde_json::Value> {
+        None
+    }
+
     /// Breaker state of a provider, if this plugin keeps one (for `/status`).
     fn breaker_state(&self, _provider: &str) -> Option<crate::traffic::breaker::State> {
         None
