@@ -2,6 +2,7 @@
 //! a type touches its own file or folder and one line of [`registry`].
 
 pub mod api_key;
+pub mod budget;
 pub mod cache;
 pub mod circuit_breaker;
 pub mod least_connections;
@@ -11,10 +12,11 @@ pub mod redis;
 use crate::pipeline::PluginType;
 
 /// Every plugin type weir knows, by the `type:` name config uses.
-pub fn registry() -> [&'static dyn PluginType; 6] {
+pub fn registry() -> [&'static dyn PluginType; 7] {
     [
         &api_key::TYPE,
         &rate_limit::TYPE,
+        &budget::TYPE,
         &circuit_breaker::TYPE,
         &least_connections::TYPE,
         &cache::TYPE,
