@@ -195,7 +195,7 @@ fn ledger<'m>(map: &'m mut HashMap<String, (Ledger, Window)>, e: &Entry, now_ms:
 ///   `{0, room_t, room_c, line, dim, wait kind, wait ms}` (room before the
 ///   request, -1 for no limit; wait kind 0 after ms, 1 in flight, 2 never).
 /// - `settle`: at, reserved tokens, reserved cost, spent tokens, spent cost,
-///   and per ledger width, slots. Returns 1.
+///   and per ledger width, slots. Returns `{1}`.
 /// - `peek`: per ledger width, slots. Returns spent and reserved tokens and
 ///   cost for each ledger (zeros for one that does not exist).
 const SCRIPT: &str = r#"
@@ -326,7 +326,7 @@ elseif op == 'settle' then
     add(k, 's', head, st, sc)
     expire(k, w, n)
   end
-  return 1
+  return {1}
 elseif op == 'peek' then
   local out = {}
   for i = 1, #KEYS do
