@@ -263,16 +263,17 @@ impl Provider {
 }
 
 /// An amount of money in billionths of the config's currency: integers, so
-/// budgets add and take back reservations exactly (and Redis's Lua, whose
-/// numbers are doubles, stays exact up to 2^53, nine million units).
+/// budgets add and take back reservations exactly (in Redis too, whose
+/// integer commands keep 64 bits).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Cost(pub u64);
 
 impl Cost {
     /// Billionths per unit of currency.
     pub const SCALE: f64 = 1e9;
-    /// The most a [`Cost`] holds: 2^53 billionths, where doubles stop being exact.
-    pub const MAX: u64 = 1 << 53;
+    /// The most a [`Cost`] holds: 2^62 billionths (4.6 billion units), so
+    /// sums of a few never overflow a signed 64-bit integer in Redis.
+    pub const MAX: u64 = 1 << 62;
 
     /// `tokens` at `per_million`, rounded up to a billionth (so a count
     /// never costs less than a smaller count).

@@ -485,3 +485,45 @@ fn redis_script_and_memory_store_agree() {
         assert_eq!((l.spent, l.reserved), (b.spent, b.reserved), "ledger {}", b.key);
     }
 }
+
+/// Money is kept in billionths: a large budget's amounts pass 2^53, where
+/// Lua's doubles stop being exact. Redis keeps them exact anyway.
+#[test]
+fn redis_amounts_stay_exact_past_two_to_the_53() {
+    use weir::plugins::budget::ledger::{Amount, Limit, Window};
+    use weir::plugins::budget::store::{Decision, Entry, RedisStore};
+    let redis = spawn_redis();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let store = RedisStore::new(&redis.url(), "x:").unwrap();
+    let e = [Entry {
+        key: "big".into(),
+        window: Window::of(Duration::from_secs(86_400)),
+        limit: Limit {
+            tokens: None,
+            cost: Some(4_000_000_000_000_000_000),
+        },
+    }];
+    let need = Amount {
+        tokens: 3,
+        cost: (1 << 60) + 1,
+    };
+    let spent = Amount {
+        tokens: 1,
+        cost: (1 << 55) + 3,
+    };
+    let Decision::Admitted { at, .. } = rt.block_on(store.reserve(&e, need)).unwrap() else {
+        panic!("fits")
+    };
+    let Decision::Admitted { at: at2, .. } = rt.block_on(store.reserve(&e, need)).unwrap() else {
+        panic!("fits")
+    };
+    rt.block_on(store.settle(&e, at, need, spent)).unwrap();
+    let b = &rt.block_on(store.balances(&e)).unwrap()[0];
+    assert_eq!((b.spent, b.reserved), (spent, need), "one settled, one still reserved");
+    rt.block_on(store.settle(&e, at2, need, Amount::default())).unwrap();
+    let b = &rt.block_on(store.balances(&e)).unwrap()[0];
+    assert_eq!((b.spent, b.reserved), (spent, Amount::default()));
+}

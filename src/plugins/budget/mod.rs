@@ -117,6 +117,10 @@ fn d_max_keys() -> u64 {
 /// The shortest window: 60 sub-buckets of at least 16 ms.
 const MIN_WINDOW: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// The largest token limit: sums of a few stay within a signed 64-bit
+/// integer in Redis.
+const MAX_TOKENS: u64 = 1 << 62;
+
 /// Checks of the values.
 fn check(c: &BudgetConf, at: &str, ck: &mut Checker) {
     if c.limits.is_empty() {
@@ -148,8 +152,8 @@ fn check(c: &BudgetConf, at: &str, ck: &mut Checker) {
         if l.tokens.is_none() && l.cost.is_none() {
             ck.error(at.clone(), "set `tokens`, `cost` or both");
         }
-        if l.tokens == Some(0) {
-            ck.error(format!("{at}.tokens"), "must be at least 1");
+        if let Some(t) = l.tokens.filter(|t| !(1..=MAX_TOKENS).contains(t)) {
+            ck.error(format!("{at}.tokens"), format!("{t}: must be 1 to {MAX_TOKENS}"));
         }
         if let Some(c) = l
             .cost

@@ -186,8 +186,10 @@ fn ledger<'m>(map: &'m mut HashMap<String, (Ledger, Window)>, e: &Entry, now_ms:
 /// decision. A ledger is one hash: for each ring `p` (`s` spent, `r`
 /// reserved) its head index `ph`, running totals `pT` and `pC`, and
 /// sub-bucket amounts `pt<index>` and `pc<index>`. Times come from Redis's
-/// clock, so every instance sees the same windows. Numbers are integers
-/// below 2^53, exact in Lua's doubles (Redis formats them with `%.17g`).
+/// clock, so every instance sees the same windows. Amounts change only
+/// through HINCRBY with integer strings (the arguments as given, or the
+/// stored values), so they stay exact in 64 bits; Lua's doubles only
+/// compare them (exact below 2^53: nine million units of money).
 ///
 /// ARGV: op, lease width, lease slots, then per op:
 /// - `reserve`: need tokens, need cost, and per ledger width, slots, token
@@ -209,6 +211,15 @@ local function num(k, f)
   return tonumber(redis.call('HGET', k, f)) or 0
 end
 
+-- Add the integer string v (a count, or '-' and a count) to a sub-bucket
+-- of ring p and to its total.
+local function add(k, p, d, idx, v)
+  if v ~= nil and v ~= '0' and v ~= '-0' then
+    redis.call('HINCRBY', k, p .. d .. idx, v)
+    redis.call('HINCRBY', k, p .. string.upper(d), v)
+  end
+end
+
 -- Move ring p of ledger k to now: sub-buckets that left the window leave
 -- the totals. Returns the head index (never behind the stored one).
 local function advance(k, p, w, n)
@@ -218,29 +229,20 @@ local function advance(k, p, w, n)
     return head
   end
   if head ~= nil then
-    local T, C = num(k, p .. 'T'), num(k, p .. 'C')
     for idx = head - n + 1, math.min(head, cur - n) do
-      local ft, fc = p .. 't' .. idx, p .. 'c' .. idx
-      local v = redis.call('HMGET', k, ft, fc)
-      T = T - (tonumber(v[1]) or 0)
-      C = C - (tonumber(v[2]) or 0)
-      redis.call('HDEL', k, ft, fc)
+      for _, d in ipairs(DIMS) do
+        local v = redis.call('HGET', k, p .. d .. idx)
+        if v then
+          if v ~= '0' then
+            redis.call('HINCRBY', k, p .. string.upper(d), '-' .. v)
+          end
+          redis.call('HDEL', k, p .. d .. idx)
+        end
+      end
     end
-    redis.call('HSET', k, p .. 'T', math.max(T, 0), p .. 'C', math.max(C, 0))
   end
   redis.call('HSET', k, p .. 'h', cur)
   return cur
-end
-
-local function add(k, p, idx, dt, dc)
-  if dt ~= 0 then
-    redis.call('HINCRBY', k, p .. 't' .. idx, dt)
-    redis.call('HINCRBY', k, p .. 'T', dt)
-  end
-  if dc ~= 0 then
-    redis.call('HINCRBY', k, p .. 'c' .. idx, dc)
-    redis.call('HINCRBY', k, p .. 'C', dc)
-  end
 end
 
 local function expire(k, w, n)
@@ -307,23 +309,33 @@ if op == 'reserve' then
   for i = 1, #KEYS do
     local k, a = KEYS[i], 6 + (i - 1) * 4
     at = num(k, 'rh')
-    add(k, 'r', at, need[1], need[2])
+    add(k, 'r', 't', at, ARGV[4])
+    add(k, 'r', 'c', at, ARGV[5])
     expire(k, tonumber(ARGV[a]), tonumber(ARGV[a + 1]))
   end
   return {1, room[1], room[2], at}
 elseif op == 'settle' then
   local at = tonumber(ARGV[4])
-  local rt, rc, st, sc = tonumber(ARGV[5]), tonumber(ARGV[6]), tonumber(ARGV[7]), tonumber(ARGV[8])
   for i = 1, #KEYS do
     local k, a = KEYS[i], 9 + (i - 1) * 2
     local w, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1])
     local head = advance(k, 's', w, n)
     local rhead = advance(k, 'r', LW, LN)
     if at <= rhead and at + LN > rhead then
-      local v = redis.call('HMGET', k, 'rt' .. at, 'rc' .. at)
-      add(k, 'r', at, -math.min(rt, tonumber(v[1]) or 0), -math.min(rc, tonumber(v[2]) or 0))
+      -- Take back the reservation, or what its sub-bucket still holds if less.
+      for j, d in ipairs(DIMS) do
+        local held = redis.call('HGET', k, 'r' .. d .. ARGV[4])
+        if held then
+          local back = ARGV[4 + j]
+          if tonumber(held) < tonumber(back) then
+            back = held
+          end
+          add(k, 'r', d, ARGV[4], '-' .. back)
+        end
+      end
     end
-    add(k, 's', head, st, sc)
+    add(k, 's', 't', head, ARGV[7])
+    add(k, 's', 'c', head, ARGV[8])
     expire(k, w, n)
   end
   return {1}
@@ -334,12 +346,13 @@ elseif op == 'peek' then
     if redis.call('EXISTS', k) == 1 then
       advance(k, 's', tonumber(ARGV[a]), tonumber(ARGV[a + 1]))
       advance(k, 'r', LW, LN)
+      -- As stored (strings): exact past 2^53.
       for _, f in ipairs({'sT', 'sC', 'rT', 'rC'}) do
-        out[#out + 1] = num(k, f)
+        out[#out + 1] = redis.call('HGET', k, f) or '0'
       end
     else
       for _ = 1, 4 do
-        out[#out + 1] = 0
+        out[#out + 1] = '0'
       end
     end
   end
