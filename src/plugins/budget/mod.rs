@@ -521,6 +521,17 @@ impl Budget {
     }
 }
 
+/// The most completion tokens a request can be billed: `n` choices of
+/// `max_tokens` (or the default); none for embeddings. Saturating: the head
+/// bounds both, but a product must never wrap to a small reservation.
+fn completion_tokens(max_tokens: Option<u64>, n: u64, default: u64, embeddings: bool) -> u64 {
+    if embeddings {
+        0
+    } else {
+        max_tokens.unwrap_or(default).saturating_mul(n)
+    }
+}
+
 /// Billionths as a decimal number of the currency: `19.99875`, `0`.
 fn money(v: u64) -> String {
     let (units, frac) = (v / 1_000_000_000, v % 1_000_000_000);
@@ -574,12 +585,8 @@ impl Plugin for Budget {
         if subjects.is_empty() {
             return Ok(Flow::Continue);
         }
-        let completion = if with_held(ctx).embeddings {
-            0
-        } else {
-            // Saturating: the head bounds both, but a product must never wrap small.
-            max_tokens.unwrap_or(self.default_max_tokens).saturating_mul(n)
-        };
+        let embeddings = with_held(ctx).embeddings;
+        let completion = completion_tokens(max_tokens, n, self.default_max_tokens, embeddings);
         let prompt = tokens::reserve_prompt_tokens(&ctx.body).await;
         let need = Amount {
             tokens: prompt.saturating_add(completion),
@@ -679,6 +686,65 @@ impl Plugin for Budget {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::llm::Usage;
+    use crate::provider::Provider;
+
+    fn provider(name: &str, yaml: &str) -> Arc<Provider> {
+        let conf = serde_yaml_ng::from_str(&format!("url: http://127.0.0.1:9/v1\n{yaml}")).unwrap();
+        Arc::new(Provider::build(name, &conf, None, None).unwrap())
+    }
+
+    #[test]
+    fn completion_reservation() {
+        assert_eq!(completion_tokens(Some(100), 4, 4096, false), 400);
+        assert_eq!(completion_tokens(None, 2, 4096, false), 8192);
+        assert_eq!(completion_tokens(Some(100), 4, 4096, true), 0);
+        assert_eq!(completion_tokens(Some(u64::MAX), 128, 1, false), u64::MAX);
+    }
+
+    #[test]
+    fn reserved_cost_is_the_highest_candidate_price() {
+        let cheap = provider("cheap", "models: [m]\nprices: { m: { input: 1, output: 4 } }");
+        // Its cached price is above its input price: the reservation's input bound.
+        let odd = provider(
+            "odd",
+            "models: [m]\nprices: { m: { input: 0.5, output: 2, cached_input: 3 } }",
+        );
+        let unpriced = provider("unpriced", "models: [m]");
+        let mut ctx = RequestCtx::default();
+        ctx.head = Some(crate::llm::parse_head(br#"{"model":"m"}"#).unwrap());
+        ctx.candidates = vec![cheap.clone(), odd, unpriced.clone()];
+        // 1000 prompt tokens at 3 per million, 100 completion at 4, plus 2 billionths.
+        assert_eq!(Budget::reserve_cost(&ctx, 1000, 100), Cost(3_000_000 + 400_000 + 2));
+        ctx.candidates = vec![unpriced];
+        assert_eq!(Budget::reserve_cost(&ctx, 1000, 100), Cost(0), "tokens only");
+
+        // Settled at the answering provider's price; unknown work keeps the reservation.
+        let reserved = Amount {
+            tokens: 1100,
+            cost: 3_400_002,
+        };
+        ctx.provider = Some(cheap);
+        ctx.spent.reported(Usage {
+            prompt_tokens: 900,
+            completion_tokens: 50,
+            ..Usage::default()
+        });
+        let spent = Budget::spent(&ctx, reserved);
+        assert_eq!(
+            spent,
+            Amount {
+                tokens: 950,
+                cost: 900_000 + 200_000
+            }
+        );
+        ctx.spent.unknown();
+        assert_eq!(Budget::spent(&ctx, reserved), reserved);
+        // No provider worked: nothing.
+        let ctx = RequestCtx::default();
+        assert_eq!(Budget::spent(&ctx, reserved), Amount::default());
+    }
 
     #[test]
     fn money_is_exact_decimal() {
