@@ -267,6 +267,23 @@ fn per_group_limit_is_shared_by_its_keys() {
     assert_eq!(header_u64(&r, "x-weir-budget-remaining-tokens"), 1000 - RESERVED);
 }
 
+#[test]
+fn a_reload_that_changes_a_limit_keeps_what_was_spent() {
+    let mock = spawn_mock(&[]);
+    let budget =
+        |limit| format!("{{ type: budget, limits: [{{ name: daily, per: key, window: 1d, tokens: {limit} }}] }}");
+    let weir = spawn_weir(&gateway(&mock, "", &budget(100)), &[("keys.yaml", &keys_file())]);
+    assert_eq!(ask(&weir, "sk-alice", 16).status, 200);
+    settled(&weir, "daily", "alice", USED);
+    let text = std::fs::read_to_string(&weir.config).unwrap();
+    std::fs::write(&weir.config, text.replace("tokens: 100 }", "tokens: 200 }")).unwrap();
+    let r = post(&weir.admin("/reload"), b"", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    settled(&weir, "daily", "alice", USED);
+    let r = ask(&weir, "sk-alice", 16);
+    assert_eq!(header_u64(&r, "x-weir-budget-remaining-tokens"), 200 - USED - RESERVED);
+}
+
 fn redis_budget(redis: &Redis, limit: u64, policy: &str) -> String {
     format!(
         "{{ type: budget, store: \"{}\", on_store_error: {policy}, \
