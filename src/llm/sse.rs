@@ -339,6 +339,22 @@ impl Splice {
         }
     }
 
+    /// Rewrite the whole events in `events` into `out`.
+    pub fn rewrite(&mut self, events: &[u8], out: &mut BytesMut) {
+        let mut split = SseSplitter::default();
+        split.push(events);
+        // The last event may end in a lone CR the splitter waits on: it is whole too.
+        let all = std::iter::from_fn(|| split.next_event().ok().flatten())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(Some(split.take_rest()).filter(|r| !r.is_empty()));
+        for event in all {
+            if let Some(e) = event_data(&event).and_then(|data| self.event(&data)) {
+                out.extend_from_slice(&e);
+            }
+        }
+    }
+
     /// One event of the continuation as the client gets it; `None`: dropped.
     pub fn event(&mut self, data: &[u8]) -> Option<Bytes> {
         use serde_json::{json, Value};

@@ -18,7 +18,7 @@ use super::retry::{self, Outcome, Schedule};
 use super::run::{wait, Failure, Pipeline};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
-use crate::llm::sse::{event_data, Seen, SseSplitter, StreamWatch};
+use crate::llm::sse::{event_data, Seen, Splice, SseSplitter, StreamWatch};
 use crate::metrics;
 use crate::provider::Provider;
 use crate::traffic::retry_budget::RetryGuard;
@@ -65,14 +65,18 @@ pub(super) enum StartError {
     /// The provider's bulkhead refused, or a plugin skipped it: no send.
     Refused(WeirError),
     Failed(SendError),
+    /// The client left before anything was sent.
     ClientGone,
+    /// The client left while the request was with the provider, which may
+    /// work on it regardless.
+    LeftAfterSend,
 }
 
 /// An answer ready to go to the client.
 pub(super) enum Ready {
     /// An event stream whose first content has arrived; `held` is what
     /// came before it and with it, ready to forward.
-    Stream(StreamStart),
+    Stream(Box<StreamStart>),
     /// The whole body.
     Whole(Bytes),
     /// Forward as it comes, starting with these bytes.
@@ -83,7 +87,10 @@ pub(super) enum Ready {
 pub(super) struct StreamStart {
     pub splitter: SseSplitter,
     pub watch: StreamWatch,
+    /// Events read and ready to forward.
     pub held: BytesMut,
+    /// Set when this stream continues another one that died.
+    pub splice: Option<Splice>,
 }
 
 pub(super) enum PrepareError {
@@ -206,7 +213,7 @@ impl Pipeline {
         };
         match sent {
             // The attempt guard gives back what it holds.
-            None => Err(StartError::ClientGone),
+            None => Err(StartError::LeftAfterSend),
             Some(Err(e)) => {
                 attempt.end(&Attempt::Failed(e.error.kind));
                 Err(StartError::Failed(e))
@@ -258,6 +265,10 @@ impl Pipeline {
             } = match self.start(d, ctx, route, &provider, &body).await {
                 Ok(s) => s,
                 Err(StartError::ClientGone) => return Err(Failure::ClientGone),
+                Err(StartError::LeftAfterSend) => {
+                    ctx.spent.unknown();
+                    return Err(Failure::ClientGone);
+                }
                 Err(StartError::Refused(e)) => {
                     last_err = Some(e);
                     next = schedule.skip(i, Instant::now());
@@ -353,7 +364,12 @@ impl Pipeline {
                 let stream = chat && ctx.head.as_ref().is_some_and(|h| h.stream);
                 match self.prepare(d, &mut ex, &provider, stream, strip_usage).await {
                     Ok(r) => r,
-                    Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
+                    Err(PrepareError::ClientGone) => {
+                        // Gone before the answer was ready: what the provider
+                        // made of it is unknown.
+                        ctx.spent.unknown();
+                        return Err(Failure::ClientGone);
+                    }
                     Err(PrepareError::Failed(e)) => {
                         log::warn!("request {}: {e}", ctx.request_id);
                         // It accepted the request (200): it may have generated,
@@ -441,7 +457,10 @@ impl Pipeline {
                 // passthrough path): forwarded as it comes.
                 return Ok(Ready::Pass(Bytes::new()));
             }
-            return self.first_token(d, ex, p, strip_usage).await.map(Ready::Stream);
+            return self
+                .first_token(d, ex, p, strip_usage)
+                .await
+                .map(|s| Ready::Stream(Box::new(s)));
         }
         let mut buf = BytesMut::new();
         loop {
@@ -475,6 +494,7 @@ impl Pipeline {
             splitter: SseSplitter::default(),
             watch: StreamWatch::default(),
             held: BytesMut::new(),
+            splice: None,
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
