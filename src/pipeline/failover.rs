@@ -345,6 +345,7 @@ impl Pipeline {
                     );
                     count_retry(route, "context_length");
                     model = bigger.clone();
+                    ctx.served_model = Some(model.clone());
                     switched = true;
                     candidates = route.candidates(&model);
                     schedule = Schedule::new(policy, candidates.len(), Instant::now());
