@@ -8,6 +8,7 @@ use super::Usage;
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// One event larger than this is a broken stream, not an event to buffer.
@@ -153,6 +154,11 @@ pub struct StreamWatch {
     pub id: Option<String>,
     /// Content of choice 0 so far (text completions: its text).
     pub text: String,
+    /// Everything else the stream generated, for counting a stream that
+    /// ends without usage: other choices' content (`n > 1`), refusals,
+    /// reasoning, tool-call names and arguments. Up to the same maximum as
+    /// `text`.
+    pub other_text: String,
     /// Events that carried content.
     pub content_events: u64,
     /// Tool calls (or a legacy function call) were streamed.
@@ -202,10 +208,56 @@ struct Delta<'a> {
     /// the answer is under way, though it is not text to continue.
     #[serde(borrow, default, alias = "reasoning")]
     reasoning_content: Option<Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<IgnoredAny>,
-    #[serde(default)]
-    function_call: Option<IgnoredAny>,
+    /// Raw, read only for counting: an odd shape is no reason to call the chunk malformed.
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function_call: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ToolDelta<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl FunctionDelta<'_> {
+    fn pieces(&self) -> impl Iterator<Item = &str> {
+        [self.name.as_deref(), self.arguments.as_deref()].into_iter().flatten()
+    }
+}
+
+impl Delta<'_> {
+    /// Give `f` what a delta generated besides content and refusal:
+    /// reasoning, tool-call names and arguments (a shape that does not
+    /// parse gives nothing).
+    fn generated(&self, mut f: impl FnMut(&str)) {
+        if let Some(r) = self.reasoning_content.as_deref() {
+            f(r);
+        }
+        if let Some(Ok(calls)) = self
+            .tool_calls
+            .map(|raw| serde_json::from_str::<Vec<ToolDelta>>(raw.get()))
+        {
+            for call in calls.iter().filter_map(|t| t.function.as_ref()) {
+                call.pieces().for_each(&mut f);
+            }
+        }
+        if let Some(Ok(call)) = self
+            .function_call
+            .map(|raw| serde_json::from_str::<FunctionDelta>(raw.get()))
+        {
+            call.pieces().for_each(&mut f);
+        }
+    }
 }
 
 impl StreamWatch {
@@ -283,6 +335,18 @@ impl StreamWatch {
                 } else {
                     self.text.push_str(piece);
                 }
+            }
+            let mut keep = |piece: &str| {
+                if self.other_text.len() + piece.len() <= MAX_TEXT {
+                    self.other_text.push_str(piece);
+                }
+            };
+            if c.index != 0 {
+                keep(piece);
+            }
+            keep(refusal);
+            if let Some(d) = &c.delta {
+                d.generated(keep);
             }
         }
         if seen == Seen::Content {
@@ -598,6 +662,30 @@ mod tests {
         assert_eq!(s.filter(big.clone()), big);
         let usage = Bytes::from_static(b"\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n");
         assert_eq!(s.filter(usage.clone()), usage);
+    }
+
+    #[test]
+    fn watch_keeps_what_else_was_generated() {
+        let mut w = StreamWatch::default();
+        w.observe(br#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#);
+        w.observe(br#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm","refusal":"no"}}]}"#);
+        let call = br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":"{\"x\""}},{"index":1,"function":{"arguments":":1}"}}]}}]}"#;
+        w.observe(call);
+        w.observe(br#"{"choices":[{"index":0,"delta":{"function_call":{"arguments":"!"}}}]}"#);
+        assert_eq!(w.text, "a");
+        assert_eq!(w.other_text, "bnohmf{\"x\":1}!");
+        assert!(w.tool_calls);
+        // Odd tool-call shapes are no reason to call the chunk malformed.
+        for odd in [
+            &br#"[{"index":0}]"#[..],
+            br#"{"a":1}"#,
+            b"7",
+            br#"[{"function":{"name":3}}]"#,
+        ] {
+            let chunk = [&br#"{"choices":[{"index":0,"delta":{"tool_calls":"#[..], odd, b"}}]}"].concat();
+            assert_eq!(w.observe(&chunk), Seen::Content, "{}", String::from_utf8_lossy(odd));
+        }
+        assert_eq!(w.other_text, "bnohmf{\"x\":1}!");
     }
 
     #[test]
