@@ -89,6 +89,9 @@ pub struct RequestCtx {
     pub candidates: Vec<Arc<Provider>>,
     /// The provider that answered (or was last tried).
     pub provider: Option<Arc<Provider>>,
+    /// The public model that answered, when not the one asked for (a
+    /// `context_length_exceeded` answer sent the request to a larger one).
+    pub served_model: Option<String>,
     /// Status sent to the client (0 until a header is written).
     pub status: u16,
     /// What went wrong, if weir answered with an error.
@@ -127,6 +130,7 @@ impl Default for RequestCtx {
             body: Bytes::new(),
             candidates: Vec::new(),
             provider: None,
+            served_model: None,
             status: 0,
             error: None,
             usage: None,
@@ -149,6 +153,12 @@ impl RequestCtx {
     /// The public model the client asked for, if the body named one.
     pub fn model(&self) -> Option<&str> {
         self.head.as_ref().map(|h| h.model.as_str())
+    }
+
+    /// The public model that answered (or is being tried): the one asked
+    /// for, unless a context-length fallback changed it.
+    pub fn served_model(&self) -> Option<&str> {
+        self.served_model.as_deref().or_else(|| self.model())
     }
 
     /// The running plugin's own per-request state.

@@ -13,12 +13,13 @@ use super::chain::Route;
 use super::context::RequestCtx;
 use super::downstream::Downstream;
 use super::plugin::Attempt;
-use super::relay::client_header;
+use super::relay::{client_header, encoding, is_sse};
 use super::retry::{self, Outcome, Schedule};
 use super::run::{wait, Failure, Pipeline};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
 use crate::llm::sse::{event_data, Seen, Splice, SseSplitter, StreamWatch};
+use crate::llm::usage::Encoding;
 use crate::metrics;
 use crate::provider::Provider;
 use crate::traffic::retry_budget::RetryGuard;
@@ -158,6 +159,12 @@ fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body
     }
     if body_len > 0 || client.method != http::Method::GET {
         let _ = req.insert_header("content-length", body_len.to_string());
+    }
+    if super::run::reads_usage(client.uri.path()) {
+        // weir reads usage from the answer: ask for it uncompressed (the
+        // client may still get it compressed from anyone in between; a
+        // provider that compresses anyway is read through a copy).
+        let _ = req.insert_header("accept-encoding", "identity");
     }
     req
 }
@@ -349,6 +356,7 @@ impl Pipeline {
                     );
                     count_retry(route, "context_length");
                     model = bigger.clone();
+                    ctx.served_model = Some(model.clone());
                     switched = true;
                     candidates = route.candidates(&model);
                     schedule = Schedule::new(policy, candidates.len(), Instant::now());
@@ -446,15 +454,12 @@ impl Pipeline {
         stream: bool,
         strip_usage: bool,
     ) -> Result<Ready, PrepareError> {
-        let is_sse = ex
-            .header()
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if is_sse {
-            if !stream {
-                // Not a chat stream weir reads (a Responses API stream, a
-                // passthrough path): forwarded as it comes.
+        if is_sse(ex.header()) {
+            if !stream || encoding(ex.header()) != Encoding::Identity {
+                // Not a chat stream weir reads event by event (a Responses
+                // API stream, a passthrough path, or one a provider
+                // compressed although weir asked for identity): forwarded
+                // as it comes, its usage read from a (decompressed) copy.
                 return Ok(Ready::Pass(Bytes::new()));
             }
             return self

@@ -19,17 +19,15 @@ use super::plugin::Attempt;
 use super::run::{finish_local, Failure, Pipeline};
 use crate::config::Continuation;
 use crate::error::{ErrorKind, WeirError};
-use crate::llm::sse::{data_event, Splice, StreamWatch};
-use crate::llm::{self, tokens, SseUsageScanner, Usage};
+use crate::llm::sse::{data_event, Splice, StreamWatch, UsageStripper};
+use crate::llm::usage::{usage_of_body, BodyUsage, Encoding};
+use crate::llm::{self, tokens, Usage};
 use crate::metrics;
 use crate::provider::Provider;
 use crate::upstream::{timed_out, Exchange, Fault, SendError};
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
-
-/// Largest non-stream answer read for its `usage` while forwarding it.
-const MAX_USAGE_JSON: usize = 1 << 20;
 
 /// The client's response header from the provider's.
 pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
@@ -43,6 +41,18 @@ pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx)
     let _ = resp.insert_header("x-weir-provider", p.name.as_str());
     let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
     resp
+}
+
+/// Whether a response is an event stream.
+pub(super) fn is_sse(h: &ResponseHeader) -> bool {
+    h.headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// How a response body is encoded.
+pub(super) fn encoding(h: &ResponseHeader) -> Encoding {
+    Encoding::of(h.headers.get("content-encoding").map(|v| v.as_bytes()))
 }
 
 /// Run the response body phases (reverse route order) on one chunk.
@@ -112,7 +122,7 @@ impl Pipeline {
         status: u16,
     ) -> Result<(), Failure> {
         if status == 200 && ctx.head.is_some() {
-            record(ctx, llm::usage_of_json(&body));
+            record(ctx, usage_of_body(&body, is_sse(&head), encoding(&head)));
         }
         head.remove_header("transfer-encoding");
         let _ = head.insert_header("content-length", body.len().to_string());
@@ -142,7 +152,10 @@ impl Pipeline {
     }
 
     /// Forward an answer as it comes (large non-stream bodies, error
-    /// answers, paths weir does not read): usage read on the way.
+    /// answers, event streams weir does not hold — Responses API, compressed
+    /// — and paths weir does not read): usage read on the way, from the tail
+    /// of a large JSON body, from the events of a stream, through a
+    /// decompressed copy of a compressed body.
     async fn relay_pass<D: Downstream>(
         &self,
         d: &mut D,
@@ -159,11 +172,9 @@ impl Pipeline {
         let route = job.route;
         let up = ex.header();
         let (status, ttfb) = (up.status.as_u16(), ex.ttfb);
-        let is_sse = up
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let collect_json = !is_sse && status == 200 && ctx.head.is_some();
+        let sse = is_sse(up);
+        let encoding = encoding(up);
+        let reads_usage = status == 200 && ctx.head.is_some();
         let resp = client_header(up, &p, ctx);
         if let Err(f) = self.commit(d, ctx, route, resp).await {
             ex.abort().await;
@@ -172,12 +183,14 @@ impl Pipeline {
         attempt.end(&Attempt::Answered { status, ttfb });
         // Until the answer is read to its end, the provider's work is unseen.
         let spent = ctx.spent;
-        if status == 200 && ctx.head.is_some() {
+        if reads_usage {
             ctx.spent.unknown();
         }
-        let mut scanner = SseUsageScanner::default();
-        let mut strip = (is_sse && job.strip_usage).then(llm::UsageChunkStripper::default);
-        let mut json = Vec::new();
+        // Usage read from a copy as it passes (decompressed if it must be);
+        // the client gets the bytes as sent. A compressed stream keeps its
+        // usage event: it cannot be cut out without re-encoding.
+        let mut usage = reads_usage.then(|| BodyUsage::new(sse, encoding));
+        let mut strip = (sse && job.strip_usage && encoding == Encoding::Identity).then(UsageStripper::default);
         let mut pending = (!prefix.is_empty()).then_some(prefix);
         loop {
             let chunk = match pending.take() {
@@ -193,7 +206,7 @@ impl Pipeline {
             let end = chunk.is_none() || ex.done();
             let Some(mut chunk) = chunk else {
                 // End of body: send the terminating chunk.
-                let mut last = strip.as_mut().map_or_else(Bytes::new, |s| s.finish());
+                let mut last = strip.as_mut().map_or_else(Bytes::new, UsageStripper::finish);
                 body_phase(route, ctx, &mut last, true);
                 if let Some(e) = ctx.failed.take() {
                     return Err(Failure::Aborted(e));
@@ -203,21 +216,20 @@ impl Pipeline {
                 }
                 break;
             };
-            if is_sse {
-                scanner.feed(&chunk);
-                if let Some(s) = strip.as_mut() {
-                    chunk = s.filter(&chunk);
-                    if end {
-                        let rest = s.finish();
-                        if !rest.is_empty() {
-                            let mut joined = BytesMut::from(&chunk[..]);
-                            joined.extend_from_slice(&rest);
-                            chunk = joined.freeze();
-                        }
+            if let Some(u) = usage.as_mut() {
+                u.feed(&chunk);
+            }
+            if let Some(s) = strip.as_mut() {
+                // Whole events go out as soon as they are complete.
+                chunk = s.filter(chunk);
+                if end {
+                    let rest = s.finish();
+                    if !rest.is_empty() {
+                        let mut joined = BytesMut::from(&chunk[..]);
+                        joined.extend_from_slice(&rest);
+                        chunk = joined.freeze();
                     }
                 }
-            } else if collect_json && json.len() + chunk.len() <= MAX_USAGE_JSON {
-                json.extend_from_slice(&chunk);
             }
             body_phase(route, ctx, &mut chunk, end);
             if let Some(e) = ctx.failed.take() {
@@ -236,13 +248,8 @@ impl Pipeline {
             }
         }
         ctx.spent = spent;
-        if status == 200 && ctx.head.is_some() {
-            let usage = if is_sse {
-                scanner.usage
-            } else {
-                llm::usage_of_json(&json)
-            };
-            record(ctx, usage);
+        if let Some(u) = usage {
+            record(ctx, u.finish());
         }
         self.upstream.finish(ex, &p.peer).await;
         Ok(())
@@ -575,14 +582,15 @@ fn record(ctx: &mut RequestCtx, usage: Option<Usage>) {
 }
 
 /// A stream's part of the bill: the provider's usage if it reported one,
-/// else weir's count of its prompt and the text it sent.
+/// else weir's count of its prompt and everything it generated (choice 0's
+/// text, other choices, refusals, reasoning, tool calls).
 async fn settle_stream(ctx: &mut RequestCtx, watch: &StreamWatch) {
     if let Some(u) = watch.usage {
         return record(ctx, Some(u));
     }
     let u = Usage {
         prompt_tokens: tokens::reserve_prompt_tokens(&ctx.body).await,
-        completion_tokens: text_tokens(&watch.text).await,
+        completion_tokens: generated_tokens(watch).await,
         ..Usage::default()
     };
     ctx.usage = Some(u);
@@ -596,10 +604,17 @@ async fn settle_continuation(ctx: &mut RequestCtx, reported: Option<Usage>, watc
     match reported {
         Some(u) => ctx.spent.reported(u),
         None => ctx.spent.counted(Usage {
-            completion_tokens: text_tokens(&watch.text).await,
+            completion_tokens: generated_tokens(watch).await,
             ..Usage::default()
         }),
     }
+}
+
+/// Tokens of all a stream generated.
+async fn generated_tokens(watch: &StreamWatch) -> u64 {
+    text_tokens(&watch.text)
+        .await
+        .saturating_add(text_tokens(&watch.other_text).await)
 }
 
 /// Tokens of streamed text, off the async workers when it is long.
