@@ -282,3 +282,145 @@ fn redis_store_is_shared_and_an_outage_means_misses() {
     assert_eq!((r.status, r.header("x-weir-cache")), (200, Some("miss")));
     assert!(metric(&b.metrics(), "weir_cache_store_errors_total", &[("plugin", "cache")]).unwrap() >= 1.0);
 }
+
+/// Two providers for `fast` (a first), b also serving `other` under the same
+/// upstream name, one retry (so a failing a leaves the answer to b).
+fn two_providers(a: &Mock, b: &Mock, cache: &str) -> String {
+    format!(
+        "server: {{ listen: [\"127.0.0.1:{{PORT}}\"], threads: 2 }}\nadmin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
+         providers:\n  a: {{ url: \"{}\", models: {{ fast: ua }} }}\n  b: {{ url: \"{}\", models: {{ fast: ub, other: ub }} }}\n\
+         plugins:\n  cache: {cache}\n\
+         routes:\n  - {{ name: chat, plugins: [cache], providers: [a, b], retries: 1 }}\n",
+        a.url(),
+        b.url()
+    )
+}
+
+fn body_for(model: &str) -> Vec<u8> {
+    serde_json::to_vec(&serde_json::json!({
+        "model": model, "temperature": 0,
+        "messages": [{"role": "user", "content": "what is a weir?"}]
+    }))
+    .unwrap()
+}
+
+#[test]
+fn stored_under_the_provider_and_model_that_answered() {
+    let redis = spawn_redis();
+    for store in ["memory".to_string(), redis.url()] {
+        let a = spawn_mock(&["--fault", "status:code=503"]);
+        let b = spawn_mock(&[]);
+        let weir = spawn_weir(
+            &two_providers(&a, &b, &format!("{{ type: cache, store: \"{store}\" }}")),
+            &[],
+        );
+        let url = weir.url("/v1/chat/completions");
+        // a fails, b answers: the answer is b's, as `ub`.
+        let first = post(&url, &body_for("fast"), &[]);
+        assert_eq!(first.status, 200, "{}", first.body);
+        assert_eq!(first.header("x-weir-provider"), Some("b"));
+        assert_eq!(first.header("x-weir-cache"), Some("miss"));
+        let redis_written = || {
+            store == "memory"
+                || eventually(Duration::from_secs(3), || {
+                    let out = std::process::Command::new("redis-cli")
+                        .args(["-p", &redis.port.to_string(), "--scan", "--pattern", "weir:cache:*"])
+                        .output();
+                    out.is_ok_and(|o| !o.stdout.is_empty())
+                })
+        };
+        assert!(redis_written());
+        // Another public model b serves as the same upstream model finds it:
+        // it was stored under (b, ub), not under the first candidate's model.
+        let other = post(&url, &body_for("other"), &[]);
+        assert_eq!(other.header("x-weir-cache"), Some("hit"), "{store}");
+        assert_eq!(other.json()["choices"], first.json()["choices"]);
+        // The original request looks up a's key, then b's: a hit, a untouched.
+        let again = post(&url, &body_for("fast"), &[]);
+        assert_eq!(again.header("x-weir-cache"), Some("hit"), "{store}");
+        assert_eq!((a.requests(), b.requests()), (1, 1), "{store}");
+    }
+}
+
+/// A streamed chat answer assembled by the client: content, and each tool
+/// call's (id, name, arguments), and the finish reason.
+fn assemble_sse(r: &Resp) -> (Option<String>, Vec<(String, String, String)>, String) {
+    let (mut content, mut calls, mut finish) = (None::<String>, Vec::<(String, String, String)>::new(), String::new());
+    let mut done = false;
+    for event in r.body.split("\n\n").filter(|e| !e.is_empty()) {
+        let data = event.strip_prefix("data: ").expect("an SSE data event");
+        if data == "[DONE]" {
+            done = true;
+            continue;
+        }
+        let v: serde_json::Value = serde_json::from_str(data).unwrap();
+        for c in v["choices"].as_array().unwrap() {
+            let d = &c["delta"];
+            if let Some(t) = d["content"].as_str() {
+                content.get_or_insert_with(String::new).push_str(t);
+            }
+            for t in d["tool_calls"].as_array().into_iter().flatten() {
+                let i = t["index"].as_u64().unwrap() as usize;
+                if calls.len() <= i {
+                    calls.resize(i + 1, Default::default());
+                }
+                if let Some(id) = t["id"].as_str() {
+                    calls[i].0 = id.to_string();
+                }
+                calls[i].1.push_str(t["function"]["name"].as_str().unwrap_or(""));
+                calls[i].2.push_str(t["function"]["arguments"].as_str().unwrap_or(""));
+            }
+            if let Some(f) = c["finish_reason"].as_str() {
+                finish = f.to_string();
+            }
+        }
+    }
+    assert!(done, "stream ends with [DONE]");
+    (content, calls, finish)
+}
+
+#[test]
+fn streamed_tool_call_is_cached_and_replayed_as_sse_and_json() {
+    let mock = spawn_mock(&["--completion-tokens", "30"]);
+    let weir = spawn_weir(&gateway(&mock, "{ type: cache }", "", "cache"), &[]);
+    let url = weir.url("/v1/chat/completions");
+    let body = |stream: bool| {
+        serde_json::to_vec(&serde_json::json!({
+            "model": "fast", "temperature": 0, "stream": stream,
+            "messages": [{"role": "user", "content": "call it"}],
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "f"}},
+        }))
+        .unwrap()
+    };
+    let fill = post(&url, &body(true), &[]);
+    assert_eq!(fill.header("x-weir-cache"), Some("miss"));
+    let (content, calls, finish) = assemble_sse(&fill);
+    let words: Vec<String> = (0..30).map(|i| format!("tok{i}")).collect();
+    let arguments = format!(r#"{{"text":"{}"}}"#, words.join(" "));
+    assert_eq!(calls.len(), 1);
+    assert_eq!((calls[0].1.as_str(), calls[0].2.as_str()), ("f", arguments.as_str()));
+    assert_eq!((content, finish.as_str()), (None, "tool_calls"));
+
+    // Replayed to a streaming client: the same call, as deltas.
+    let sse_hit = post(&url, &body(true), &[]);
+    assert_eq!(sse_hit.header("x-weir-cache"), Some("hit"));
+    assert!(
+        sse_hit.body.matches("\"arguments\"").count() > 3,
+        "arguments replayed in fragments"
+    );
+    assert_eq!(assemble_sse(&sse_hit), (None, calls.clone(), "tool_calls".to_string()));
+
+    // And as JSON: message.tool_calls.
+    let json_hit = post(&url, &body(false), &[]);
+    assert_eq!(json_hit.header("x-weir-cache"), Some("hit"));
+    let v = json_hit.json();
+    let call = &v["choices"][0]["message"]["tool_calls"][0];
+    assert_eq!(call["id"], calls[0].0.as_str());
+    assert_eq!(call["type"], "function");
+    assert_eq!(call["function"]["name"], "f");
+    assert_eq!(call["function"]["arguments"], arguments.as_str());
+    assert_eq!(v["choices"][0]["message"]["content"], serde_json::Value::Null);
+    assert_eq!(v["choices"][0]["finish_reason"], "tool_calls");
+    assert_eq!(mock.requests(), 1);
+}

@@ -3,10 +3,12 @@
 //! stream has said so far — its first content, its text, whether it ended
 //! properly — so a stream that dies can be told from one that finished.
 
+use super::usage::UsageReport;
 use super::Usage;
 use bytes::{Bytes, BytesMut};
 use serde::de::IgnoredAny;
 use serde::Deserialize;
+use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 /// One event larger than this is a broken stream, not an event to buffer.
@@ -152,6 +154,11 @@ pub struct StreamWatch {
     pub id: Option<String>,
     /// Content of choice 0 so far (text completions: its text).
     pub text: String,
+    /// Everything else the stream generated, for counting a stream that
+    /// ends without usage: other choices' content (`n > 1`), refusals,
+    /// reasoning, tool-call names and arguments. Up to the same maximum as
+    /// `text`.
+    pub other_text: String,
     /// Events that carried content.
     pub content_events: u64,
     /// Tool calls (or a legacy function call) were streamed.
@@ -171,8 +178,9 @@ struct Chunk<'a> {
     id: Option<Cow<'a, str>>,
     #[serde(default)]
     choices: Option<Vec<Choice<'a>>>,
+    /// Read leniently: an odd `usage` is no reason to call the chunk malformed.
     #[serde(default)]
-    usage: Option<Usage>,
+    usage: Option<UsageReport>,
     #[serde(default)]
     error: Option<IgnoredAny>,
 }
@@ -200,10 +208,56 @@ struct Delta<'a> {
     /// the answer is under way, though it is not text to continue.
     #[serde(borrow, default, alias = "reasoning")]
     reasoning_content: Option<Cow<'a, str>>,
-    #[serde(default)]
-    tool_calls: Option<IgnoredAny>,
-    #[serde(default)]
-    function_call: Option<IgnoredAny>,
+    /// Raw, read only for counting: an odd shape is no reason to call the chunk malformed.
+    #[serde(borrow, default)]
+    tool_calls: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    function_call: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct ToolDelta<'a> {
+    #[serde(borrow, default)]
+    function: Option<FunctionDelta<'a>>,
+}
+
+#[derive(Deserialize)]
+struct FunctionDelta<'a> {
+    #[serde(borrow, default)]
+    name: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    arguments: Option<Cow<'a, str>>,
+}
+
+impl FunctionDelta<'_> {
+    fn pieces(&self) -> impl Iterator<Item = &str> {
+        [self.name.as_deref(), self.arguments.as_deref()].into_iter().flatten()
+    }
+}
+
+impl Delta<'_> {
+    /// Give `f` what a delta generated besides content and refusal:
+    /// reasoning, tool-call names and arguments (a shape that does not
+    /// parse gives nothing).
+    fn generated(&self, mut f: impl FnMut(&str)) {
+        if let Some(r) = self.reasoning_content.as_deref() {
+            f(r);
+        }
+        if let Some(Ok(calls)) = self
+            .tool_calls
+            .map(|raw| serde_json::from_str::<Vec<ToolDelta>>(raw.get()))
+        {
+            for call in calls.iter().filter_map(|t| t.function.as_ref()) {
+                call.pieces().for_each(&mut f);
+            }
+        }
+        if let Some(Ok(call)) = self
+            .function_call
+            .map(|raw| serde_json::from_str::<FunctionDelta>(raw.get()))
+        {
+            call.pieces().for_each(&mut f);
+        }
+    }
 }
 
 impl StreamWatch {
@@ -220,8 +274,9 @@ impl StreamWatch {
         if chunk.error.is_some() {
             return Seen::Error;
         }
-        if let Some(u) = chunk.usage {
-            self.usage = Some(u);
+        let usage = chunk.usage.and_then(|r| r.usage());
+        if usage.is_some() {
+            self.usage = usage;
         }
         if self.id.is_none() {
             self.id = chunk.id.map(Cow::into_owned);
@@ -234,7 +289,7 @@ impl StreamWatch {
             };
         };
         if choices.is_empty() {
-            return if chunk.usage.is_some() {
+            return if usage.is_some() {
                 Seen::UsageOnly
             } else {
                 Seen::Preamble
@@ -281,6 +336,18 @@ impl StreamWatch {
                     self.text.push_str(piece);
                 }
             }
+            let mut keep = |piece: &str| {
+                if self.other_text.len() + piece.len() <= MAX_TEXT {
+                    self.other_text.push_str(piece);
+                }
+            };
+            if c.index != 0 {
+                keep(piece);
+            }
+            keep(refusal);
+            if let Some(d) = &c.delta {
+                d.generated(keep);
+            }
         }
         if seen == Seen::Content {
             self.content_events += 1;
@@ -302,6 +369,55 @@ pub fn data_event(json: &[u8]) -> Bytes {
     out.extend_from_slice(json);
     out.extend_from_slice(b"\n\n");
     out.freeze()
+}
+
+/// Whether an event is the usage-only chunk (`choices` empty, `usage`
+/// set), read as JSON: whitespace and key order do not matter.
+pub fn is_usage_only(event: &[u8]) -> bool {
+    event_data(event).is_some_and(|d| StreamWatch::default().observe(&d) == Seen::UsageOnly)
+}
+
+/// Removes the usage-only event from a stream forwarded as it comes, for a
+/// client that did not ask for it (weir did). Each event goes out as soon as
+/// it is complete; at most one unfinished event is held. An event over
+/// [`MAX_EVENT`] ends the stripping: from there on, bytes pass unchanged.
+#[derive(Debug, Default)]
+pub struct UsageStripper {
+    splitter: SseSplitter,
+    raw: bool,
+}
+
+impl UsageStripper {
+    /// The whole events `chunk` completes, the usage-only one left out.
+    pub fn filter(&mut self, chunk: Bytes) -> Bytes {
+        if self.raw {
+            return chunk;
+        }
+        self.splitter.push(&chunk);
+        let mut out = BytesMut::new();
+        loop {
+            match self.splitter.next_event() {
+                Ok(Some(e)) if is_usage_only(&e) => {}
+                Ok(Some(e)) => out.extend_from_slice(&e),
+                Ok(None) => break,
+                Err(EventTooLarge) => {
+                    self.raw = true;
+                    out.extend_from_slice(&self.splitter.take_rest());
+                    break;
+                }
+            }
+        }
+        out.freeze()
+    }
+
+    /// What is held at the end of the stream (an event without its blank line).
+    pub fn finish(&mut self) -> Bytes {
+        let rest = self.splitter.take_rest();
+        if !self.raw && is_usage_only(&rest) {
+            return Bytes::new();
+        }
+        rest
+    }
 }
 
 /// Rewrites a continuation's events into the stream it continues: the
@@ -336,6 +452,22 @@ impl Splice {
             client_usage,
             usage: None,
             continuation_usage: None,
+        }
+    }
+
+    /// Rewrite the whole events in `events` into `out`.
+    pub fn rewrite(&mut self, events: &[u8], out: &mut BytesMut) {
+        let mut split = SseSplitter::default();
+        split.push(events);
+        // The last event may end in a lone CR the splitter waits on: it is whole too.
+        let all = std::iter::from_fn(|| split.next_event().ok().flatten())
+            .collect::<Vec<_>>()
+            .into_iter()
+            .chain(Some(split.take_rest()).filter(|r| !r.is_empty()));
+        for event in all {
+            if let Some(e) = event_data(&event).and_then(|data| self.event(&data)) {
+                out.extend_from_slice(&e);
+            }
         }
     }
 
@@ -526,6 +658,53 @@ mod tests {
     }
 
     #[test]
+    fn stripper_forwards_each_event_once_complete() {
+        let mut s = UsageStripper::default();
+        let first = b"data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"}}]}\r\n\r\n";
+        assert_eq!(
+            &s.filter(Bytes::from_static(&first[..10]))[..],
+            b"",
+            "half an event is held"
+        );
+        assert_eq!(&s.filter(Bytes::from_static(&first[10..]))[..], &first[..]);
+        let usage = b"data: {\"choices\" : [],\r\ndata: \"usage\":{\"prompt_tokens\":1}}\r\n\r\ndata: [DONE]\r\n\r\n";
+        assert_eq!(&s.filter(Bytes::from_static(usage))[..], b"data: [DONE]\r\n\r\n");
+        assert_eq!(s.finish(), Bytes::new());
+        assert!(!is_usage_only(b"data: {\"choices\":[],\"usage\":null}\n\n"));
+        assert!(is_usage_only(b"data: {\"usage\":{\"prompt_tokens\":1}}"));
+        // Past an oversized event, bytes pass as they are.
+        let mut s = UsageStripper::default();
+        let big = Bytes::from(vec![b'x'; MAX_EVENT + 1]);
+        assert_eq!(s.filter(big.clone()), big);
+        let usage = Bytes::from_static(b"\n\ndata: {\"choices\":[],\"usage\":{\"prompt_tokens\":1}}\n\n");
+        assert_eq!(s.filter(usage.clone()), usage);
+    }
+
+    #[test]
+    fn watch_keeps_what_else_was_generated() {
+        let mut w = StreamWatch::default();
+        w.observe(br#"{"choices":[{"index":0,"delta":{"content":"a"}},{"index":1,"delta":{"content":"b"}}]}"#);
+        w.observe(br#"{"choices":[{"index":0,"delta":{"reasoning_content":"hm","refusal":"no"}}]}"#);
+        let call = br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":"{\"x\""}},{"index":1,"function":{"arguments":":1}"}}]}}]}"#;
+        w.observe(call);
+        w.observe(br#"{"choices":[{"index":0,"delta":{"function_call":{"arguments":"!"}}}]}"#);
+        assert_eq!(w.text, "a");
+        assert_eq!(w.other_text, "bnohmf{\"x\":1}!");
+        assert!(w.tool_calls);
+        // Odd tool-call shapes are no reason to call the chunk malformed.
+        for odd in [
+            &br#"[{"index":0}]"#[..],
+            br#"{"a":1}"#,
+            b"7",
+            br#"[{"function":{"name":3}}]"#,
+        ] {
+            let chunk = [&br#"{"choices":[{"index":0,"delta":{"tool_calls":"#[..], odd, b"}}]}"].concat();
+            assert_eq!(w.observe(&chunk), Seen::Content, "{}", String::from_utf8_lossy(odd));
+        }
+        assert_eq!(w.other_text, "bnohmf{\"x\":1}!");
+    }
+
+    #[test]
     fn watch_flags_tools_errors_and_garbage() {
         let mut w = StreamWatch::default();
         let tool = br#"{"choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"t","function":{"name":"f","arguments":""}}]}}]}"#;
@@ -544,5 +723,88 @@ mod tests {
         let two = br#"{"choices":[{"index":1,"delta":{"content":"x"}}]}"#;
         assert_eq!(w.observe(two), Seen::Content);
         assert!(w.not_continuable);
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use super::*;
+    use crate::llm::usage::SseUsage;
+    use proptest::collection::vec;
+    use proptest::prelude::*;
+
+    /// An SSE stream of content chunks, a usage-only chunk and `[DONE]`,
+    /// with the given line end, and the same stream without the usage chunk.
+    fn stream(contents: &[String], usage: (u64, u64), eol: &str) -> (Vec<u8>, Vec<u8>) {
+        let mut with = String::new();
+        for c in contents {
+            let chunk = serde_json::json!({"choices": [{"index": 0, "delta": {"content": c}}]});
+            with.push_str(&format!("data: {chunk}{eol}{eol}"));
+        }
+        let without = format!("{with}data: [DONE]{eol}{eol}");
+        // Spaces where a string match on `"choices":[]` would miss it.
+        with.push_str(&format!(
+            "data: {{\"choices\": [ ], \"usage\": {{\"prompt_tokens\": {}, \"completion_tokens\": {}}}}}{eol}{eol}",
+            usage.0, usage.1
+        ));
+        with.push_str(&format!("data: [DONE]{eol}{eol}"));
+        (with.into_bytes(), without.into_bytes())
+    }
+
+    /// `s` cut into pieces at the given points.
+    fn pieces(s: &[u8], cuts: &[usize]) -> Vec<Bytes> {
+        let mut at: Vec<usize> = cuts.iter().map(|c| c % (s.len() + 1)).collect();
+        at.sort_unstable();
+        let mut out = Vec::new();
+        let mut from = 0;
+        for c in at.into_iter().chain([s.len()]) {
+            out.push(Bytes::copy_from_slice(&s[from..c]));
+            from = c;
+        }
+        out
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(5_000))]
+
+        /// Arbitrary bytes in arbitrary chunks: no panic anywhere usage is read.
+        #[test]
+        fn sse_readers_never_panic(chunks in vec(vec(any::<u8>(), 0..64), 0..8)) {
+            let mut reader = SseUsage::default();
+            let mut strip = UsageStripper::default();
+            let mut all = Vec::new();
+            for c in &chunks {
+                reader.feed(c);
+                let _ = strip.filter(Bytes::copy_from_slice(c));
+                all.extend_from_slice(c);
+            }
+            let _ = strip.finish();
+            let _ = reader.finish();
+            let _ = crate::llm::assemble_stream(&all);
+        }
+
+        /// However a stream is cut into chunks, and whatever its line ends,
+        /// the usage found is the same, and stripping removes exactly the
+        /// usage event, every other byte kept.
+        #[test]
+        fn chunking_changes_nothing(
+            contents in vec("[a-z \\n\"{}\\[\\]]{0,12}", 0..6),
+            usage in (0u64..1_000_000, 0u64..1_000_000),
+            cuts in vec(any::<usize>(), 0..8),
+            eol in prop_oneof![Just("\n"), Just("\r\n"), Just("\r")],
+        ) {
+            let (s, expected) = stream(&contents, usage, eol);
+            let mut reader = SseUsage::default();
+            let mut strip = UsageStripper::default();
+            let mut out = Vec::new();
+            for p in pieces(&s, &cuts) {
+                reader.feed(&p);
+                out.extend_from_slice(&strip.filter(p));
+            }
+            out.extend_from_slice(&strip.finish());
+            let u = reader.finish().expect("usage found");
+            prop_assert_eq!((u.prompt_tokens, u.completion_tokens), usage);
+            prop_assert_eq!(out, expected);
+        }
     }
 }

@@ -7,7 +7,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{
-    AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER, TRANSFER_ENCODING,
+    ACCEPT_ENCODING, AUTHORIZATION, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_LENGTH, CONTENT_TYPE, EXPECT, RETRY_AFTER,
+    TRANSFER_ENCODING, VARY,
 };
 use http::{HeaderName, HeaderValue, Version};
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ReusedHttpStream};
@@ -18,7 +19,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::behaviour::{parse_config_update, Behaviour, InFlight, Settings, MAX_DELAY};
+use super::behaviour::{parse_config_update, Behaviour, Generated, InFlight, Settings, MAX_DELAY};
 use super::completions::{prefill_words, Generation, Kind};
 use super::embeddings::embeddings_answer;
 use super::errors::{
@@ -26,9 +27,10 @@ use super::errors::{
     prefill_unsupported,
 };
 use super::faults::{parse_spec, CliFaults, Fault, FaultSpec, StreamBreak};
-use super::options::{fault_header_name, MockOptions};
+use super::options::{fault_header_name, Gzip, MockOptions};
+use super::responses::ResponsePlan;
 use super::routes::{route, Api, Route};
-use super::sse::{sse_event, TokenEvents, SSE_DONE};
+use super::sse::{gzip, sse_event, Framing, TokenEvents, SSE_DONE};
 
 const JSON: &str = "application/json";
 const EVENT_STREAM: &str = "text/event-stream";
@@ -46,6 +48,8 @@ struct Echo {
     authorization: HeaderValue,
     request_id: HeaderValue,
     model: HeaderValue,
+    /// Its 200 answer goes out gzip-compressed (`--gzip`).
+    gzip: bool,
 }
 
 impl Echo {
@@ -63,6 +67,7 @@ impl Echo {
             authorization: header(AUTHORIZATION.as_str()),
             request_id: header("x-request-id"),
             model: HeaderValue::from_static("none"),
+            gzip: false,
         }
     }
 
@@ -70,6 +75,22 @@ impl Echo {
         // A model name with control characters cannot be a header value.
         self.model = HeaderValue::from_bytes(model.as_bytes()).unwrap_or_else(|_| HeaderValue::from_static("invalid"));
     }
+}
+
+/// Whether a request's `Accept-Encoding` allows gzip (named without `q=0`).
+fn accepts_gzip(request: &RequestHeader) -> bool {
+    request.headers.get_all(ACCEPT_ENCODING).iter().any(|v| {
+        v.as_bytes().split(|b| *b == b',').any(|coding| {
+            let mut parts = coding.split(|b| *b == b';');
+            let name = parts.next().unwrap_or_default().trim_ascii();
+            let refused = parts.any(|p| {
+                let p = p.trim_ascii();
+                p.strip_prefix(b"q=")
+                    .is_some_and(|q| q.iter().all(|b| matches!(b, b'0' | b'.')))
+            });
+            name.eq_ignore_ascii_case(b"gzip") && !refused
+        })
+    })
 }
 
 /// A fully read request body and its SHA-256.
@@ -110,6 +131,8 @@ pub struct MockApp {
     listen: HeaderValue,
     faults: CliFaults,
     fault_header: HeaderName,
+    gzip: Option<Gzip>,
+    crlf: bool,
 }
 
 impl MockApp {
@@ -124,6 +147,8 @@ impl MockApp {
             listen,
             faults,
             fault_header: fault_header_name(&opts.fault_header)?,
+            gzip: opts.gzip,
+            crlf: opts.crlf,
         })
     }
 
@@ -199,6 +224,11 @@ impl MockApp {
             return Ending::Close;
         };
         let mut echo = Echo::new(session.req_header(), &body);
+        echo.gzip = match self.gzip {
+            None => false,
+            Some(Gzip::Always) => true,
+            Some(Gzip::Requested) => accepts_gzip(session.req_header()),
+        };
         let settings = self.behaviour.settings();
         let header_spec = match self.header_fault(session.req_header()) {
             Ok(spec) => spec,
@@ -260,10 +290,16 @@ impl MockApp {
                 let kind = if api == Api::Chat { Kind::Chat } else { Kind::Text };
                 self.complete(session, &echo, kind, &request, &settings, fault).await
             }
+            Api::Responses => self.respond_to(session, &echo, &request, &settings, fault).await,
             Api::Embeddings => match embeddings_answer(&request, model) {
                 Ok(answer) => {
                     // Embeddings have latency but no decoding phase.
                     pause(fault.and_then(Fault::first_token_delay).unwrap_or(settings.ttft)).await;
+                    let mut tally = self.behaviour.generated();
+                    tally.prompt = answer
+                        .pointer("/usage/prompt_tokens")
+                        .and_then(Value::as_u64)
+                        .unwrap_or(0);
                     self.answer(session, &echo, &answer, fault).await
                 }
                 Err(message) => {
@@ -300,14 +336,15 @@ impl MockApp {
         if generation.prefill {
             self.behaviour.prefilled();
         }
+        let mut tally = self.behaviour.generated();
         let ending = if generation.stream {
-            self.stream(session, echo, &generation, settings, fault).await
+            self.stream(session, echo, &generation, settings, fault, &mut tally)
+                .await
         } else {
-            let wait = match fault.and_then(Fault::first_token_delay) {
-                Some(delay) => (delay + settings.decode_time(generation.tokens)).min(MAX_DELAY),
-                None => settings.generation_time(generation.tokens),
-            };
-            pause(wait).await;
+            pause(answer_time(settings, fault, generation.tokens)).await;
+            // Generated whole, whatever becomes of the answer.
+            tally.prompt = generation.prompt_tokens;
+            tally.completion = generation.completion_tokens();
             self.answer(session, echo, &generation.full_answer(), fault).await
         };
         // A stream that a fault ends early may end cleanly, yet it is not a full answer.
@@ -424,10 +461,20 @@ impl MockApp {
         body: &Value,
         retry_after: Option<&str>,
     ) -> Ending {
-        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
-        let Ok(header) = self.json_header(status, echo, body.len(), retry_after) else {
+        let mut body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let compress = status == 200 && echo.is_some_and(|e| e.gzip);
+        if compress {
+            body = gzip(&body);
+        }
+        let Ok(mut header) = self.json_header(status, echo, body.len(), retry_after) else {
             return Ending::Close;
         };
+        if compress
+            && (header.insert_header(CONTENT_ENCODING, "gzip").is_err()
+                || header.append_header(VARY, "accept-encoding").is_err())
+        {
+            return Ending::Close;
+        }
         Ending::of(
             session.write_response_header(Box::new(header)).await.is_ok()
                 && session.write_response_body(body, true).await.is_ok(),
@@ -461,10 +508,43 @@ impl MockApp {
         ending
     }
 
+    /// Send the header of an event stream, after `--ttft` unless a fault
+    /// delays the first token instead. `None`: the client is gone.
+    async fn open_stream(
+        &self,
+        session: &mut ServerSession,
+        echo: &Echo,
+        settings: &Settings,
+        fault: Option<Fault>,
+    ) -> Option<Framing> {
+        if fault.and_then(Fault::first_token_delay).is_none() {
+            // Headers go out with the first event, so time to first byte == ttft.
+            pause(settings.ttft).await;
+        }
+        let mut header = self.header(200, EVENT_STREAM, Some(echo)).ok()?;
+        header.insert_header(CACHE_CONTROL, "no-cache").ok()?;
+        if echo.gzip {
+            header.insert_header(CONTENT_ENCODING, "gzip").ok()?;
+        }
+        let http11 = session.req_header().version == Version::HTTP_11;
+        if !session.is_http2() {
+            if http11 {
+                header.insert_header(TRANSFER_ENCODING, "chunked").ok()?;
+            } else {
+                // HTTP/1.0 has no chunked encoding: the body ends with the connection.
+                session.set_keepalive(None);
+            }
+        }
+        session.write_response_header(Box::new(header)).await.ok()?;
+        Some(Framing::new(self.crlf, echo.gzip))
+    }
+
     /// Stream a generation as server-sent events, one write per event, so
-    /// the gateway sees tokens exactly when they are "generated". Ends
-    /// `Close` as soon as a write fails (client gone), or where `fault`
-    /// breaks the stream.
+    /// the gateway sees tokens exactly when they are "generated" (with `n`
+    /// choices, one event per choice per token). Ends `Close` as soon as a
+    /// write fails (client gone), or where `fault` breaks the stream.
+    /// `tally` counts the prompt once the stream starts and each token
+    /// event written.
     async fn stream(
         &self,
         session: &mut ServerSession,
@@ -472,39 +552,20 @@ impl MockApp {
         generation: &Generation,
         settings: &Settings,
         fault: Option<Fault>,
+        tally: &mut Generated<'_>,
     ) -> Ending {
-        let first_token_delay = fault.and_then(Fault::first_token_delay);
-        if first_token_delay.is_none() {
-            // Headers go out with the first event, so time to first byte == ttft.
-            pause(settings.ttft).await;
-        }
-        let Ok(mut header) = self.header(200, EVENT_STREAM, Some(echo)) else {
+        let Some(mut out) = self.open_stream(session, echo, settings, fault).await else {
             return Ending::Close;
         };
-        if header.insert_header(CACHE_CONTROL, "no-cache").is_err() {
-            return Ending::Close;
-        }
-        let http11 = session.req_header().version == Version::HTTP_11;
-        if !session.is_http2() {
-            if http11 {
-                if header.insert_header(TRANSFER_ENCODING, "chunked").is_err() {
+        tally.prompt = generation.prompt_tokens;
+        for choice in 0..generation.choices {
+            if let Some(role) = generation.role_chunk(choice) {
+                if !send_event(session, out.event(sse_event(&role))).await {
                     return Ending::Close;
                 }
-            } else {
-                // HTTP/1.0 has no chunked encoding: the body ends with the connection.
-                session.set_keepalive(None);
             }
         }
-        if session.write_response_header(Box::new(header)).await.is_err() {
-            return Ending::Close;
-        }
-
-        if let Some(role) = generation.role_chunk() {
-            if !send_event(session, sse_event(&role)).await {
-                return Ending::Close;
-            }
-        }
-        if let Some(delay) = first_token_delay {
+        if let Some(delay) = fault.and_then(Fault::first_token_delay) {
             // The header and the role chunk are out: only the first token is
             // late. A client that leaves meanwhile ends the exchange at once.
             tokio::select! {
@@ -512,45 +573,160 @@ impl MockApp {
                 _ = session.read_body_or_idle(true) => return Ending::Close,
             }
         }
-        let start = tokio::time::Instant::now();
-        let interval = settings.token_interval();
+        let pace = Pace::new(settings);
         let tokens = TokenEvents::new(generation);
         let stop = fault.and_then(Fault::stream_break);
         for (sent, index) in (0u32..).zip(generation.indices()) {
             if let Some((after, how)) = stop {
                 if sent == after {
-                    return break_stream(session, how).await;
+                    return break_stream(session, how, &mut out).await;
                 }
             }
-            if let (Some(interval), true) = (interval, sent > 0) {
-                // Deadlines from the start, so sleep overshoot does not accumulate.
-                let deadline = start + (interval * sent).min(MAX_DELAY);
-                if deadline > tokio::time::Instant::now() {
-                    tokio::time::sleep_until(deadline).await;
+            pace.wait(sent).await;
+            for choice in 0..generation.choices {
+                if !send_event(session, out.event(tokens.event(generation, choice, index))).await {
+                    return Ending::Close;
                 }
-            }
-            if !send_event(session, tokens.event(generation, index)).await {
-                return Ending::Close;
+                tally.completion += 1;
             }
         }
         if let Some((_, how)) = stop {
             // `after` is at least the tokens generated: break after the last one.
-            return break_stream(session, how).await;
+            return break_stream(session, how, &mut out).await;
         }
-        if !send_event(session, sse_event(&generation.finish_chunk())).await {
-            return Ending::Close;
-        }
-        if let Some(usage) = generation.usage_chunk() {
-            if !send_event(session, sse_event(&usage)).await {
+        for choice in 0..generation.choices {
+            if !send_event(session, out.event(sse_event(&generation.finish_chunk(choice)))).await {
                 return Ending::Close;
             }
         }
-        Ending::of(
-            session
-                .write_response_body(Bytes::from_static(SSE_DONE), true)
+        if let Some(usage) = generation.usage_chunk() {
+            if !send_event(session, out.event(sse_event(&usage))).await {
+                return Ending::Close;
+            }
+        }
+        let mut last = BytesMut::from(&out.event(Bytes::from_static(SSE_DONE))[..]);
+        last.extend_from_slice(&out.end());
+        Ending::of(session.write_response_body(last.freeze(), true).await.is_ok())
+    }
+
+    /// Answer a Responses API request, streamed or not, shaped by `fault`.
+    async fn respond_to(
+        &self,
+        session: &mut ServerSession,
+        echo: &Echo,
+        request: &Value,
+        settings: &Settings,
+        fault: Option<Fault>,
+    ) -> Ending {
+        let model = request.get("model").and_then(Value::as_str).unwrap_or("");
+        let plan = ResponsePlan::plan(
+            request,
+            model,
+            settings.completion_tokens,
+            self.behaviour.next_id(),
+            unix_now(),
+        );
+        let mut tally = self.behaviour.generated();
+        let ending = if plan.stream {
+            self.stream_response(session, echo, &plan, settings, fault, &mut tally)
                 .await
-                .is_ok(),
-        )
+        } else {
+            pause(answer_time(settings, fault, plan.tokens)).await;
+            tally.prompt = plan.input_tokens;
+            tally.completion = u64::from(plan.tokens);
+            self.answer(session, echo, &plan.full_answer(), fault).await
+        };
+        let broken = plan.stream && fault.and_then(Fault::stream_break).is_some();
+        if ending == Ending::Reuse && !broken {
+            self.behaviour.completed();
+        }
+        ending
+    }
+
+    /// Stream a Responses API answer: its opening events, one delta per
+    /// token (paced like a chat stream, broken where `fault` says), its
+    /// closing events with `response.completed` last.
+    async fn stream_response(
+        &self,
+        session: &mut ServerSession,
+        echo: &Echo,
+        plan: &ResponsePlan,
+        settings: &Settings,
+        fault: Option<Fault>,
+        tally: &mut Generated<'_>,
+    ) -> Ending {
+        let Some(mut out) = self.open_stream(session, echo, settings, fault).await else {
+            return Ending::Close;
+        };
+        tally.prompt = plan.input_tokens;
+        for event in plan.opening_events() {
+            if !send_event(session, out.event(event)).await {
+                return Ending::Close;
+            }
+        }
+        if let Some(delay) = fault.and_then(Fault::first_token_delay) {
+            tokio::select! {
+                _ = pause(delay) => {}
+                _ = session.read_body_or_idle(true) => return Ending::Close,
+            }
+        }
+        let pace = Pace::new(settings);
+        let stop = fault.and_then(Fault::stream_break);
+        for (sent, index) in (0u32..).zip(plan.indices()) {
+            if let Some((after, how)) = stop {
+                if sent == after {
+                    return break_stream(session, how, &mut out).await;
+                }
+            }
+            pace.wait(sent).await;
+            if !send_event(session, out.event(plan.delta_event(sent, index))).await {
+                return Ending::Close;
+            }
+            tally.completion += 1;
+        }
+        if let Some((_, how)) = stop {
+            return break_stream(session, how, &mut out).await;
+        }
+        let mut last = BytesMut::new();
+        for event in plan.closing_events() {
+            last.extend_from_slice(&out.event(event));
+        }
+        last.extend_from_slice(&out.end());
+        Ending::of(session.write_response_body(last.freeze(), true).await.is_ok())
+    }
+}
+
+/// How long a non-streamed answer of `tokens` takes, a fault's first-token delay included.
+fn answer_time(settings: &Settings, fault: Option<Fault>, tokens: u32) -> Duration {
+    match fault.and_then(Fault::first_token_delay) {
+        Some(delay) => (delay + settings.decode_time(tokens)).min(MAX_DELAY),
+        None => settings.generation_time(tokens),
+    }
+}
+
+/// Token deadlines of one stream, from its start, so sleep overshoot does
+/// not accumulate.
+struct Pace {
+    start: tokio::time::Instant,
+    interval: Option<Duration>,
+}
+
+impl Pace {
+    fn new(settings: &Settings) -> Self {
+        Pace {
+            start: tokio::time::Instant::now(),
+            interval: settings.token_interval(),
+        }
+    }
+
+    /// Wait until token step `sent` is due (the first at once).
+    async fn wait(&self, sent: u32) {
+        if let (Some(interval), true) = (self.interval, sent > 0) {
+            let deadline = self.start + (interval * sent).min(MAX_DELAY);
+            if deadline > tokio::time::Instant::now() {
+                tokio::time::sleep_until(deadline).await;
+            }
+        }
     }
 }
 
@@ -589,24 +765,24 @@ async fn send_event(session: &mut ServerSession, event: Bytes) -> bool {
 }
 
 /// End a stream where a fault breaks it.
-async fn break_stream(session: &mut ServerSession, how: StreamBreak) -> Ending {
+async fn break_stream(session: &mut ServerSession, how: StreamBreak, out: &mut Framing) -> Ending {
     match how {
         StreamBreak::Cut => Ending::Cut,
         StreamBreak::Stall => Ending::Hold,
-        StreamBreak::NoDone => end_body(session).await,
+        StreamBreak::NoDone => end_body(session, out).await,
         StreamBreak::Malformed => {
-            if !send_event(session, Bytes::from_static(MALFORMED_EVENT)).await {
+            if !send_event(session, out.event(Bytes::from_static(MALFORMED_EVENT))).await {
                 return Ending::Close;
             }
-            end_body(session).await
+            end_body(session, out).await
         }
     }
 }
 
 /// End the body cleanly where it stands: the terminating chunk (HTTP/1.1)
 /// or the end of the stream, with no finish chunk and no `[DONE]`.
-async fn end_body(session: &mut ServerSession) -> Ending {
-    Ending::of(session.write_response_body(Bytes::new(), true).await.is_ok())
+async fn end_body(session: &mut ServerSession, out: &mut Framing) -> Ending {
+    Ending::of(session.write_response_body(out.end(), true).await.is_ok())
 }
 
 /// Leave the connection of an exchange a fault ends: push out what was

@@ -132,6 +132,9 @@ pub(super) struct Behaviour {
     max_in_flight: AtomicU64,
     completions: AtomicU64,
     prefills: AtomicU64,
+    /// Tokens generated: prompts read and completion tokens written.
+    generated_prompt: AtomicU64,
+    generated_completion: AtomicU64,
     next_id: AtomicU64,
     faults: FaultBook,
 }
@@ -150,6 +153,8 @@ impl Behaviour {
             max_in_flight: AtomicU64::new(0),
             completions: AtomicU64::new(0),
             prefills: AtomicU64::new(0),
+            generated_prompt: AtomicU64::new(0),
+            generated_completion: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             faults: FaultBook::new(faults, Instant::now()),
         }
@@ -199,6 +204,18 @@ impl Behaviour {
         self.completions.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// A tally of the tokens one answer generates, added to the stats when
+    /// it drops: whatever way the answer ends (a client gone mid-stream
+    /// too), what was generated counts, with two atomic adds per answer
+    /// rather than one per token.
+    pub(super) fn generated(&self) -> Generated<'_> {
+        Generated {
+            behaviour: self,
+            prompt: 0,
+            completion: 0,
+        }
+    }
+
     /// Count a chat completion that continues an assistant prefill.
     pub(super) fn prefilled(&self) {
         self.prefills.fetch_add(1, Ordering::Relaxed);
@@ -223,6 +240,10 @@ impl Behaviour {
             "completions": self.completions.load(Ordering::Relaxed),
             "prefills": self.prefills.load(Ordering::Relaxed),
             "faults": self.faults.to_json(),
+            "usage": {
+                "prompt_tokens": self.generated_prompt.load(Ordering::Relaxed),
+                "completion_tokens": self.generated_completion.load(Ordering::Relaxed),
+            },
         })
     }
 
@@ -234,6 +255,8 @@ impl Behaviour {
         self.requests.store(0, Ordering::Relaxed);
         self.completions.store(0, Ordering::Relaxed);
         self.prefills.store(0, Ordering::Relaxed);
+        self.generated_prompt.store(0, Ordering::Relaxed);
+        self.generated_completion.store(0, Ordering::Relaxed);
         self.faults.reset(Instant::now());
         self.max_in_flight
             .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -242,6 +265,28 @@ impl Behaviour {
 
 fn duration_us(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
+/// Tokens one answer generated so far; see [`Behaviour::generated`].
+pub(super) struct Generated<'a> {
+    behaviour: &'a Behaviour,
+    pub(super) prompt: u64,
+    pub(super) completion: u64,
+}
+
+impl Drop for Generated<'_> {
+    fn drop(&mut self) {
+        if self.prompt > 0 {
+            self.behaviour
+                .generated_prompt
+                .fetch_add(self.prompt, Ordering::Relaxed);
+        }
+        if self.completion > 0 {
+            self.behaviour
+                .generated_completion
+                .fetch_add(self.completion, Ordering::Relaxed);
+        }
+    }
 }
 
 /// Guard of one in-flight API request.
@@ -313,6 +358,9 @@ mod tests {
             behaviour.prefilled();
             let spec = super::super::faults::parse_spec("reset").expect("valid");
             assert_eq!(behaviour.record_fault(&spec), Ok(true));
+            let mut g = behaviour.generated();
+            g.prompt += 5;
+            g.completion += 7;
         }
         let _c = behaviour.begin_request();
         assert_eq!(
@@ -320,6 +368,7 @@ mod tests {
             json!({
                 "requests": 3, "in_flight": 1, "max_in_flight": 2, "completions": 1,
                 "prefills": 1, "faults": {"reset": 1},
+                "usage": {"prompt_tokens": 5, "completion_tokens": 7},
             })
         );
         behaviour.reset_stats();
@@ -328,6 +377,7 @@ mod tests {
             json!({
                 "requests": 0, "in_flight": 1, "max_in_flight": 1, "completions": 0,
                 "prefills": 0, "faults": {},
+                "usage": {"prompt_tokens": 0, "completion_tokens": 0},
             })
         );
     }

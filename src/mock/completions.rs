@@ -56,6 +56,17 @@ pub(super) fn prefill_words(request: &Value) -> Option<u64> {
     (last.get("role")?.as_str()? == "assistant").then(|| last.get("content").map_or(0, content_words))
 }
 
+/// Choices asked for (`n`): 1 when absent or not a number, at most 128 (OpenAI's limit).
+fn requested_choices(request: &Value) -> u32 {
+    request
+        .get("n")
+        .and_then(Value::as_u64)
+        .map_or(1, |n| n.clamp(1, MAX_CHOICES as u64) as u32)
+}
+
+/// OpenAI's largest `n`.
+const MAX_CHOICES: u32 = 128;
+
 /// The smaller of `max_tokens` / `max_completion_tokens`, when present.
 fn requested_max_tokens(request: &Value) -> Option<u64> {
     ["max_tokens", "max_completion_tokens"]
@@ -114,8 +125,10 @@ pub(super) struct Generation {
     /// Index of the first token generated: the words of an assistant prefill
     /// (0 without one), so the answer continues `tok0 … tok{first-1}`.
     pub(super) first: u32,
-    /// Tokens generated (a continuation counts only its own).
+    /// Tokens generated per choice (a continuation counts only its own).
     pub(super) tokens: u32,
+    /// Choices (`n`): each generates `tokens`; usage counts them all.
+    pub(super) choices: u32,
     /// Whether the answer continues an assistant prefill.
     pub(super) prefill: bool,
     pub(super) finish_reason: &'static str,
@@ -169,6 +182,7 @@ impl Generation {
         let forced = tool.is_some();
         Generation {
             tool,
+            choices: requested_choices(request),
             kind,
             id,
             created,
@@ -195,56 +209,56 @@ impl Generation {
         self.first..self.first + self.tokens
     }
 
+    /// Completion tokens of all choices.
+    pub(super) fn completion_tokens(&self) -> u64 {
+        u64::from(self.tokens) * u64::from(self.choices)
+    }
+
     fn usage(&self) -> Value {
         json!({
             "prompt_tokens": self.prompt_tokens,
-            "completion_tokens": self.tokens,
-            "total_tokens": self.prompt_tokens + u64::from(self.tokens),
+            "completion_tokens": self.completion_tokens(),
+            "total_tokens": self.prompt_tokens + self.completion_tokens(),
         })
     }
 
-    /// The non-streamed answer.
+    /// The non-streamed answer: `choices` alike choices.
     pub(super) fn full_answer(&self) -> Value {
         let text = tokens_text(self.indices());
-        let (object, choice) = match self.kind {
-            Kind::Chat if self.tool.is_some() => (
-                "chat.completion",
-                json!({
-                    "index": 0,
-                    "message": {"role": "assistant", "content": null, "tool_calls": [{
-                        "id": self.call_id(),
-                        "type": "function",
-                        "function": {"name": self.tool, "arguments": format!("{ARGS_OPEN}{text}{ARGS_CLOSE}")},
-                    }]},
-                    "logprobs": null,
-                    "finish_reason": self.finish_reason,
-                }),
-            ),
-            Kind::Chat => (
-                "chat.completion",
-                json!({
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "logprobs": null,
-                    "finish_reason": self.finish_reason,
-                }),
-            ),
-            Kind::Text => (
-                "text_completion",
-                json!({
-                    "index": 0,
-                    "text": text,
-                    "logprobs": null,
-                    "finish_reason": self.finish_reason,
-                }),
-            ),
+        let choice = |index: u32| match self.kind {
+            Kind::Chat if self.tool.is_some() => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": null, "tool_calls": [{
+                    "id": self.call_id(index),
+                    "type": "function",
+                    "function": {"name": self.tool, "arguments": format!("{ARGS_OPEN}{text}{ARGS_CLOSE}")},
+                }]},
+                "logprobs": null,
+                "finish_reason": self.finish_reason,
+            }),
+            Kind::Chat => json!({
+                "index": index,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": self.finish_reason,
+            }),
+            Kind::Text => json!({
+                "index": index,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": self.finish_reason,
+            }),
+        };
+        let object = match self.kind {
+            Kind::Chat => "chat.completion",
+            Kind::Text => "text_completion",
         };
         json!({
             "id": self.id,
             "object": object,
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "choices": (0..self.choices).map(choice).collect::<Vec<_>>(),
             "usage": self.usage(),
         })
     }
@@ -269,19 +283,23 @@ impl Generation {
         chunk
     }
 
-    fn call_id(&self) -> String {
-        format!("call_{}", self.id)
+    /// The id of choice `choice`'s tool call.
+    fn call_id(&self, choice: u32) -> String {
+        match choice {
+            0 => format!("call_{}", self.id),
+            c => format!("call_{}_{c}", self.id),
+        }
     }
 
-    /// The first chat chunk announcing the assistant role (text completions
-    /// have none); with a forced tool, the call's id, name and the opening
-    /// of its arguments.
-    pub(super) fn role_chunk(&self) -> Option<Value> {
+    /// The first chat chunk of choice `choice`, announcing the assistant
+    /// role (text completions have none); with a forced tool, the call's
+    /// id, name and the opening of its arguments.
+    pub(super) fn role_chunk(&self, choice: u32) -> Option<Value> {
         if let (Kind::Chat, Some(name)) = (self.kind, &self.tool) {
             return Some(self.chunk(json!([{
-                "index": 0,
+                "index": choice,
                 "delta": {"role": "assistant", "content": null, "tool_calls": [{
-                    "index": 0, "id": self.call_id(), "type": "function",
+                    "index": 0, "id": self.call_id(choice), "type": "function",
                     "function": {"name": name, "arguments": ARGS_OPEN},
                 }]},
                 "finish_reason": null,
@@ -289,40 +307,42 @@ impl Generation {
         }
         (self.kind == Kind::Chat).then(|| {
             self.chunk(json!([{
-                "index": 0,
+                "index": choice,
                 "delta": {"role": "assistant", "content": ""},
                 "finish_reason": null,
             }]))
         })
     }
 
-    /// The chunk carrying token `index`.
-    pub(super) fn token_chunk(&self, index: u32) -> Value {
-        self.piece_chunk(&token_piece(index), None)
+    /// The chunk carrying token `index` of choice `choice`.
+    pub(super) fn token_chunk(&self, choice: u32, index: u32) -> Value {
+        self.piece_chunk(choice, &token_piece(index), None)
     }
 
-    /// The chunk carrying the finish reason.
-    pub(super) fn finish_chunk(&self) -> Value {
-        self.piece_chunk("", Some(self.finish_reason))
+    /// The chunk carrying choice `choice`'s finish reason.
+    pub(super) fn finish_chunk(&self, choice: u32) -> Value {
+        self.piece_chunk(choice, "", Some(self.finish_reason))
     }
 
-    /// A chunk carrying `piece` of text, or the end of the answer with `finish_reason`.
-    pub(super) fn piece_chunk(&self, piece: &str, finish_reason: Option<&str>) -> Value {
+    /// A chunk of choice `choice` carrying `piece` of text, or the end of
+    /// its answer with `finish_reason`.
+    pub(super) fn piece_chunk(&self, choice: u32, piece: &str, finish_reason: Option<&str>) -> Value {
+        let c = choice;
         let choice = match (self.kind, finish_reason) {
             (Kind::Chat, None) if self.tool.is_some() => {
-                json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "finish_reason": null})
+                json!({"index": c, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}, "finish_reason": null})
             }
             (Kind::Chat, Some(reason)) if self.tool.is_some() => {
-                json!({"index": 0, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ARGS_CLOSE}}]}, "finish_reason": reason})
+                json!({"index": c, "delta": {"tool_calls": [{"index": 0, "function": {"arguments": ARGS_CLOSE}}]}, "finish_reason": reason})
             }
             (Kind::Chat, None) => {
-                json!({"index": 0, "delta": {"content": piece}, "finish_reason": null})
+                json!({"index": c, "delta": {"content": piece}, "finish_reason": null})
             }
             (Kind::Chat, Some(reason)) => {
-                json!({"index": 0, "delta": {}, "finish_reason": reason})
+                json!({"index": c, "delta": {}, "finish_reason": reason})
             }
             (Kind::Text, reason) => {
-                json!({"index": 0, "text": piece, "logprobs": null, "finish_reason": reason})
+                json!({"index": c, "text": piece, "logprobs": null, "finish_reason": reason})
             }
         };
         self.chunk(json!([choice]))
@@ -433,7 +453,7 @@ mod tests {
         );
         let pieces: String = g.indices().map(token_piece).collect();
         assert_eq!(pieces, continuation);
-        assert_eq!(g.token_chunk(3)["choices"][0]["delta"]["content"], " tok3");
+        assert_eq!(g.token_chunk(0, 3)["choices"][0]["delta"]["content"], " tok3");
     }
 
     #[test]
@@ -449,16 +469,16 @@ mod tests {
         assert_eq!(call["function"]["arguments"], r#"{"text":"tok0 tok1 tok2"}"#);
         assert_eq!(answer["choices"][0]["finish_reason"], "tool_calls");
         // Streamed: the role chunk opens the arguments, pieces follow, the finish closes them.
-        let mut args = g.role_chunk().unwrap()["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+        let mut args = g.role_chunk(0).unwrap()["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
             .as_str()
             .unwrap()
             .to_string();
         for i in g.indices() {
-            args += g.token_chunk(i)["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
+            args += g.token_chunk(0, i)["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
                 .as_str()
                 .unwrap();
         }
-        let fin = g.finish_chunk();
+        let fin = g.finish_chunk(0);
         args += fin["choices"][0]["delta"]["tool_calls"][0]["function"]["arguments"]
             .as_str()
             .unwrap();
@@ -517,13 +537,36 @@ mod tests {
     }
 
     #[test]
+    fn n_choices_and_usage_summed() {
+        let request = json!({"n": 3, "messages": [{"role": "user", "content": "x"}]});
+        let g = generation(request, Kind::Chat, 4);
+        let answer = g.full_answer();
+        let choices = answer["choices"].as_array().unwrap();
+        assert_eq!(choices.len(), 3);
+        assert_eq!(choices[2]["index"], 2);
+        assert_eq!(choices[2]["message"]["content"], "tok0 tok1 tok2 tok3");
+        assert_eq!(answer["usage"]["completion_tokens"], 12);
+        assert_eq!(g.token_chunk(2, 1)["choices"][0]["index"], 2);
+        assert_eq!(requested_choices(&json!({"n": 0})), 1);
+        assert_eq!(requested_choices(&json!({"n": 1000})), 128);
+        assert_eq!(requested_choices(&json!({"n": "2"})), 1);
+        // Tool calls get an id per choice.
+        let forced = json!({"n": 2, "tool_choice": {"type": "function", "function": {"name": "f"}}});
+        let a = generation(forced, Kind::Chat, 2).full_answer();
+        assert_ne!(
+            a["choices"][0]["message"]["tool_calls"][0]["id"],
+            a["choices"][1]["message"]["tool_calls"][0]["id"]
+        );
+    }
+
+    #[test]
     fn no_usage_chunk_unless_requested() {
         let g = generation(json!({"stream": true}), Kind::Chat, 1);
         assert!(g.usage_chunk().is_none());
-        assert!(g.token_chunk(0).get("usage").is_none());
+        assert!(g.token_chunk(0, 0).get("usage").is_none());
         let t = generation(json!({"stream": true}), Kind::Text, 2);
-        assert!(t.role_chunk().is_none());
-        assert_eq!(t.token_chunk(1)["choices"][0]["text"], " tok1");
-        assert_eq!(t.finish_chunk()["choices"][0]["finish_reason"], "stop");
+        assert!(t.role_chunk(0).is_none());
+        assert_eq!(t.token_chunk(0, 1)["choices"][0]["text"], " tok1");
+        assert_eq!(t.finish_chunk(0)["choices"][0]["finish_reason"], "stop");
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! Used by `weir demo`, integration tests and load benchmarks. It speaks just
 //! enough of the OpenAI API (`/chat/completions`, `/completions`,
-//! `/embeddings`, `/models`, under any path prefix) to exercise a gateway:
+//! `/embeddings`, `/responses`, `/models`, under any path prefix) to
+//! exercise a gateway:
 //! latency shaping (time to first token, tokens per second), failure
 //! injection that can be switched at runtime, fault modes chosen per request
 //! (`--fault [MODEL=]SPEC`, or the `x-mock-fault` header: resets, hangs, cut
@@ -20,7 +21,9 @@
 //!   `{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10,
 //!   "tokens_per_sec": 100, "completion_tokens": 16}`;
 //! - `GET /mock/stats` → `{"requests", "in_flight", "max_in_flight",
-//!   "completions", "prefills", "faults": {SPEC: requests}}`;
+//!   "completions", "prefills", "faults": {SPEC: requests},
+//!   "usage": {"prompt_tokens", "completion_tokens"}}` (the tokens it
+//!   generated, streamed ones counted as each is written);
 //! - `POST /mock/stats/reset` (also forgets the fault specs' counters).
 //!
 //! Where things live:
@@ -30,8 +33,9 @@
 //! - `app`          the Pingora application: read a request, answer it on the session
 //! - `errors`       OpenAI error envelopes, injected failures included
 //! - `faults`       the fault spec grammar, which spec a request carries, per-spec counters
-//! - `completions`  chat and text completions: token counts, answers, stream chunks, prefills
-//! - `sse`          server-sent event framing and the pre-rendered token events
+//! - `completions`  chat and text completions: token counts, answers, stream chunks, prefills, `n`
+//! - `responses`    the Responses API: the response object and its stream's events
+//! - `sse`          server-sent event framing (CRLF, gzip) and the pre-rendered token events
 //! - `embeddings`   deterministic embeddings, as floats or base64
 //! - `server`       the Pingora service (`mock_service`) and the standalone `run`
 //! - `tls`          the TLS files, checked before Pingora would panic on them
@@ -47,11 +51,12 @@ mod embeddings;
 mod errors;
 mod faults;
 mod options;
+mod responses;
 mod routes;
 mod server;
 mod sse;
 mod tls;
 
 pub use app::MockApp;
-pub use options::{parse_duration, MockOptions};
+pub use options::{parse_duration, Gzip, MockOptions};
 pub use server::{mock_service, run};

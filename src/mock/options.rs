@@ -47,6 +47,22 @@ pub struct MockOptions {
     /// Request header carrying a fault SPEC for that request (wins over --fault)
     #[arg(long, default_value = DEFAULT_FAULT_HEADER)]
     pub fault_header: String,
+    /// Gzip 200 answers (JSON and streams): `--gzip` when the request's
+    /// Accept-Encoding allows gzip, `--gzip=always` whatever it says
+    #[arg(long, value_enum, num_args = 0..=1, require_equals = true, default_missing_value = "requested")]
+    pub gzip: Option<Gzip>,
+    /// Write server-sent events with CRLF line ends
+    #[arg(long)]
+    pub crlf: bool,
+}
+
+/// When `--gzip` compresses an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Gzip {
+    /// When the request's `Accept-Encoding` allows gzip.
+    Requested,
+    /// Always, as a provider that ignores `Accept-Encoding` would.
+    Always,
 }
 
 /// The header a client names a fault in, unless `--fault-header` says otherwise.
@@ -68,6 +84,8 @@ impl Default for MockOptions {
             threads: 1,
             faults: Vec::new(),
             fault_header: DEFAULT_FAULT_HEADER.to_string(),
+            gzip: None,
+            crlf: false,
         }
     }
 }

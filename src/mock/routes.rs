@@ -8,6 +8,7 @@ pub(super) enum Api {
     Chat,
     Completions,
     Embeddings,
+    Responses,
     Models,
 }
 
@@ -38,6 +39,7 @@ pub(super) fn route(method: &Method, path: &str) -> Route {
             p if p.ends_with("/chat/completions") => Route::Api(Api::Chat),
             p if p.ends_with("/completions") => Route::Api(Api::Completions),
             p if p.ends_with("/embeddings") => Route::Api(Api::Embeddings),
+            p if p.ends_with("/responses") => Route::Api(Api::Responses),
             _ => Route::NotFound,
         },
         _ => Route::NotFound,
@@ -57,6 +59,7 @@ mod tests {
         );
         assert_eq!(route(&Method::POST, "/completions"), Route::Api(Api::Completions));
         assert_eq!(route(&Method::POST, "/v1/embeddings"), Route::Api(Api::Embeddings));
+        assert_eq!(route(&Method::POST, "/v1/responses"), Route::Api(Api::Responses));
         assert_eq!(route(&Method::GET, "/v1/models"), Route::Api(Api::Models));
         assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::NotFound);
         assert_eq!(route(&Method::POST, "/v1/xcompletions"), Route::NotFound);

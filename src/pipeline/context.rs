@@ -91,6 +91,9 @@ pub struct RequestCtx {
     pub candidates: Vec<Arc<Provider>>,
     /// The provider that answered (or was last tried).
     pub provider: Option<Arc<Provider>>,
+    /// The public model that answered, when not the one asked for (a
+    /// `context_length_exceeded` answer sent the request to a larger one).
+    pub served_model: Option<String>,
     /// Status sent to the client (0 until a header is written).
     pub status: u16,
     /// What went wrong, if weir answered with an error.
@@ -129,6 +132,7 @@ impl Default for RequestCtx {
             body: Bytes::new(),
             candidates: Vec::new(),
             provider: None,
+            served_model: None,
             status: 0,
             error: None,
             usage: None,
@@ -153,20 +157,10 @@ impl RequestCtx {
         self.head.as_ref().map(|h| h.model.as_str())
     }
 
-    /// The public model the answering provider served: the one asked for,
-    /// or the route's context fallback for it when the provider serves only
-    /// that (when it serves both, the one asked for).
+    /// The public model that answered (or is being tried): the one asked
+    /// for, unless a context-length fallback changed it.
     pub fn served_model(&self) -> Option<&str> {
-        let model = self.model()?;
-        let provider = self.provider.as_ref()?;
-        if provider.upstream_model(model).is_some() {
-            return Some(model);
-        }
-        let fallback = self.route.as_ref().and_then(|r| r.context_fallbacks.get(model));
-        match fallback {
-            Some(f) if provider.upstream_model(f).is_some() => Some(f.as_str()),
-            _ => Some(model),
-        }
+        self.served_model.as_deref().or_else(|| self.model())
     }
 
     /// The running plugin's own per-request state.

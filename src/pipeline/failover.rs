@@ -13,12 +13,13 @@ use super::chain::Route;
 use super::context::RequestCtx;
 use super::downstream::Downstream;
 use super::plugin::Attempt;
-use super::relay::client_header;
+use super::relay::{client_header, encoding, is_sse};
 use super::retry::{self, Outcome, Schedule};
 use super::run::{wait, Failure, Pipeline};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
-use crate::llm::sse::{event_data, Seen, SseSplitter, StreamWatch};
+use crate::llm::sse::{event_data, Seen, Splice, SseSplitter, StreamWatch};
+use crate::llm::usage::Encoding;
 use crate::metrics;
 use crate::provider::Provider;
 use crate::traffic::retry_budget::RetryGuard;
@@ -65,14 +66,18 @@ pub(super) enum StartError {
     /// The provider's bulkhead refused, or a plugin skipped it: no send.
     Refused(WeirError),
     Failed(SendError),
+    /// The client left before anything was sent.
     ClientGone,
+    /// The client left while the request was with the provider, which may
+    /// work on it regardless.
+    LeftAfterSend,
 }
 
 /// An answer ready to go to the client.
 pub(super) enum Ready {
     /// An event stream whose first content has arrived; `held` is what
     /// came before it and with it, ready to forward.
-    Stream(StreamStart),
+    Stream(Box<StreamStart>),
     /// The whole body.
     Whole(Bytes),
     /// Forward as it comes, starting with these bytes.
@@ -83,7 +88,10 @@ pub(super) enum Ready {
 pub(super) struct StreamStart {
     pub splitter: SseSplitter,
     pub watch: StreamWatch,
+    /// Events read and ready to forward.
     pub held: BytesMut,
+    /// Set when this stream continues another one that died.
+    pub splice: Option<Splice>,
 }
 
 pub(super) enum PrepareError {
@@ -152,6 +160,12 @@ fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body
     if body_len > 0 || client.method != http::Method::GET {
         let _ = req.insert_header("content-length", body_len.to_string());
     }
+    if super::run::reads_usage(client.uri.path()) {
+        // weir reads usage from the answer: ask for it uncompressed (the
+        // client may still get it compressed from anyone in between; a
+        // provider that compresses anyway is read through a copy).
+        let _ = req.insert_header("accept-encoding", "identity");
+    }
     req
 }
 
@@ -206,7 +220,7 @@ impl Pipeline {
         };
         match sent {
             // The attempt guard gives back what it holds.
-            None => Err(StartError::ClientGone),
+            None => Err(StartError::LeftAfterSend),
             Some(Err(e)) => {
                 attempt.end(&Attempt::Failed(e.error.kind));
                 Err(StartError::Failed(e))
@@ -258,6 +272,10 @@ impl Pipeline {
             } = match self.start(d, ctx, route, &provider, &body).await {
                 Ok(s) => s,
                 Err(StartError::ClientGone) => return Err(Failure::ClientGone),
+                Err(StartError::LeftAfterSend) => {
+                    ctx.spent.unknown();
+                    return Err(Failure::ClientGone);
+                }
                 Err(StartError::Refused(e)) => {
                     last_err = Some(e);
                     next = schedule.skip(i, Instant::now());
@@ -338,6 +356,7 @@ impl Pipeline {
                     );
                     count_retry(route, "context_length");
                     model = bigger.clone();
+                    ctx.served_model = Some(model.clone());
                     switched = true;
                     candidates = route.candidates(&model);
                     schedule = Schedule::new(policy, candidates.len(), Instant::now());
@@ -353,7 +372,12 @@ impl Pipeline {
                 let stream = chat && ctx.head.as_ref().is_some_and(|h| h.stream);
                 match self.prepare(d, &mut ex, &provider, stream, strip_usage).await {
                     Ok(r) => r,
-                    Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
+                    Err(PrepareError::ClientGone) => {
+                        // Gone before the answer was ready: what the provider
+                        // made of it is unknown.
+                        ctx.spent.unknown();
+                        return Err(Failure::ClientGone);
+                    }
                     Err(PrepareError::Failed(e)) => {
                         log::warn!("request {}: {e}", ctx.request_id);
                         // It accepted the request (200): it may have generated,
@@ -430,18 +454,18 @@ impl Pipeline {
         stream: bool,
         strip_usage: bool,
     ) -> Result<Ready, PrepareError> {
-        let is_sse = ex
-            .header()
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        if is_sse {
-            if !stream {
-                // Not a chat stream weir reads (a Responses API stream, a
-                // passthrough path): forwarded as it comes.
+        if is_sse(ex.header()) {
+            if !stream || encoding(ex.header()) != Encoding::Identity {
+                // Not a chat stream weir reads event by event (a Responses
+                // API stream, a passthrough path, or one a provider
+                // compressed although weir asked for identity): forwarded
+                // as it comes, its usage read from a (decompressed) copy.
                 return Ok(Ready::Pass(Bytes::new()));
             }
-            return self.first_token(d, ex, p, strip_usage).await.map(Ready::Stream);
+            return self
+                .first_token(d, ex, p, strip_usage)
+                .await
+                .map(|s| Ready::Stream(Box::new(s)));
         }
         let mut buf = BytesMut::new();
         loop {
@@ -475,6 +499,7 @@ impl Pipeline {
             splitter: SseSplitter::default(),
             watch: StreamWatch::default(),
             held: BytesMut::new(),
+            splice: None,
         };
         loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -19,17 +19,15 @@ use super::plugin::Attempt;
 use super::run::{finish_local, Failure, Pipeline};
 use crate::config::Continuation;
 use crate::error::{ErrorKind, WeirError};
-use crate::llm::sse::{data_event, event_data, Splice, SseSplitter, StreamWatch};
-use crate::llm::{self, tokens, SseUsageScanner, Usage};
+use crate::llm::sse::{data_event, Splice, StreamWatch, UsageStripper};
+use crate::llm::usage::{usage_of_body, BodyUsage, Encoding};
+use crate::llm::{self, tokens, Usage};
 use crate::metrics;
 use crate::provider::Provider;
 use crate::upstream::{timed_out, Exchange, Fault, SendError};
 use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
-
-/// Largest non-stream answer read for its `usage` while forwarding it.
-const MAX_USAGE_JSON: usize = 1 << 20;
 
 /// The client's response header from the provider's.
 pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
@@ -43,6 +41,18 @@ pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx)
     let _ = resp.insert_header("x-weir-provider", p.name.as_str());
     let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
     resp
+}
+
+/// Whether a response is an event stream.
+pub(super) fn is_sse(h: &ResponseHeader) -> bool {
+    h.headers
+        .get("content-type")
+        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// How a response body is encoded.
+pub(super) fn encoding(h: &ResponseHeader) -> Encoding {
+    Encoding::of(h.headers.get("content-encoding").map(|v| v.as_bytes()))
 }
 
 /// Run the response body phases (reverse route order) on one chunk.
@@ -80,7 +90,7 @@ impl Pipeline {
                 self.relay_whole(d, ctx, attempt, head, body, status).await
             }
             Ready::Pass(prefix) => self.relay_pass(d, ctx, job, leg, prefix).await,
-            Ready::Stream(s) => self.relay_stream(d, ctx, job, leg, s).await,
+            Ready::Stream(s) => self.relay_stream(d, ctx, job, leg, *s).await,
         }
     }
 
@@ -112,7 +122,7 @@ impl Pipeline {
         status: u16,
     ) -> Result<(), Failure> {
         if status == 200 && ctx.head.is_some() {
-            record(ctx, llm::usage_of_json(&body));
+            record(ctx, usage_of_body(&body, is_sse(&head), encoding(&head)));
         }
         head.remove_header("transfer-encoding");
         let _ = head.insert_header("content-length", body.len().to_string());
@@ -142,7 +152,10 @@ impl Pipeline {
     }
 
     /// Forward an answer as it comes (large non-stream bodies, error
-    /// answers, paths weir does not read): usage read on the way.
+    /// answers, event streams weir does not hold — Responses API, compressed
+    /// — and paths weir does not read): usage read on the way, from the tail
+    /// of a large JSON body, from the events of a stream, through a
+    /// decompressed copy of a compressed body.
     async fn relay_pass<D: Downstream>(
         &self,
         d: &mut D,
@@ -159,11 +172,9 @@ impl Pipeline {
         let route = job.route;
         let up = ex.header();
         let (status, ttfb) = (up.status.as_u16(), ex.ttfb);
-        let is_sse = up
-            .headers
-            .get("content-type")
-            .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-        let collect_json = !is_sse && status == 200 && ctx.head.is_some();
+        let sse = is_sse(up);
+        let encoding = encoding(up);
+        let reads_usage = status == 200 && ctx.head.is_some();
         let resp = client_header(up, &p, ctx);
         if let Err(f) = self.commit(d, ctx, route, resp).await {
             ex.abort().await;
@@ -172,12 +183,14 @@ impl Pipeline {
         attempt.end(&Attempt::Answered { status, ttfb });
         // Until the answer is read to its end, the provider's work is unseen.
         let spent = ctx.spent;
-        if status == 200 && ctx.head.is_some() {
+        if reads_usage {
             ctx.spent.unknown();
         }
-        let mut scanner = SseUsageScanner::default();
-        let mut strip = (is_sse && job.strip_usage).then(llm::UsageChunkStripper::default);
-        let mut json = Vec::new();
+        // Usage read from a copy as it passes (decompressed if it must be);
+        // the client gets the bytes as sent. A compressed stream keeps its
+        // usage event: it cannot be cut out without re-encoding.
+        let mut usage = reads_usage.then(|| BodyUsage::new(sse, encoding));
+        let mut strip = (sse && job.strip_usage && encoding == Encoding::Identity).then(UsageStripper::default);
         let mut pending = (!prefix.is_empty()).then_some(prefix);
         loop {
             let chunk = match pending.take() {
@@ -193,7 +206,7 @@ impl Pipeline {
             let end = chunk.is_none() || ex.done();
             let Some(mut chunk) = chunk else {
                 // End of body: send the terminating chunk.
-                let mut last = strip.as_mut().map_or_else(Bytes::new, |s| s.finish());
+                let mut last = strip.as_mut().map_or_else(Bytes::new, UsageStripper::finish);
                 body_phase(route, ctx, &mut last, true);
                 if let Some(e) = ctx.failed.take() {
                     return Err(Failure::Aborted(e));
@@ -203,21 +216,20 @@ impl Pipeline {
                 }
                 break;
             };
-            if is_sse {
-                scanner.feed(&chunk);
-                if let Some(s) = strip.as_mut() {
-                    chunk = s.filter(&chunk);
-                    if end {
-                        let rest = s.finish();
-                        if !rest.is_empty() {
-                            let mut joined = BytesMut::from(&chunk[..]);
-                            joined.extend_from_slice(&rest);
-                            chunk = joined.freeze();
-                        }
+            if let Some(u) = usage.as_mut() {
+                u.feed(&chunk);
+            }
+            if let Some(s) = strip.as_mut() {
+                // Whole events go out as soon as they are complete.
+                chunk = s.filter(chunk);
+                if end {
+                    let rest = s.finish();
+                    if !rest.is_empty() {
+                        let mut joined = BytesMut::from(&chunk[..]);
+                        joined.extend_from_slice(&rest);
+                        chunk = joined.freeze();
                     }
                 }
-            } else if collect_json && json.len() + chunk.len() <= MAX_USAGE_JSON {
-                json.extend_from_slice(&chunk);
             }
             body_phase(route, ctx, &mut chunk, end);
             if let Some(e) = ctx.failed.take() {
@@ -236,13 +248,8 @@ impl Pipeline {
             }
         }
         ctx.spent = spent;
-        if status == 200 && ctx.head.is_some() {
-            let usage = if is_sse {
-                scanner.usage
-            } else {
-                llm::usage_of_json(&json)
-            };
-            record(ctx, usage);
+        if let Some(u) = usage {
+            record(ctx, u.finish());
         }
         self.upstream.finish(ex, &p.peer).await;
         Ok(())
@@ -285,14 +292,15 @@ impl Pipeline {
     }
 
     /// A stream whose first content arrived: forward it event by event;
-    /// if it dies, recover.
+    /// if it dies, recover. A client that leaves is charged the prompt and
+    /// the text sent so far.
     async fn relay_stream<D: Downstream>(
         &self,
         d: &mut D,
         ctx: &mut RequestCtx,
         job: Job<'_>,
         leg: Leg,
-        s: StreamStart,
+        mut s: StreamStart,
     ) -> Result<(), Failure> {
         let Leg {
             provider: p,
@@ -304,51 +312,79 @@ impl Pipeline {
         let resp = client_header(ex.header(), &p, ctx);
         if let Err(f) = self.commit(d, ctx, route, resp).await {
             ex.abort().await;
+            ctx.spent.unknown();
             return Err(f);
         }
-        let StreamStart {
-            mut splitter,
-            mut watch,
-            held: mut out,
-        } = s;
-        let died = loop {
-            if let Err(f) = self.flush(d, ctx, route, &mut out, false).await {
+        let died = match self.forward(d, ctx, job, &p, &mut ex, &mut s).await {
+            Err(f) => {
                 ex.abort().await;
+                settle_stream(ctx, &s.watch).await;
                 return Err(f);
             }
-            match Self::next_chunk(d, &mut ex, &p).await {
-                Err(Next::ClientGone) => {
-                    ex.abort().await;
-                    return Err(Failure::ClientGone);
-                }
-                Err(Next::Died(e)) => break e,
-                Ok(None) if watch.complete() => {
-                    // Whatever trails the last event (a comment without its blank line).
-                    out.extend_from_slice(&splitter.take_rest());
-                    self.flush(d, ctx, route, &mut out, true).await?;
-                    attempt.end(&Attempt::Answered { status, ttfb });
-                    match watch.usage {
-                        Some(u) => record(ctx, Some(u)),
-                        None => count_stream(ctx, &watch.text).await,
-                    }
-                    self.upstream.finish(ex, &p.peer).await;
-                    return Ok(());
-                }
-                Ok(None) => break cut(&p.name, "ended the stream without finishing the answer"),
-                Ok(Some(c)) => {
-                    splitter.push(&c);
-                    if let Err(e) = take_events(&mut splitter, &mut watch, job.strip_usage, &mut out, &p.name) {
-                        break e;
-                    }
-                }
+            Ok(Some(died)) => died,
+            Ok(None) => {
+                attempt.end(&Attempt::Answered { status, ttfb });
+                settle_stream(ctx, &s.watch).await;
+                self.upstream.finish(ex, &p.peer).await;
+                return self.flush(d, ctx, route, &mut s.held, true).await;
             }
         };
         // Events that arrived whole before the failure still go out.
-        let flushed = self.flush(d, ctx, route, &mut out, false).await;
+        let flushed = self.flush(d, ctx, route, &mut s.held, false).await;
         attempt.end(&Attempt::Failed(died.error.kind));
         ex.abort().await;
-        flushed?;
-        self.recover(d, ctx, job, &p, watch, died).await
+        if let Err(f) = flushed {
+            settle_stream(ctx, &s.watch).await;
+            return Err(f);
+        }
+        self.recover(d, ctx, job, &p, s.watch, died).await
+    }
+
+    /// Forward a stream's events (rewritten by its splice, if it continues
+    /// another) until it ends: `Ok(None)` complete (its last events still
+    /// in `s.held`), `Ok(Some(_))` it died, `Err` the client left or a
+    /// fail-closed filter failed.
+    async fn forward<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        job: Job<'_>,
+        p: &Provider,
+        ex: &mut Exchange,
+        s: &mut StreamStart,
+    ) -> Result<Option<SendError>, Failure> {
+        let strip = job.strip_usage && s.splice.is_none();
+        loop {
+            self.flush(d, ctx, job.route, &mut s.held, false).await?;
+            match Self::next_chunk(d, ex, p).await {
+                Err(Next::ClientGone) => return Err(Failure::ClientGone),
+                Err(Next::Died(e)) => return Ok(Some(e)),
+                Ok(None) if s.watch.complete() => {
+                    // Whatever trails the last event (a comment without its blank line).
+                    if s.splice.is_none() {
+                        s.held.extend_from_slice(&s.splitter.take_rest());
+                    }
+                    return Ok(None);
+                }
+                Ok(None) => return Ok(Some(cut(&p.name, "ended the stream without finishing the answer"))),
+                Ok(Some(c)) => {
+                    s.splitter.push(&c);
+                    let taken = match s.splice.as_mut() {
+                        None => take_events(&mut s.splitter, &mut s.watch, strip, &mut s.held, &p.name),
+                        Some(splice) => {
+                            // The watch checks each event; the splice makes what goes out.
+                            let mut plain = BytesMut::new();
+                            let r = take_events(&mut s.splitter, &mut s.watch, false, &mut plain, &p.name);
+                            splice.rewrite(&plain, &mut s.held);
+                            r
+                        }
+                    };
+                    if let Err(e) = taken {
+                        return Ok(Some(e));
+                    }
+                }
+            }
+        }
     }
 
     /// A stream died after content reached the client: continue it on a
@@ -368,10 +404,7 @@ impl Pipeline {
             cause.error.message, primary.content_events
         );
         log::warn!("request {}: {what}", ctx.request_id);
-        match primary.usage {
-            Some(u) => record(ctx, Some(u)),
-            None => count_stream(ctx, &primary.text).await,
-        }
+        settle_stream(ctx, &primary).await;
         let chat = d.req_header().uri.path().ends_with("/chat/completions");
         if primary.tool_calls || primary.not_continuable || primary.text.is_empty() || !chat {
             count_recovery("not_continuable");
@@ -410,7 +443,7 @@ impl Pipeline {
             };
             let mut leg = match self.start(d, ctx, route, &f, &body).await {
                 Ok(s) => s,
-                Err(StartError::ClientGone) => return Err(Failure::ClientGone),
+                Err(StartError::ClientGone | StartError::LeftAfterSend) => return Err(Failure::ClientGone),
                 Err(StartError::Refused(e)) => {
                     notes.push(e.message);
                     continue;
@@ -431,7 +464,7 @@ impl Pipeline {
             match self.prepare(d, &mut leg.ex, &f, true, false).await {
                 Ok(Ready::Stream(s)) => {
                     let splice = Splice::new(&primary, &dead.name, &f.name, client_usage);
-                    return self.splice(d, ctx, job, leg, s, splice).await;
+                    return self.splice(d, ctx, job, leg, *s, splice).await;
                 }
                 Ok(_) => notes.push(format!("'{}' did not stream the continuation", f.name)),
                 Err(PrepareError::ClientGone) => return Err(Failure::ClientGone),
@@ -456,7 +489,7 @@ impl Pipeline {
         ctx: &mut RequestCtx,
         job: Job<'_>,
         leg: Leg,
-        s: StreamStart,
+        mut s: StreamStart,
         mut splice: Splice,
     ) -> Result<(), Failure> {
         let Leg {
@@ -466,71 +499,53 @@ impl Pipeline {
         } = leg;
         let route = job.route;
         let (status, ttfb) = (ex.header().status.as_u16(), ex.ttfb);
-        let StreamStart {
-            mut splitter,
-            mut watch,
-            held,
-        } = s;
-        // `held` holds whole events: cut them again to rewrite each.
-        let mut raw = SseSplitter::default();
-        raw.push(&held);
-        let mut out = BytesMut::new();
-        rewrite(&mut raw, &mut splice, &mut out);
+        // What the continuation sent before its first content, rewritten.
+        let held = s.held.split();
+        splice.rewrite(&held, &mut s.held);
+        let from = splice.from.clone();
+        s.splice = Some(splice);
         ctx.provider = Some(f.clone());
-        let died = loop {
-            self.flush(d, ctx, route, &mut out, false).await?;
-            match Self::next_chunk(d, &mut ex, &f).await {
-                Err(Next::ClientGone) => {
-                    ex.abort().await;
-                    return Err(Failure::ClientGone);
-                }
-                Err(Next::Died(e)) => break e,
-                Ok(None) if watch.complete() => {
-                    self.flush(d, ctx, route, &mut out, true).await?;
-                    attempt.end(&Attempt::Answered { status, ttfb });
-                    count_recovery("continued");
-                    log::info!(
-                        "request {}: stream continued on provider '{}' after '{}' failed",
-                        ctx.request_id,
-                        f.name,
-                        splice.from
-                    );
-                    // The first provider's part was counted in `recover`.
-                    match splice.continuation_usage {
-                        Some(u) => ctx.spent.reported(u),
-                        None => ctx.spent.unknown(),
-                    }
-                    ctx.usage = splice.usage.or(ctx.usage);
-                    self.upstream.finish(ex, &f.peer).await;
-                    return Ok(());
-                }
-                Ok(None) => break cut(&f.name, "ended the continuation without finishing it"),
-                Ok(Some(c)) => {
-                    splitter.push(&c);
-                    // The watch checks each event; the rewrite makes what goes out.
-                    let mut plain = BytesMut::new();
-                    if let Err(e) = take_events(&mut splitter, &mut watch, false, &mut plain, &f.name) {
-                        break e;
-                    }
-                    raw.push(&plain);
-                    rewrite(&mut raw, &mut splice, &mut out);
-                }
+        let ended = self.forward(d, ctx, job, &f, &mut ex, &mut s).await;
+        // The first provider's part was counted in `recover`; the
+        // continuation's is its own report, or weir's count of its text.
+        let reported = s.splice.as_ref().and_then(|x| x.continuation_usage);
+        match ended {
+            Err(fail) => {
+                ex.abort().await;
+                settle_continuation(ctx, reported, &s.watch).await;
+                Err(fail)
             }
-        };
-        self.flush(d, ctx, route, &mut out, false).await?;
-        attempt.end(&Attempt::Failed(died.error.kind));
-        ex.abort().await;
-        count_recovery("failed");
-        self.end_with_error(
-            d,
-            ctx,
-            route,
-            format!(
-                "the stream from '{}' died and its continuation on '{}' died too: {}",
-                splice.from, f.name, died.error.message
-            ),
-        )
-        .await
+            Ok(None) => {
+                attempt.end(&Attempt::Answered { status, ttfb });
+                count_recovery("continued");
+                log::info!(
+                    "request {}: stream continued on provider '{}' after '{from}' failed",
+                    ctx.request_id,
+                    f.name
+                );
+                settle_continuation(ctx, reported, &s.watch).await;
+                ctx.usage = s.splice.as_ref().and_then(|x| x.usage).or(ctx.usage);
+                self.upstream.finish(ex, &f.peer).await;
+                self.flush(d, ctx, route, &mut s.held, true).await
+            }
+            Ok(Some(died)) => {
+                settle_continuation(ctx, reported, &s.watch).await;
+                self.flush(d, ctx, route, &mut s.held, false).await?;
+                attempt.end(&Attempt::Failed(died.error.kind));
+                ex.abort().await;
+                count_recovery("failed");
+                self.end_with_error(
+                    d,
+                    ctx,
+                    route,
+                    format!(
+                        "the stream from '{from}' died and its continuation on '{}' died too: {}",
+                        f.name, died.error.message
+                    ),
+                )
+                .await
+            }
+        }
     }
 
     /// End a stream with an error event in OpenAI's envelope and no
@@ -566,40 +581,55 @@ fn record(ctx: &mut RequestCtx, usage: Option<Usage>) {
     }
 }
 
-/// A stream that ended without the provider's usage: count its prompt and
-/// the text it sent (weir's count, settled like a report).
-async fn count_stream(ctx: &mut RequestCtx, text: &str) {
-    let prompt = tokens::reserve_prompt_tokens(&ctx.body).await;
-    let completion = if text.len() <= tokens::INLINE_MAX {
-        tokens::text_tokens(text)
-    } else {
-        let owned = text.to_string();
-        tokio::task::spawn_blocking(move || tokens::text_tokens(&owned))
-            .await
-            .unwrap_or(text.len() as u64)
-    };
+/// A stream's part of the bill: the provider's usage if it reported one,
+/// else weir's count of its prompt and everything it generated (choice 0's
+/// text, other choices, refusals, reasoning, tool calls).
+async fn settle_stream(ctx: &mut RequestCtx, watch: &StreamWatch) {
+    if let Some(u) = watch.usage {
+        return record(ctx, Some(u));
+    }
     let u = Usage {
-        prompt_tokens: prompt,
-        completion_tokens: completion,
+        prompt_tokens: tokens::reserve_prompt_tokens(&ctx.body).await,
+        completion_tokens: generated_tokens(watch).await,
         ..Usage::default()
     };
     ctx.usage = Some(u);
     ctx.spent.counted(u);
 }
 
+/// A continuation's part of the bill: its own report, else its text
+/// counted (its prompt, the original one plus the first provider's text,
+/// was counted with the first provider's share).
+async fn settle_continuation(ctx: &mut RequestCtx, reported: Option<Usage>, watch: &StreamWatch) {
+    match reported {
+        Some(u) => ctx.spent.reported(u),
+        None => ctx.spent.counted(Usage {
+            completion_tokens: generated_tokens(watch).await,
+            ..Usage::default()
+        }),
+    }
+}
+
+/// Tokens of all a stream generated.
+async fn generated_tokens(watch: &StreamWatch) -> u64 {
+    text_tokens(&watch.text)
+        .await
+        .saturating_add(text_tokens(&watch.other_text).await)
+}
+
+/// Tokens of streamed text, off the async workers when it is long.
+async fn text_tokens(text: &str) -> u64 {
+    if text.len() <= tokens::INLINE_MAX {
+        return tokens::text_tokens(text);
+    }
+    let owned = text.to_string();
+    tokio::task::spawn_blocking(move || tokens::text_tokens(&owned))
+        .await
+        .unwrap_or(text.len() as u64)
+}
+
 /// Why reading a stream stopped.
 enum Next {
     ClientGone,
     Died(SendError),
-}
-
-/// Rewrite the whole events of `raw` for the client.
-fn rewrite(raw: &mut SseSplitter, splice: &mut Splice, out: &mut BytesMut) {
-    while let Ok(Some(event)) = raw.next_event() {
-        if let Some(data) = event_data(&event) {
-            if let Some(e) = splice.event(&data) {
-                out.extend_from_slice(&e);
-            }
-        }
-    }
 }

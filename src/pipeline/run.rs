@@ -78,11 +78,23 @@ fn is_llm_endpoint(path: &str) -> bool {
     path.ends_with("/chat/completions") || path.ends_with("/completions") || path.ends_with("/embeddings")
 }
 
+/// Endpoints whose answers weir reads usage from (and asks for uncompressed).
+pub(super) fn reads_usage(path: &str) -> bool {
+    is_llm_endpoint(path) || path.ends_with("/responses")
+}
+
+/// Whether weir may add `stream_options` to a streamed request on `path`:
+/// only chat and text completions know it (the Responses API reports
+/// usage in `response.completed` unasked, and refuses unknown options).
+fn takes_stream_options(path: &str) -> bool {
+    path.ends_with("/chat/completions") || path.ends_with("/completions")
+}
+
 /// Endpoints weir reads and forwards by default; anything else reaches a
 /// provider (with the operator's key) only if the route lists it.
 fn is_known_endpoint(method: &http::Method, path: &str) -> bool {
     match *method {
-        http::Method::POST => is_llm_endpoint(path) || path.ends_with("/responses"),
+        http::Method::POST => reads_usage(path),
         http::Method::GET => path.ends_with("/models"),
         _ => false,
     }
@@ -246,7 +258,9 @@ impl Pipeline {
             }
         }
         // A plugin needs usage the client did not ask for: ask the provider.
-        let strip_usage = route.stream_usage && ctx.head.as_ref().is_some_and(|h| h.stream && !h.include_usage);
+        let strip_usage = route.stream_usage
+            && takes_stream_options(d.req_header().uri.path())
+            && ctx.head.as_ref().is_some_and(|h| h.stream && !h.include_usage);
         if strip_usage {
             if let Some(head) = &ctx.head {
                 let (body, head) = llm::with_stream_usage(&ctx.body, head).map_err(head_error)?;

@@ -1,13 +1,18 @@
 //! `cache`: exact-match response cache for LLM requests.
 //!
-//! The key is a canonical form of the request (route, upstream model, every
-//! field but `stream`/`stream_options`, JSON key order and whitespace
-//! ignored), optionally per API key. Only complete 200 answers are stored; a
-//! streamed answer is assembled from its chunks. A hit is served as JSON or,
-//! to a streaming client, replayed as a proper event stream. Concurrent
-//! identical misses make one upstream call; the others wait (bounded by the
-//! plugin's bulkhead) and are served from its answer, or go upstream
-//! themselves if it failed.
+//! The key is a canonical form of the request (route, every field but
+//! `model`/`stream`/`stream_options`, JSON key order and whitespace
+//! ignored), optionally per API key, plus the provider and the upstream
+//! model. An answer is stored under the provider and upstream model that
+//! actually produced it (known only once failover is over); a lookup tries
+//! each candidate's (provider, upstream model) key in candidate order — at
+//! most one key per candidate, one `MGET` with Redis. Only complete 200
+//! answers are stored; a streamed answer is assembled from its chunks
+//! (tool calls included). A hit is served as JSON or, to a streaming
+//! client, replayed as a proper event stream. Concurrent identical misses
+//! make one upstream call; the others wait (bounded by the plugin's
+//! bulkhead) and are served from its answer, or go upstream themselves if
+//! it failed.
 
 mod store;
 
@@ -16,6 +21,7 @@ use crate::error::WeirError;
 use crate::llm;
 use crate::metrics;
 use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx, Typed};
+use crate::provider::Provider;
 use async_trait::async_trait;
 use bytes::Bytes;
 use parking_lot::Mutex;
@@ -107,7 +113,8 @@ struct CacheState {
     no_store: bool,
     /// Decided in the body phase; `None` if the request never got there.
     outcome: Option<Outcome>,
-    key: Option<String>,
+    /// The key hashed up to the provider and model (see [`entry_key`]).
+    base: Option<Sha256>,
     /// Store the answer when it ends well.
     store: bool,
     is_sse: bool,
@@ -163,14 +170,40 @@ fn directives(req: &RequestHeader) -> (bool, bool) {
 }
 
 /// The canonical request: parsed JSON with sorted keys (serde_json's map is
-/// ordered), without the fields that do not change the answer.
-fn canonical(body: &[u8], upstream_model: &str) -> Option<Vec<u8>> {
+/// ordered), without the fields that do not change the answer, and without
+/// `model` (the key names the upstream model itself).
+fn canonical(body: &[u8]) -> Option<Vec<u8>> {
     let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
     let obj = v.as_object_mut()?;
     obj.remove("stream");
     obj.remove("stream_options");
-    obj.insert("model".into(), serde_json::Value::String(upstream_model.to_string()));
+    obj.remove("model");
     serde_json::to_vec(&v).ok()
+}
+
+/// The entry of the request hashed in `base`, answered by `provider` as `upstream_model`.
+fn entry_key(base: &Sha256, provider: &str, upstream_model: &str) -> String {
+    let mut h = base.clone();
+    h.update([0]);
+    h.update(provider.as_bytes());
+    h.update([0]);
+    h.update(upstream_model.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The keys a request may be stored under: one per distinct (provider,
+/// upstream model) of its candidates, in candidate order.
+fn lookup_keys(base: &Sha256, candidates: &[Arc<Provider>], model: &str) -> Vec<String> {
+    let mut seen: Vec<(&str, &str)> = Vec::with_capacity(candidates.len());
+    let mut keys = Vec::with_capacity(candidates.len());
+    for p in candidates {
+        let pair = (p.name.as_str(), p.upstream_model(model).unwrap_or(model));
+        if !seen.contains(&pair) {
+            seen.push(pair);
+            keys.push(entry_key(base, pair.0, pair.1));
+        }
+    }
+    keys
 }
 
 impl Cache {
@@ -229,10 +262,13 @@ impl Cache {
         }
     }
 
-    async fn get(&self, key: &str) -> Option<Bytes> {
+    /// The first of `keys` stored (one round trip with Redis).
+    async fn get_first(&self, keys: &[String]) -> Option<Bytes> {
         match &self.redis {
-            None => self.memory.get(key),
-            Some(r) => self.redis_result(r.get(key).await).flatten(),
+            None => keys.iter().find_map(|k| self.memory.get(k)),
+            Some(r) => self
+                .redis_result(r.get_many(keys).await)
+                .and_then(|found| found.into_iter().flatten().next()),
         }
     }
 
@@ -295,11 +331,15 @@ impl Cache {
         Some(LocalResponse { header: h, body })
     }
 
-    /// Store a complete 200 answer (a stream is assembled first), then wake
-    /// the waiters of a coalesced miss. Dropping the state without this wakes
-    /// them too, to go upstream themselves.
-    fn store_answer(&self, s: &mut CacheState) {
-        let Some(key) = s.key.clone() else { return };
+    /// Store a complete 200 answer (a stream is assembled first) under
+    /// `key`, the entry of the provider and model that answered (`None`:
+    /// unknown, nothing stored), then wake the waiters of a coalesced miss.
+    /// Dropping the state without this wakes them too, to go upstream
+    /// themselves.
+    fn store_answer(&self, s: &mut CacheState, key: Option<String>) {
+        s.store = false;
+        let leader = s.leader.take();
+        let Some(key) = key else { return };
         let answer = if s.is_sse {
             llm::assemble_stream(&s.buf).and_then(|v| serde_json::to_vec(&v).ok())
         } else {
@@ -308,8 +348,6 @@ impl Cache {
                 .filter(|v| v.get("choices").is_some() || v.get("data").is_some())
                 .map(|_| std::mem::take(&mut s.buf))
         };
-        s.store = false;
-        let leader = s.leader.take();
         if let Some(bytes) = answer {
             self.put(key, Bytes::from(bytes), leader);
         }
@@ -328,7 +366,7 @@ impl Plugin for Cache {
             no_cache,
             no_store,
             outcome: None,
-            key: None,
+            base: None,
             store: false,
             is_sse: false,
             buf: Vec::new(),
@@ -360,26 +398,25 @@ impl Plugin for Cache {
                 return Ok(Flow::Continue);
             }
         }
-        let upstream = ctx
-            .candidates
-            .first()
-            .and_then(|p| p.upstream_model(&head.model))
-            .unwrap_or(&head.model);
-        let Some(canon) = canonical(&ctx.body, upstream) else {
+        let Some(canon) = canonical(&ctx.body) else {
             return Ok(Flow::Continue);
         };
-        let mut h = Sha256::new();
-        h.update(ctx.route_name().as_bytes());
-        h.update([0]);
+        let mut base = Sha256::new();
+        base.update(ctx.route_name().as_bytes());
+        base.update([0]);
         if self.conf.key_by.is_some() {
-            h.update(ctx.identity.as_ref().map_or("", |i| &*i.name).as_bytes());
+            base.update(ctx.identity.as_ref().map_or("", |i| &*i.name).as_bytes());
         }
-        h.update([0]);
-        h.update(&canon);
-        let key = hex::encode(h.finalize());
+        base.update([0]);
+        base.update(&canon);
+        let keys = lookup_keys(&base, &ctx.candidates, &head.model);
+        // Concurrent misses coalesce on the first candidate's key.
+        let Some(key) = keys.first().cloned() else {
+            return Ok(Flow::Continue);
+        };
 
         if !no_cache {
-            if let Some(stored) = self.get(&key).await {
+            if let Some(stored) = self.get_first(&keys).await {
                 if let Some(r) = self.hit_response(&stored, ctx) {
                     self.counters.hit.inc();
                     return Ok(Flow::Respond(Box::new(r)));
@@ -395,7 +432,7 @@ impl Plugin for Cache {
                 };
                 {
                     if leader_stored {
-                        if let Some(stored) = self.get(&key).await {
+                        if let Some(stored) = self.get_first(&keys).await {
                             if let Some(r) = self.hit_response(&stored, ctx) {
                                 self.counters.hit.inc();
                                 return Ok(Flow::Respond(Box::new(r)));
@@ -424,7 +461,7 @@ impl Plugin for Cache {
         };
         if let Some(s) = self.state(ctx) {
             s.outcome = Some(Outcome::Miss);
-            s.key = Some(key);
+            s.base = Some(base);
             s.store = true;
             s.leader = leader;
         }
@@ -455,6 +492,15 @@ impl Plugin for Cache {
 
     fn response_body(&self, chunk: &mut Bytes, end: bool, ctx: &mut RequestCtx) {
         let max = self.conf.max_entry_bytes.0 as usize;
+        // Who answered is known at the end: the provider, and the upstream
+        // name of the model it served.
+        let answered = if end {
+            ctx.provider
+                .clone()
+                .and_then(|p| Some((p.clone(), p.upstream_model(ctx.served_model()?)?.to_string())))
+        } else {
+            None
+        };
         let Some(s) = self.state(ctx) else { return };
         if !s.store || s.too_big {
             return;
@@ -469,7 +515,11 @@ impl Plugin for Cache {
             // The provider's answer is complete (an aborted stream never gets
             // here): store it before the client sees the last byte, so its
             // next request can already hit.
-            self.store_answer(s);
+            let key = match (&s.base, answered) {
+                (Some(base), Some((p, up))) => Some(entry_key(base, &p.name, &up)),
+                _ => None,
+            };
+            self.store_answer(s, key);
         }
     }
 
@@ -487,22 +537,27 @@ mod tests {
     use super::*;
 
     #[test]
-    fn canonical_ignores_order_whitespace_and_stream() {
-        let a = canonical(
-            br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":0}"#,
-            "up",
-        );
+    fn canonical_ignores_order_whitespace_stream_and_model() {
+        let a = canonical(br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":0}"#);
         let b = canonical(
             br#"{ "temperature": 0, "stream": true, "stream_options": {"include_usage": true},
                   "messages": [ {"content": "hi", "role": "user"} ], "model": "alias" }"#,
-            "up",
         );
         assert_eq!(a, b);
-        let c = canonical(
-            br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":1}"#,
-            "up",
-        );
+        let c = canonical(br#"{"model":"x","messages":[{"role":"user","content":"hi"}],"temperature":1}"#);
         assert_ne!(a, c);
+    }
+
+    #[test]
+    fn entries_differ_by_provider_and_upstream_model() {
+        let mut base = Sha256::new();
+        base.update(b"route\0\0{}");
+        let k = entry_key(&base, "a", "m");
+        assert_eq!(k, entry_key(&base, "a", "m"));
+        assert_ne!(k, entry_key(&base, "b", "m"));
+        assert_ne!(k, entry_key(&base, "a", "m2"));
+        // The separator keeps names from running into models.
+        assert_ne!(entry_key(&base, "ab", "c"), entry_key(&base, "a", "bc"));
     }
 
     #[test]

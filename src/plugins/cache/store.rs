@@ -61,25 +61,21 @@ impl RedisStore {
         })
     }
 
-    pub async fn get(&self, key: &str) -> Result<Option<Bytes>, String> {
+    /// The values of `keys`, in order, in one round trip (`MGET`).
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, String> {
         let fut = async {
             let mut c = self.redis.conn().await?;
-            redis::cmd("GET")
-                .arg(format!("{}{key}", self.prefix))
-                .query_async::<Option<Vec<u8>>>(&mut c)
-                .await
+            let mut cmd = redis::cmd("MGET");
+            for key in keys {
+                cmd.arg(format!("{}{key}", self.prefix));
+            }
+            cmd.query_async::<Vec<Option<Vec<u8>>>>(&mut c).await
         };
         let raw = tokio::time::timeout(Duration::from_millis(300), fut)
             .await
             .map_err(|_| "redis timed out".to_string())?
             .map_err(|e| e.to_string())?;
-        Ok(raw.and_then(|z| {
-            let mut out = Vec::new();
-            DeflateDecoder::new(z.as_slice())
-                .read_to_end(&mut out)
-                .ok()
-                .map(|_| Bytes::from(out))
-        }))
+        Ok(raw.into_iter().map(|v| v.and_then(|z| inflate(&z))).collect())
     }
 
     pub async fn put(&self, key: &str, value: &[u8]) -> Result<(), String> {
@@ -101,4 +97,11 @@ impl RedisStore {
             .map_err(|_| "redis timed out".to_string())?
             .map_err(|e| e.to_string())
     }
+}
+
+/// A stored value, decompressed (`None` if it is not deflate data).
+fn inflate(z: &[u8]) -> Option<Bytes> {
+    let mut out = Vec::new();
+    DeflateDecoder::new(z).read_to_end(&mut out).ok()?;
+    Some(Bytes::from(out))
 }
