@@ -31,6 +31,22 @@ fn body(stream: bool, max_tokens: u64) -> Vec<u8> {
     .unwrap()
 }
 
+/// Wait until `n` requests have ended (their log phase, which settles
+/// first, then counts them).
+fn ended(w: &Weir, n: usize) {
+    let count = || {
+        w.metrics()
+            .lines()
+            .filter(|l| l.starts_with("weir_requests_total{"))
+            .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(
+        eventually(Duration::from_secs(5), || count() >= n as f64),
+        "{n} requests did not end"
+    );
+}
+
 fn tokens(w: &Weir, kind: &str) -> f64 {
     metric(
         &w.metrics(),
@@ -111,9 +127,11 @@ fn an_answer_the_provider_refused_costs_nothing_and_one_it_reported_costs_its_us
     let reservation = BURST - remaining(&a);
     let usage = &a.json()["usage"];
     let used = usage["prompt_tokens"].as_f64().unwrap() + usage["completion_tokens"].as_f64().unwrap();
+    ended(&w, 1);
     // B: the provider refuses it (400): nothing to charge.
     let b = post(&url, &body(false, 100), &[("x-mock-fault", "status:code=400")]);
     assert_eq!(b.status, 400, "{}", b.body);
+    ended(&w, 2);
     // C: what is left shows what A and B were charged.
     let c = post(&url, &body(false, 100), &[]);
     let charged_b = BURST - used - reservation - remaining(&c);

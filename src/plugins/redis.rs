@@ -8,15 +8,23 @@ use std::time::Duration;
 pub struct LazyRedis {
     client: redis::Client,
     conn: tokio::sync::OnceCell<redis::aio::ConnectionManager>,
+    /// Longest wait for one reply.
+    response_timeout: Duration,
 }
 
 impl LazyRedis {
-    /// Check the URL now; connect later.
+    /// Check the URL now; connect later. Replies are awaited up to 200 ms.
     pub fn new(url: &str) -> Result<LazyRedis, String> {
+        Self::with_response_timeout(url, Duration::from_millis(200))
+    }
+
+    /// As [`LazyRedis::new`], awaiting each reply up to `response_timeout`.
+    pub fn with_response_timeout(url: &str, response_timeout: Duration) -> Result<LazyRedis, String> {
         let client = redis::Client::open(url).map_err(|e| format!("bad redis url '{url}': {e}"))?;
         Ok(LazyRedis {
             client,
             conn: tokio::sync::OnceCell::new(),
+            response_timeout,
         })
     }
 
@@ -27,7 +35,7 @@ impl LazyRedis {
             .get_or_try_init(|| async {
                 let cfg = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Duration::from_millis(200))
-                    .set_response_timeout(Duration::from_millis(200))
+                    .set_response_timeout(self.response_timeout)
                     .set_number_of_retries(0);
                 redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
             })

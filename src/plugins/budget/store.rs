@@ -370,13 +370,16 @@ pub struct RedisStore {
 }
 
 /// The longest a decision waits for Redis before the outage policy applies.
-const TIMEOUT: Duration = Duration::from_millis(300);
+/// Longer than a rate limiter's (200 ms): a money decision is worth a
+/// short wait, and a burst of a thousand admissions at once on a small
+/// machine queues for a few hundred milliseconds (tests/ledger.rs).
+const TIMEOUT: Duration = Duration::from_millis(1000);
 
 impl RedisStore {
     /// Ledger `k` is the Redis key `{prefix}{k}`.
     pub fn new(url: &str, prefix: &str) -> Result<RedisStore, String> {
         Ok(RedisStore {
-            redis: LazyRedis::new(url)?,
+            redis: LazyRedis::with_response_timeout(url, TIMEOUT)?,
             script: redis::Script::new(SCRIPT),
             prefix: prefix.to_string(),
         })
