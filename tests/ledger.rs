@@ -43,7 +43,7 @@ routes:
 }
 
 fn body(i: usize) -> (Vec<u8>, bool) {
-    let stream = i % 2 == 0;
+    let stream = i.is_multiple_of(2);
     let max_tokens = [8, 24, 40, 64][i / 2 % 4];
     let b = serde_json::json!({
         "model": "m", "stream": stream, "max_tokens": max_tokens,
@@ -144,8 +144,8 @@ fn burst(label: &str, mock: &Mock, gateways: &[&Weir]) {
         mock.stats()["in_flight"] == 0 && gateways.iter().all(|w| balance(w, "tokens", "tokens").1 == 0.0)
     }));
     std::thread::sleep(Duration::from_millis(300));
-    let (spent, _) = balance(&gateways[0], "tokens", "tokens");
-    let (cost, _) = balance(&gateways[0], "money", "cost");
+    let (spent, _) = balance(gateways[0], "tokens", "tokens");
+    let (cost, _) = balance(gateways[0], "money", "cost");
     let served = mock.stats()["usage"].clone();
     let served = served["prompt_tokens"].as_f64().unwrap() + served["completion_tokens"].as_f64().unwrap();
     let (ok, refused, aborted) = (
