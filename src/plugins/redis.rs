@@ -2,7 +2,23 @@
 //! buckets, cache entries): short timeouts and no retries, because a store
 //! that is down must turn into a quick, counted fallback, not a slow request.
 
+use crate::config::Checker;
 use std::time::Duration;
+
+/// Check a plugin's `store` setting: `memory`, or a Redis URL that parses.
+pub fn check_store(store: &str, at: &str, ck: &mut Checker) {
+    if store == "memory" {
+        return;
+    }
+    if !store.starts_with("redis://") {
+        ck.error(
+            format!("{at}.store"),
+            format!("'{store}': expected memory or redis://host:port/db"),
+        );
+    } else if let Err(e) = LazyRedis::new(store) {
+        ck.error(format!("{at}.store"), e);
+    }
+}
 
 /// A Redis client whose connection is made on first use.
 pub struct LazyRedis {

@@ -171,16 +171,7 @@ fn check(c: &BudgetConf, at: &str, ck: &mut Checker) {
     if c.max_keys < 1 {
         ck.error(format!("{at}.max_keys"), "must be at least 1");
     }
-    if c.store != "memory" {
-        if !c.store.starts_with("redis://") {
-            ck.error(
-                format!("{at}.store"),
-                format!("'{}': expected memory or redis://host:port/db", c.store),
-            );
-        } else if let Err(e) = RedisStore::new(&c.store, "") {
-            ck.error(format!("{at}.store"), e);
-        }
-    }
+    crate::plugins::redis::check_store(&c.store, at, ck);
 }
 
 /// A budget as the plugin runs it.

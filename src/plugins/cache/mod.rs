@@ -89,12 +89,7 @@ fn check(c: &CacheConf, at: &str, ck: &mut Checker) {
             ck.error(format!("{at}.key_by"), format!("'{k}': the only choice is api_key"));
         }
     }
-    if c.store != "memory" && !c.store.starts_with("redis://") {
-        ck.error(
-            format!("{at}.store"),
-            format!("'{}': expected memory or redis://host:port/db", c.store),
-        );
-    }
+    crate::plugins::redis::check_store(&c.store, at, ck);
     if c.ttl.0.is_zero() {
         ck.error(format!("{at}.ttl"), "must be above zero");
     }

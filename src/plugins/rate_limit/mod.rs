@@ -146,16 +146,7 @@ fn check(c: &RateLimitConf, at: &str, ck: &mut Checker) {
             ck.error(format!("{at}.tokens"), "per_minute and burst must be positive");
         }
     }
-    if c.store != "memory" {
-        if !c.store.starts_with("redis://") {
-            ck.error(
-                format!("{at}.store"),
-                format!("'{}': expected memory or redis://host:port/db", c.store),
-            );
-        } else if let Err(e) = RedisStore::new(&c.store, "") {
-            ck.error(format!("{at}.store"), e);
-        }
-    }
+    crate::plugins::redis::check_store(&c.store, at, ck);
 }
 
 /// The two dimensions.
