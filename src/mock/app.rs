@@ -20,11 +20,12 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::behaviour::{parse_config_update, Behaviour, Generated, InFlight, Settings, MAX_DELAY};
+use super::capacity::{Admission, Refusal, Slot};
 use super::completions::{prefill_words, Generation, Kind};
 use super::embeddings::embeddings_answer;
 use super::errors::{
-    content_filtered, context_length_exceeded, error_body, failure_body, invalid_request, model_not_found,
-    prefill_unsupported,
+    capacity_exceeded, content_filtered, context_length_exceeded, error_body, failure_body, invalid_request,
+    model_not_found, prefill_unsupported,
 };
 use super::faults::{parse_spec, CliFaults, Fault, FaultSpec, StreamBreak};
 use super::options::{fault_header_name, Gzip, MockOptions};
@@ -50,6 +51,9 @@ struct Echo {
     model: HeaderValue,
     /// Its 200 answer goes out gzip-compressed (`--gzip`).
     gzip: bool,
+    /// `x-ratelimit-limit-requests` and `x-ratelimit-remaining-requests`,
+    /// with `--capacity`.
+    rate_limit: Option<(u32, u64)>,
 }
 
 impl Echo {
@@ -68,6 +72,7 @@ impl Echo {
             request_id: header("x-request-id"),
             model: HeaderValue::from_static("none"),
             gzip: false,
+            rate_limit: None,
         }
     }
 
@@ -124,6 +129,13 @@ impl Ending {
     }
 }
 
+/// What an API exchange holds until its connection is done with: its place
+/// among the requests in flight and, once admitted, its slot.
+struct Claims<'a> {
+    _in_flight: InFlight<'a>,
+    _slot: Option<Slot<'a>>,
+}
+
 /// The mock provider as a Pingora [`HttpServerApp`].
 pub struct MockApp {
     behaviour: Behaviour,
@@ -152,10 +164,10 @@ impl MockApp {
         })
     }
 
-    /// Answer one request. An API request stays counted in flight (the
-    /// returned guard) until its connection is done with, also while a
-    /// fault holds it.
-    async fn handle(&self, session: &mut ServerSession) -> (Ending, Option<InFlight<'_>>) {
+    /// Answer one request. An API request stays counted in flight and keeps
+    /// its slot (the returned claims) until its connection is done with,
+    /// also while a fault holds it.
+    async fn handle(&self, session: &mut ServerSession) -> (Ending, Option<Claims<'_>>) {
         let request = session.req_header();
         let route = route(&request.method, request.uri.path());
         if expects_continue(request) {
@@ -169,7 +181,13 @@ impl MockApp {
         }
         if let Route::Api(api) = route {
             let in_flight = self.behaviour.begin_request();
-            return (self.serve_api(session, api).await, Some(in_flight));
+            let mut slot = None;
+            let ending = self.serve_api(session, api, &mut slot).await;
+            let claims = Claims {
+                _in_flight: in_flight,
+                _slot: slot,
+            };
+            return (ending, Some(claims));
         }
         (self.serve_control(session, route).await, None)
     }
@@ -178,7 +196,7 @@ impl MockApp {
     async fn serve_control(&self, session: &mut ServerSession, route: Route) -> Ending {
         match route {
             Route::GetConfig => {
-                let settings = self.behaviour.settings().to_json();
+                let settings = self.behaviour.config_json();
                 self.respond(session, 200, None, &settings, None).await
             }
             Route::SetConfig => {
@@ -188,7 +206,7 @@ impl MockApp {
                 match parse_config_update(&body.bytes) {
                     Ok(update) => {
                         self.behaviour.apply(&update);
-                        let settings = self.behaviour.settings().to_json();
+                        let settings = self.behaviour.config_json();
                         self.respond(session, 200, None, &settings, None).await
                     }
                     Err(message) => {
@@ -219,7 +237,10 @@ impl MockApp {
         }
     }
 
-    async fn serve_api(&self, session: &mut ServerSession, api: Api) -> Ending {
+    /// Answer an API request; `slot` receives the slot it is admitted to
+    /// (all but `GET /models`, which health checks call), for the caller to
+    /// hold until the connection is done with.
+    async fn serve_api<'a>(&'a self, session: &mut ServerSession, api: Api, slot: &mut Option<Slot<'a>>) -> Ending {
         let Some(body) = read_body(session).await else {
             return Ending::Close;
         };
@@ -229,7 +250,6 @@ impl MockApp {
             Some(Gzip::Always) => true,
             Some(Gzip::Requested) => accepts_gzip(session.req_header()),
         };
-        let settings = self.behaviour.settings();
         let header_spec = match self.header_fault(session.req_header()) {
             Ok(spec) => spec,
             Err(message) => {
@@ -262,6 +282,18 @@ impl MockApp {
                 return self.respond(session, 404, Some(&echo), &error, None).await;
             }
             request
+        };
+
+        if api != Api::Models {
+            match self.admit(session, &mut echo).await {
+                Ok(admitted) => *slot = Some(admitted),
+                Err(ending) => return ending,
+            }
+        }
+        // Taken once admitted: a change made while it waited applies.
+        let settings = match slot {
+            Some(slot) => self.behaviour.settings().slowed(slot.slowdown()),
+            None => self.behaviour.settings(),
         };
 
         let model = request.get("model").and_then(Value::as_str);
@@ -355,6 +387,31 @@ impl MockApp {
         ending
     }
 
+    /// A slot for this request, after waiting in the queue if need be; else
+    /// the ending of its 429 (slots and queue full) or of the client leaving
+    /// while it waited.
+    async fn admit<'a>(&'a self, session: &mut ServerSession, echo: &mut Echo) -> Result<Slot<'a>, Ending> {
+        let slot = match self.behaviour.capacity().admit() {
+            Admission::Admitted(slot) => slot,
+            Admission::Queued(waiting) => tokio::select! {
+                slot = waiting.admitted() => slot,
+                // Dropping the wait gives its place (or a slot just granted) back.
+                _ = session.read_body_or_idle(true) => return Err(Ending::Close),
+            },
+            Admission::Refused(refusal) => return Err(self.refuse_over_capacity(session, echo, refusal).await),
+        };
+        echo.rate_limit = slot.rate_limit();
+        Ok(slot)
+    }
+
+    /// 429 `rate_limit_exceeded`: every slot busy and the queue full.
+    async fn refuse_over_capacity(&self, session: &mut ServerSession, echo: &mut Echo, refusal: Refusal) -> Ending {
+        echo.rate_limit = Some((refusal.capacity, 0));
+        let error = capacity_exceeded(refusal.capacity, refusal.queue);
+        let retry_after = refusal.retry_after_secs.to_string();
+        self.respond(session, 429, Some(echo), &error, Some(&retry_after)).await
+    }
+
     fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
     }
@@ -432,6 +489,10 @@ impl MockApp {
             header.insert_header("x-mock-authorization", echo.authorization.clone())?;
             header.insert_header("x-mock-request-id", echo.request_id.clone())?;
             header.insert_header("x-mock-model", echo.model.clone())?;
+            if let Some((limit, remaining)) = echo.rate_limit {
+                header.insert_header("x-ratelimit-limit-requests", limit)?;
+                header.insert_header("x-ratelimit-remaining-requests", remaining)?;
+            }
         }
         Ok(header)
     }
@@ -518,8 +579,14 @@ impl MockApp {
         fault: Option<Fault>,
     ) -> Option<Framing> {
         if fault.and_then(Fault::first_token_delay).is_none() {
-            // Headers go out with the first event, so time to first byte == ttft.
-            pause(settings.ttft).await;
+            // Headers go out with the first event, so time to first byte ==
+            // ttft. A client that leaves meanwhile frees its slot at once.
+            if !settings.ttft.is_zero() {
+                tokio::select! {
+                    _ = pause(settings.ttft) => {}
+                    _ = session.read_body_or_idle(true) => return None,
+                }
+            }
         }
         let mut header = self.header(200, EVENT_STREAM, Some(echo)).ok()?;
         header.insert_header(CACHE_CONTROL, "no-cache").ok()?;
@@ -743,7 +810,7 @@ impl HttpServerApp for MockApp {
         }
         let keepalive = if *shutdown.borrow() { None } else { Some(60) };
         session.set_keepalive(keepalive);
-        let (ending, _in_flight) = self.handle(&mut session).await;
+        let (ending, _claims) = self.handle(&mut session).await;
         match ending {
             Ending::Reuse => {}
             Ending::Close => return None,

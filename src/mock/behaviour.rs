@@ -6,8 +6,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+use super::capacity::{Capacity, LimitsUpdate};
 use super::faults::{CliFaults, FaultBook, FaultSpec};
-use super::options::{check_fail_rate, check_fail_status, check_tokens_per_sec, MockOptions};
+use super::options::{check_fail_rate, check_fail_status, check_slope, check_tokens_per_sec, MockOptions};
 
 /// Upper bound for any artificial delay, so a typo cannot park a request forever.
 pub(super) const MAX_DELAY: Duration = Duration::from_secs(3600);
@@ -52,6 +53,20 @@ impl Settings {
         }
     }
 
+    /// The settings of a request admitted into a load `slowdown` times
+    /// slower: time to first token and per-token time multiplied (instant
+    /// decoding stays instant).
+    pub(super) fn slowed(self, slowdown: f64) -> Self {
+        if slowdown <= 1.0 {
+            return self;
+        }
+        Settings {
+            ttft: clamped_secs(self.ttft.as_secs_f64() * slowdown),
+            tokens_per_sec: self.tokens_per_sec / slowdown,
+            ..self
+        }
+    }
+
     /// The settings as `GET /mock/config` shows them.
     pub(super) fn to_json(self) -> Value {
         json!({
@@ -72,6 +87,7 @@ pub(super) struct ConfigUpdate {
     ttft: Option<Duration>,
     tokens_per_sec: Option<f64>,
     completion_tokens: Option<u32>,
+    limits: LimitsUpdate,
 }
 
 /// Parse and validate a `POST /mock/config` body. Unknown keys are rejected
@@ -88,6 +104,15 @@ pub(super) fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
             v.as_u64()
                 .ok_or_else(|| format!("`{key}` must be a non-negative integer"))
         };
+        let count = || {
+            let n = integer()?;
+            u32::try_from(n)
+                .ok()
+                .filter(|n| *n < u32::MAX)
+                .ok_or_else(|| format!("{key} is too large: {n}"))
+        };
+        // `null` puts a limit back to following the capacity.
+        let count_or_null = || if v.is_null() { Ok(None) } else { count().map(Some) };
         match key.as_str() {
             "fail_rate" => update.fail_rate = Some(check_fail_rate(number()?)?),
             "fail_status" => update.fail_status = Some(check_fail_status(integer()?)?),
@@ -104,10 +129,14 @@ pub(super) fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
                 let n = u32::try_from(n).map_err(|_| format!("completion_tokens is too large: {n}"))?;
                 update.completion_tokens = Some(n);
             }
+            "capacity" => update.limits.capacity = Some(count()?),
+            "queue" => update.limits.queue = Some(count_or_null()?),
+            "knee" => update.limits.knee = Some(count_or_null()?),
+            "slope" => update.limits.slope = Some(check_slope(number()?)?),
             other => {
                 return Err(format!(
                     "unknown setting `{other}` (known: fail_rate, fail_status, ttft_ms, \
-                     tokens_per_sec, completion_tokens)"
+                     tokens_per_sec, completion_tokens, capacity, queue, knee, slope)"
                 ))
             }
         }
@@ -117,7 +146,8 @@ pub(super) fn parse_config_update(body: &[u8]) -> Result<ConfigUpdate, String> {
 
 /// Settings that can change at runtime plus counters, all lock-free so the
 /// hot path never contends on a mutex (only a request carrying a fault spec
-/// takes the lock of its counters).
+/// takes the lock of its counters, and with `--capacity` admission takes the
+/// lock of the queue).
 #[derive(Debug)]
 pub(super) struct Behaviour {
     /// `f64` bit pattern.
@@ -137,6 +167,7 @@ pub(super) struct Behaviour {
     generated_completion: AtomicU64,
     next_id: AtomicU64,
     faults: FaultBook,
+    capacity: Capacity,
 }
 
 impl Behaviour {
@@ -157,6 +188,7 @@ impl Behaviour {
             generated_completion: AtomicU64::new(0),
             next_id: AtomicU64::new(1),
             faults: FaultBook::new(faults, Instant::now()),
+            capacity: Capacity::new(opts),
         }
     }
 
@@ -188,6 +220,21 @@ impl Behaviour {
         if let Some(n) = update.completion_tokens {
             self.completion_tokens.store(n, Ordering::Relaxed);
         }
+        if update.limits != LimitsUpdate::default() {
+            self.capacity.apply(&update.limits);
+        }
+    }
+
+    /// The live settings and the capacity limits, as `GET /mock/config` shows them.
+    pub(super) fn config_json(&self) -> Value {
+        let mut config = self.settings().to_json();
+        merge(&mut config, self.capacity.config_json());
+        config
+    }
+
+    /// The slots of `--capacity`.
+    pub(super) fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 
     /// Count an API request; the returned guard keeps it in flight until dropped
@@ -233,7 +280,7 @@ impl Behaviour {
 
     /// The counters as `GET /mock/stats` shows them.
     pub(super) fn stats_json(&self) -> Value {
-        json!({
+        let mut stats = json!({
             "requests": self.requests.load(Ordering::Relaxed),
             "in_flight": self.in_flight.load(Ordering::Relaxed),
             "max_in_flight": self.max_in_flight.load(Ordering::Relaxed),
@@ -244,7 +291,9 @@ impl Behaviour {
                 "prompt_tokens": self.generated_prompt.load(Ordering::Relaxed),
                 "completion_tokens": self.generated_completion.load(Ordering::Relaxed),
             },
-        })
+        });
+        merge(&mut stats, self.capacity.stats_json());
+        stats
     }
 
     /// Zero the counters. `in_flight` cannot be zeroed (the running requests
@@ -260,6 +309,14 @@ impl Behaviour {
         self.faults.reset(Instant::now());
         self.max_in_flight
             .store(self.in_flight.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.capacity.reset_stats();
+    }
+}
+
+/// Add the fields of object `more` to object `into`.
+fn merge(into: &mut Value, more: Value) {
+    if let (Some(into), Value::Object(more)) = (into.as_object_mut(), more) {
+        into.extend(more);
     }
 }
 
@@ -329,6 +386,54 @@ mod tests {
     }
 
     #[test]
+    fn capacity_updates_validate() {
+        let update = parse_config_update(br#"{"capacity": 8, "queue": null, "knee": 4, "slope": 0.5}"#).expect("valid");
+        assert_eq!(
+            update.limits,
+            LimitsUpdate {
+                capacity: Some(8),
+                queue: Some(None),
+                knee: Some(Some(4)),
+                slope: Some(0.5),
+            }
+        );
+        assert!(parse_config_update(br#"{"capacity": -1}"#).is_err());
+        assert!(parse_config_update(br#"{"capacity": null}"#).is_err());
+        assert!(parse_config_update(br#"{"queue": 4294967295}"#).is_err());
+        assert!(parse_config_update(br#"{"slope": -1}"#).is_err());
+        assert!(parse_config_update(br#"{"knee": 1.5}"#).is_err());
+
+        let behaviour = Behaviour::new(&MockOptions::default(), &CliFaults::default());
+        behaviour.apply(&update);
+        let config = behaviour.config_json();
+        assert_eq!(
+            (&config["capacity"], &config["queue"], &config["knee"], &config["slope"]),
+            (&json!(8), &json!(32), &json!(4), &json!(0.5))
+        );
+        assert_eq!(config["completion_tokens"], 16);
+    }
+
+    #[test]
+    fn load_slows_time_to_first_token_and_tokens() {
+        let settings = Settings {
+            fail_rate: 0.0,
+            fail_status: 503,
+            ttft: Duration::from_millis(50),
+            tokens_per_sec: 100.0,
+            completion_tokens: 16,
+        };
+        assert_eq!(settings.slowed(1.0), settings);
+        let slowed = settings.slowed(2.5);
+        assert_eq!(slowed.ttft, Duration::from_millis(125));
+        assert_eq!(slowed.token_interval(), Some(Duration::from_millis(25)));
+        let instant = Settings {
+            tokens_per_sec: 0.0,
+            ..settings
+        };
+        assert_eq!(instant.slowed(3.0).token_interval(), None);
+    }
+
+    #[test]
     fn timing() {
         let settings = Settings {
             fail_rate: 0.0,
@@ -369,6 +474,7 @@ mod tests {
                 "requests": 3, "in_flight": 1, "max_in_flight": 2, "completions": 1,
                 "prefills": 1, "faults": {"reset": 1},
                 "usage": {"prompt_tokens": 5, "completion_tokens": 7},
+                "capacity": 0, "in_service": 0, "max_in_service": 0, "queued": 0, "rejected_429": 0,
             })
         );
         behaviour.reset_stats();
@@ -378,6 +484,7 @@ mod tests {
                 "requests": 0, "in_flight": 1, "max_in_flight": 1, "completions": 0,
                 "prefills": 0, "faults": {},
                 "usage": {"prompt_tokens": 0, "completion_tokens": 0},
+                "capacity": 0, "in_service": 0, "max_in_service": 0, "queued": 0, "rejected_429": 0,
             })
         );
     }

@@ -33,6 +33,19 @@ pub(super) fn failure_body(status: u16) -> (Value, bool) {
     }
 }
 
+/// 429 of `--capacity`: OpenAI's request rate limit envelope (`type`
+/// `requests`, `code` `rate_limit_exceeded`), naming the full slots and queue.
+pub(super) fn capacity_exceeded(capacity: u32, queue: u32) -> Value {
+    error_body(
+        &format!(
+            "Rate limit reached for requests: all {capacity} slots are busy and {queue} requests \
+             wait (weir mock --capacity). Please try again later."
+        ),
+        "requests",
+        Some("rate_limit_exceeded"),
+    )
+}
+
 /// 404 for a model the mock does not serve.
 pub(super) fn model_not_found(model: &str) -> Value {
     error_body(
@@ -93,6 +106,9 @@ mod tests {
         assert_eq!(body["error"]["type"], "server_error");
         assert!(body["error"]["code"].is_null());
         assert!(body["error"]["param"].is_null());
+        let body = capacity_exceeded(2, 8);
+        assert_eq!(body["error"]["code"], "rate_limit_exceeded");
+        assert_eq!(body["error"]["type"], "requests");
         let body = model_not_found("nope");
         assert_eq!(body["error"]["code"], "model_not_found");
         assert_eq!(body["error"]["message"], "The model `nope` does not exist");

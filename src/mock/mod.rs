@@ -8,8 +8,10 @@
 //! injection that can be switched at runtime, fault modes chosen per request
 //! (`--fault [MODEL=]SPEC`, or the `x-mock-fault` header: resets, hangs, cut
 //! or stalled streams, provider error bodies, …), continuation of an
-//! assistant prefill, and `x-mock-*` response headers that echo what the
-//! gateway forwarded.
+//! assistant prefill, `x-mock-*` response headers that echo what the
+//! gateway forwarded, and a capacity model (`--capacity`: N slots, a
+//! bounded queue, 429 past both, latency that grows past a knee) for
+//! overload control to be tested offline.
 //!
 //! The mock must never be the bottleneck of a benchmark, so it implements
 //! [`HttpServerApp`](pingora_core::apps::HttpServerApp) directly: responses
@@ -19,16 +21,20 @@
 //! Control endpoints (exact paths, no prefix):
 //! - `GET /mock/config`, `POST /mock/config` with any subset of
 //!   `{"fail_rate": 1.0, "fail_status": 500, "ttft_ms": 10,
-//!   "tokens_per_sec": 100, "completion_tokens": 16}`;
+//!   "tokens_per_sec": 100, "completion_tokens": 16, "capacity": 8,
+//!   "queue": 32, "knee": 8, "slope": 1.0}` (`queue`/`knee` `null`: follow
+//!   the capacity);
 //! - `GET /mock/stats` → `{"requests", "in_flight", "max_in_flight",
 //!   "completions", "prefills", "faults": {SPEC: requests},
-//!   "usage": {"prompt_tokens", "completion_tokens"}}` (the tokens it
+//!   "usage": {"prompt_tokens", "completion_tokens"}, "capacity",
+//!   "in_service", "max_in_service", "queued", "rejected_429"}` (the tokens it
 //!   generated, streamed ones counted as each is written);
 //! - `POST /mock/stats/reset` (also forgets the fault specs' counters).
 //!
 //! Where things live:
 //! - `options`      the command line of `weir mock` and the valid range of each value
 //! - `behaviour`    the live settings (changed by `POST /mock/config`) and the stats
+//! - `capacity`     `--capacity`: slots, their queue, 429 past both, the latency knee
 //! - `routes`       which endpoint a method and path name
 //! - `app`          the Pingora application: read a request, answer it on the session
 //! - `errors`       OpenAI error envelopes, injected failures included
@@ -46,6 +52,7 @@
 
 mod app;
 mod behaviour;
+mod capacity;
 mod completions;
 mod embeddings;
 mod errors;

@@ -54,6 +54,19 @@ pub struct MockOptions {
     /// Write server-sent events with CRLF line ends
     #[arg(long)]
     pub crlf: bool,
+    /// Concurrent requests in service; more wait in a queue, past it 429 (0 = unlimited)
+    #[arg(long, default_value_t = 0)]
+    pub capacity: u32,
+    /// Requests that may wait for a slot (default: 4 × --capacity)
+    #[arg(long)]
+    pub queue: Option<u32>,
+    /// Requests in service past which latency grows (default: --capacity; 0 = never)
+    #[arg(long)]
+    pub knee: Option<u32>,
+    /// How fast latency grows past the knee: times
+    /// `1 + max(0, in_service − knee) / knee × slope`
+    #[arg(long, default_value_t = 1.0)]
+    pub slope: f64,
 }
 
 /// When `--gzip` compresses an answer.
@@ -86,6 +99,10 @@ impl Default for MockOptions {
             fault_header: DEFAULT_FAULT_HEADER.to_string(),
             gzip: None,
             crlf: false,
+            capacity: 0,
+            queue: None,
+            knee: None,
+            slope: 1.0,
         }
     }
 }
@@ -104,6 +121,12 @@ pub(super) fn validate_options(opts: &MockOptions) -> Result<(), String> {
     check_fail_rate(opts.fail_rate)?;
     check_fail_status(u64::from(opts.fail_status))?;
     check_tokens_per_sec(opts.tokens_per_sec)?;
+    check_slope(opts.slope)?;
+    for (name, value) in [("--queue", opts.queue), ("--knee", opts.knee)] {
+        if value == Some(u32::MAX) {
+            return Err(format!("{name} is too large: {}", u32::MAX));
+        }
+    }
     if opts.threads == 0 {
         return Err("--threads must be at least 1".to_string());
     }
@@ -140,6 +163,19 @@ pub(super) fn check_tokens_per_sec(tps: f64) -> Result<f64, String> {
         Ok(tps)
     } else {
         Err(format!("tokens_per_sec must be >= 0, got {tps}"))
+    }
+}
+
+/// The steepest slope of latency past the knee: steep enough for any test,
+/// and far from the factor overflowing a delay.
+const MAX_SLOPE: f64 = 1000.0;
+
+/// A slope of latency past the knee within `0.0..=1000.0`.
+pub(super) fn check_slope(slope: f64) -> Result<f64, String> {
+    if slope.is_finite() && (0.0..=MAX_SLOPE).contains(&slope) {
+        Ok(slope)
+    } else {
+        Err(format!("slope must be between 0 and {MAX_SLOPE}, got {slope}"))
     }
 }
 
