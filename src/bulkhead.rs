@@ -1,5 +1,7 @@
 //! A bulkhead: at most `max_concurrent` in progress, at most `queue` waiting
 //! (FIFO), each waiter bounded by `queue_timeout`. A full queue refuses at once.
+//! An adaptive controller may lower the live limit below `max_concurrent`
+//! (the ceiling) with [`Bulkhead::set_limit`].
 //!
 //! Plain type, no HTTP: the pipeline wraps it. The lock is a std mutex held
 //! only for a few instructions, never across an await.
@@ -32,6 +34,8 @@ pub enum Refusal {
 /// A snapshot for `/status` and the scrape-time gauges.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Snapshot {
+    /// The live limit (`max_concurrent` unless an adaptive controller set it).
+    pub limit: usize,
     pub in_flight: usize,
     pub waiting: usize,
     pub oldest_wait: Duration,
@@ -44,6 +48,8 @@ struct Waiter {
 }
 
 struct State {
+    /// The live limit, at most `max_concurrent`.
+    limit: usize,
     in_flight: usize,
     waiters: VecDeque<Waiter>,
     next_id: u64,
@@ -80,6 +86,7 @@ impl Bulkhead {
             .set(limits.queue as i64);
         Arc::new(Bulkhead {
             state: Mutex::new(State {
+                limit: limits.max_concurrent,
                 in_flight: 0,
                 waiters: VecDeque::with_capacity(limits.queue.min(4096)),
                 next_id: 0,
@@ -105,7 +112,7 @@ impl Bulkhead {
     pub async fn acquire(self: &Arc<Self>) -> Result<Permit, Refusal> {
         let (id, rx) = {
             let mut st = self.state.lock();
-            if st.in_flight < self.limits.max_concurrent && st.waiters.is_empty() {
+            if st.in_flight < st.limit && st.waiters.is_empty() {
                 st.in_flight += 1;
                 return Ok(Permit { bulkhead: self.clone() });
             }
@@ -160,10 +167,30 @@ impl Bulkhead {
         }
     }
 
-    /// Current in-flight, waiting and oldest wait.
+    /// Set the live limit (within 1 ..= `max_concurrent`). A higher one
+    /// admits waiters at once; a lower one lets those in flight finish and
+    /// admits no one until fewer than it are in flight.
+    pub fn set_limit(&self, limit: usize) {
+        let mut st = self.state.lock();
+        st.limit = limit.clamp(1, self.limits.max_concurrent.max(1));
+        while st.in_flight < st.limit {
+            let Some(w) = st.waiters.pop_front() else { break };
+            if w.tx.send(()).is_ok() {
+                st.in_flight += 1;
+            }
+        }
+    }
+
+    /// The live limit.
+    pub fn limit(&self) -> usize {
+        self.state.lock().limit
+    }
+
+    /// Current limit, in-flight, waiting and oldest wait.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.state.lock();
         Snapshot {
+            limit: st.limit,
             in_flight: st.in_flight,
             waiting: st.waiters.len(),
             oldest_wait: st.waiters.front().map(|w| w.since.elapsed()).unwrap_or_default(),
@@ -193,6 +220,11 @@ impl Bulkhead {
             };
         }
         st.last_release = Some(now);
+        if st.in_flight > st.limit {
+            // The limit was lowered: this slot goes away.
+            st.in_flight -= 1;
+            return;
+        }
         // Hand the slot to the oldest live waiter; in_flight stays the same.
         while let Some(w) = st.waiters.pop_front() {
             if w.tx.send(()).is_ok() {
@@ -336,6 +368,44 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn live_limit_lowers_without_cutting_and_raises_at_once() {
+        let b = bh(4, 10, 5000);
+        let mut ps = Vec::new();
+        for _ in 0..4 {
+            ps.push(b.acquire().await.unwrap());
+        }
+        b.set_limit(2);
+        assert_eq!(b.snapshot().in_flight, 4, "those in flight finish");
+        let waiters: Vec<_> = (0..3)
+            .map(|_| {
+                let b = b.clone();
+                tokio::spawn(async move { b.acquire().await.map(std::mem::forget) })
+            })
+            .collect();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(b.snapshot().waiting, 3);
+        // Two leave: still at the new limit, nobody admitted.
+        ps.pop();
+        ps.pop();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((b.snapshot().in_flight, b.snapshot().waiting), (2, 3));
+        // One more leaves: one waiter gets its slot.
+        ps.pop();
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((b.snapshot().in_flight, b.snapshot().waiting), (2, 2));
+        // Raised: the others are admitted at once, up to the new limit.
+        b.set_limit(3);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!((b.snapshot().in_flight, b.snapshot().waiting), (3, 1));
+        b.set_limit(100);
+        assert_eq!(b.limit(), 4, "never above max_concurrent");
+        for w in waiters {
+            assert!(w.await.unwrap().is_ok());
+        }
+        assert_eq!(b.snapshot().in_flight, 4);
+    }
+
+    #[tokio::test]
     async fn in_flight_returns_to_zero() {
         let b = bh(3, 3, 1000);
         let mut ps = Vec::new();
@@ -347,6 +417,7 @@ mod tests {
         assert_eq!(
             b.snapshot(),
             Snapshot {
+                limit: 3,
                 in_flight: 0,
                 waiting: 0,
                 oldest_wait: Duration::ZERO
