@@ -81,6 +81,8 @@ impl Admin {
                         "queued": s.waiting,
                         "oldest_wait_ms": s.oldest_wait.as_millis() as u64,
                         "max_concurrent": l.max_concurrent,
+                        "limit": s.limit,
+                        "adaptive": p.adaptive.is_some(),
                         "queue": l.queue,
                         "breaker": rt.plugins.values().find_map(|pl| pl.plugin.breaker_state(name)).map_or("none", |s| s.name()),
                         "health": if p.conf.health_check.is_none() { "unchecked" } else if p.is_healthy() { "healthy" } else { "unhealthy" },

@@ -97,6 +97,30 @@ pub static QUEUE_REJECTED: Lazy<IntCounterVec> = Lazy::new(|| {
         &["queue", "reason"],
     )
 });
+pub static CONCURRENCY_LIMIT: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_concurrency_limit",
+        "A provider's live concurrency limit (adaptive: between its floor and max_concurrent).",
+        &["provider"],
+    )
+});
+pub static CONCURRENCY_LATENCY: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    reg(prometheus::GaugeVec::new(
+        Opts::new(
+            "weir_concurrency_latency_seconds",
+            "The adaptive limit's latency averages: signal ttft or per_token, kind short (recent) or long (baseline).",
+        ),
+        &["provider", "signal", "kind"],
+    )
+    .unwrap())
+});
+pub static CONCURRENCY_DECISIONS: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_concurrency_decisions_total",
+        "Changes of an adaptive limit: increase, or a decrease by reason (rate_limited, error, latency, remaining).",
+        &["provider", "reason"],
+    )
+});
 pub static LLM_TOKENS: Lazy<IntCounterVec> = Lazy::new(|| {
     counter(
         "weir_llm_tokens_total",
@@ -308,6 +332,9 @@ pub fn init() {
     Lazy::force(&QUEUE_WAIT);
     Lazy::force(&QUEUE_OLDEST_WAIT);
     Lazy::force(&QUEUE_REJECTED);
+    Lazy::force(&CONCURRENCY_LIMIT);
+    Lazy::force(&CONCURRENCY_LATENCY);
+    Lazy::force(&CONCURRENCY_DECISIONS);
     Lazy::force(&LLM_TOKENS);
     Lazy::force(&TOKENS);
     Lazy::force(&COST);

@@ -2,13 +2,15 @@
 //! adds, the models it serves, and the bulkhead in front of it.
 
 use crate::bulkhead::{Bulkhead, Limits};
-use crate::config::{BulkheadConf, PriceConf, ProviderConf};
+use crate::config::{AdaptiveConf, BulkheadConf, PriceConf, ProviderConf};
 use crate::llm::Usage;
 use crate::metrics;
+use crate::traffic::adaptive::{Aimd, Decision, Latency, Outcome, Params, Sample};
 use indexmap::IndexMap;
+use parking_lot::Mutex;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::WrappedX509;
-use prometheus::IntGauge;
+use prometheus::{Gauge, IntGauge};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -96,6 +98,111 @@ pub fn bulkhead(name: String, conf: &BulkheadConf, previous: Option<&Arc<Bulkhea
     }
 }
 
+/// A provider's adaptive concurrency limit: the controller, the bulkhead
+/// whose live limit it sets, and its metrics. Shared across reloads with the
+/// bulkhead while the provider's `adaptive` settings are unchanged.
+pub struct AdaptiveLimit {
+    conf: AdaptiveConf,
+    provider: String,
+    controller: Mutex<Aimd>,
+    bulkhead: Arc<Bulkhead>,
+    limit: IntGauge,
+    /// ttft short, ttft long, per_token short, per_token long.
+    latency: [Gauge; 4],
+}
+
+impl AdaptiveLimit {
+    /// A controller for `bulkhead` (whose `max_concurrent` is the ceiling),
+    /// starting from the bulkhead's live limit.
+    pub fn new(provider: &str, conf: AdaptiveConf, bulkhead: Arc<Bulkhead>) -> Arc<AdaptiveLimit> {
+        let params = Params {
+            floor: conf.floor,
+            ceiling: bulkhead.limits().max_concurrent,
+            backoff: conf.backoff,
+            tolerance: conf.tolerance,
+            min_remaining: conf.min_remaining,
+        };
+        let controller = Aimd::new(params, bulkhead.limit());
+        bulkhead.set_limit(controller.limit());
+        let latency = [
+            ("ttft", "short"),
+            ("ttft", "long"),
+            ("per_token", "short"),
+            ("per_token", "long"),
+        ]
+        .map(|(signal, kind)| metrics::CONCURRENCY_LATENCY.with_label_values(&[provider, signal, kind]));
+        let limit = metrics::CONCURRENCY_LIMIT.with_label_values(&[provider]);
+        limit.set(controller.limit() as i64);
+        Arc::new(AdaptiveLimit {
+            conf,
+            provider: provider.to_string(),
+            controller: Mutex::new(controller),
+            bulkhead,
+            limit,
+            latency,
+        })
+    }
+
+    /// Take one finished attempt's sample; `saturated` is read here (the
+    /// attempt still holds its slot).
+    pub fn record(&self, admitted: std::time::Instant, outcome: Outcome) {
+        let snap = self.bulkhead.snapshot();
+        let sample = Sample {
+            admitted,
+            saturated: snap.in_flight >= snap.limit || snap.waiting > 0,
+            outcome,
+        };
+        let (decision, limit, ttft, per_token) = {
+            let mut c = self.controller.lock();
+            let d = c.observe(&sample, std::time::Instant::now());
+            if d != Decision::Hold {
+                // Under the controller's lock, so concurrent samples set
+                // the bulkhead in the order they were decided.
+                self.bulkhead.set_limit(c.limit());
+            }
+            (d, c.limit(), c.ttft, c.per_token)
+        };
+        if decision != Decision::Hold {
+            self.limit.set(limit as i64);
+            metrics::CONCURRENCY_DECISIONS
+                .with_label_values(&[&self.provider, decision.label()])
+                .inc();
+        }
+        let l: [&Latency; 2] = [&ttft, &per_token];
+        for (i, lat) in l.iter().enumerate() {
+            self.latency[2 * i].set(lat.short);
+            self.latency[2 * i + 1].set(lat.long);
+        }
+    }
+
+    /// The live limit.
+    pub fn limit(&self) -> usize {
+        self.controller.lock().limit()
+    }
+}
+
+/// The adaptive limit for a provider whose bulkhead is `bulkhead`: the
+/// previous one when it drives the same bulkhead with the same settings,
+/// else a new one; none (and the bulkhead back at its ceiling) when off.
+fn adaptive(
+    name: &str,
+    conf: Option<AdaptiveConf>,
+    bulkhead: &Arc<Bulkhead>,
+    previous: Option<&Provider>,
+) -> Option<Arc<AdaptiveLimit>> {
+    let Some(conf) = conf else {
+        bulkhead.set_limit(bulkhead.limits().max_concurrent);
+        metrics::CONCURRENCY_LIMIT
+            .with_label_values(&[name])
+            .set(bulkhead.limits().max_concurrent as i64);
+        return None;
+    };
+    match previous.and_then(|p| p.adaptive.as_ref()) {
+        Some(a) if a.conf == conf && Arc::ptr_eq(&a.bulkhead, bulkhead) => Some(a.clone()),
+        _ => Some(AdaptiveLimit::new(name, conf, bulkhead.clone())),
+    }
+}
+
 /// A generation's providers by name.
 pub type Providers = IndexMap<String, Arc<Provider>>;
 
@@ -168,6 +275,8 @@ pub struct Provider {
     /// public model name -> upstream model name
     pub models: HashMap<String, String>,
     pub bulkhead: Arc<Bulkhead>,
+    /// The bulkhead's adaptive limit, when `adaptive` is on.
+    pub adaptive: Option<Arc<AdaptiveLimit>>,
     /// In-flight requests; the metric child is keyed by name, so the count
     /// survives any rebuild of the provider set. Changed only through
     /// [`Provider::in_flight`]'s guard.
@@ -216,7 +325,9 @@ impl Provider {
             &conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT),
             previous.map(|p| &p.bulkhead),
         );
+        let adaptive = adaptive(name, conf.adaptive, &bulkhead, previous);
         Ok(Provider {
+            adaptive,
             name: name.to_string(),
             conf: conf.clone(),
             authorization: conf.api_key.as_ref().map(|k| format!("Bearer {k}")),
@@ -382,6 +493,37 @@ mod tests {
             ..Usage::default()
         };
         assert_eq!(Cost::of(&p, odd), Cost::tokens(10, 1.25));
+    }
+
+    fn conf(yaml: &str) -> ProviderConf {
+        serde_yaml_ng::from_str(yaml).unwrap()
+    }
+
+    #[test]
+    fn adaptive_limit_is_carried_over_while_unchanged() {
+        let base = "url: http://127.0.0.1:9/v1\nmodels: [m]\nbulkhead: { max_concurrent: 10, queue: 4 }\n";
+        let name = format!("adaptive-{}", rand::random::<u32>());
+        let on = conf(&format!("{base}adaptive: {{ floor: 3 }}\n"));
+        let first = Provider::build(&name, &on, None, None).unwrap();
+        let a = first.adaptive.clone().expect("adaptive is on");
+        assert_eq!(a.limit(), 10, "starts at the ceiling");
+        // The controller lowered it: a reload with the same settings keeps it.
+        first.bulkhead.set_limit(6);
+        let params = a.controller.lock().params();
+        *a.controller.lock() = Aimd::new(params, 6);
+        let second = Provider::build(&name, &on, None, Some(&first)).unwrap();
+        assert!(Arc::ptr_eq(second.adaptive.as_ref().unwrap(), &a));
+        assert_eq!(second.bulkhead.snapshot().limit, 6);
+        // Changed settings: a new controller, starting from the live limit.
+        let other = conf(&format!("{base}adaptive: {{ floor: 2 }}\n"));
+        let third = Provider::build(&name, &other, None, Some(&second)).unwrap();
+        assert!(!Arc::ptr_eq(third.adaptive.as_ref().unwrap(), &a));
+        assert_eq!(third.adaptive.as_ref().unwrap().limit(), 6);
+        // Off: the bulkhead is back at its ceiling.
+        let off = conf(base);
+        let fourth = Provider::build(&name, &off, None, Some(&third)).unwrap();
+        assert!(fourth.adaptive.is_none());
+        assert_eq!(fourth.bulkhead.snapshot().limit, 10);
     }
 
     #[test]

@@ -102,6 +102,21 @@ fn broken_configs_name_line_and_field() {
             GOOD.replace("keys_file: keys.yaml", "keys_file: nope.yaml"),
             "DIR/weir.yaml:9: plugins.keys.keys_file: cannot read keys file",
         ),
+        (
+            "adaptive floor above the ceiling",
+            GOOD.replace("    models: [a]", "    models: [a]\n    adaptive: { floor: 3 }"),
+            "providers.m.adaptive.floor: must be at most the bulkhead's max_concurrent (2)",
+        ),
+        (
+            "adaptive backoff out of range",
+            GOOD.replace("    models: [a]", "    models: [a]\n    adaptive: { backoff: 1.5 }"),
+            "providers.m.adaptive.backoff: must be between 0 and 1",
+        ),
+        (
+            "adaptive tolerance at most 1",
+            GOOD.replace("    models: [a]", "    models: [a]\n    adaptive: { tolerance: 0.5 }"),
+            "providers.m.adaptive.tolerance: must be above 1",
+        ),
     ];
     for (what, text, expected) in cases {
         let (code, out) = check(text);

@@ -2,7 +2,7 @@
 //! sections, addresses, limits.
 
 use super::errors::Checker;
-use super::schema::{AdminConf, BulkheadConf, Config, ProviderConf, RouteConf};
+use super::schema::{AdaptiveConf, AdminConf, BulkheadConf, Config, ProviderConf, RouteConf};
 
 /// Semantic checks: references, addresses, limits. Nothing here reads a
 /// file or builds anything: the runtime build does (and reports) that.
@@ -49,6 +49,10 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
         }
         if let Some(b) = &p.bulkhead {
             check_bulkhead(ck, &format!("{at}.bulkhead"), b);
+        }
+        if let Some(a) = &p.adaptive {
+            let ceiling = p.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT).max_concurrent;
+            check_adaptive(ck, &format!("{at}.adaptive"), a, ceiling);
         }
         let t = &p.timeouts;
         for (field, d) in [
@@ -206,6 +210,23 @@ fn check_bulkhead(ck: &mut Checker, at: &str, b: &BulkheadConf) {
     }
     if b.queue_timeout.0.is_zero() && b.queue > 0 {
         ck.error(format!("{at}.queue_timeout"), "must be above zero when queue > 0");
+    }
+}
+
+fn check_adaptive(ck: &mut Checker, at: &str, a: &AdaptiveConf, ceiling: usize) {
+    if a.floor == 0 {
+        ck.error(format!("{at}.floor"), "must be at least 1");
+    } else if a.floor > ceiling {
+        ck.error(
+            format!("{at}.floor"),
+            format!("must be at most the bulkhead's max_concurrent ({ceiling}), the ceiling"),
+        );
+    }
+    if !(a.backoff > 0.0 && a.backoff < 1.0) {
+        ck.error(format!("{at}.backoff"), "must be between 0 and 1 (exclusive)");
+    }
+    if !(a.tolerance > 1.0 && a.tolerance.is_finite()) {
+        ck.error(format!("{at}.tolerance"), "must be above 1");
     }
 }
 

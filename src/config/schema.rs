@@ -121,6 +121,11 @@ pub struct ProviderConf {
     pub weight: u32,
     #[serde(default)]
     pub bulkhead: Option<BulkheadConf>,
+    /// Adaptive concurrency: the bulkhead's `max_concurrent` becomes a
+    /// ceiling and the live limit follows what the provider shows (off
+    /// when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adaptive: Option<AdaptiveConf>,
     #[serde(default)]
     pub timeouts: TimeoutsConf,
     #[serde(default)]
@@ -218,6 +223,48 @@ impl BulkheadConf {
         queue: 10_000,
         queue_timeout: Dur(std::time::Duration::from_secs(30)),
     };
+}
+
+/// The adaptive concurrency limit of a provider (`traffic::adaptive`).
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdaptiveConf {
+    /// The lowest the live limit goes.
+    #[serde(default = "default_adaptive_floor")]
+    pub floor: usize,
+    /// The limit is multiplied by this on a decrease, in (0, 1).
+    #[serde(default = "default_adaptive_backoff")]
+    pub backoff: f64,
+    /// Short-term latency (first token, per output token) over this many
+    /// times its long-term baseline counts as overload; above 1.
+    #[serde(default = "default_adaptive_tolerance")]
+    pub tolerance: f64,
+    /// `x-ratelimit-remaining-requests` at or below this counts as full.
+    #[serde(default)]
+    pub min_remaining: u64,
+}
+
+impl Default for AdaptiveConf {
+    fn default() -> Self {
+        AdaptiveConf {
+            floor: default_adaptive_floor(),
+            backoff: default_adaptive_backoff(),
+            tolerance: default_adaptive_tolerance(),
+            min_remaining: 0,
+        }
+    }
+}
+
+fn default_adaptive_floor() -> usize {
+    2
+}
+
+fn default_adaptive_backoff() -> f64 {
+    0.8
+}
+
+fn default_adaptive_tolerance() -> f64 {
+    2.0
 }
 
 /// How long weir waits on a provider, by step of an LLM answer.

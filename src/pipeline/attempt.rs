@@ -11,12 +11,14 @@ use super::chain::PluginInstance;
 use super::plugin::{Admission, Attempt, AttemptHold};
 use crate::bulkhead::{Bulkhead, Permit, Refusal};
 use crate::error::{ErrorKind, WeirError};
-use crate::provider::{InFlight, Provider};
+use crate::provider::{AdaptiveLimit, InFlight, Provider};
+use crate::traffic::adaptive::Outcome;
 use crate::upstream::{Target, Upstream};
 use bytes::Bytes;
 use pingora_http::{RequestHeader, ResponseHeader};
 use smallvec::SmallVec;
 use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 
 /// A refusal by a bulkhead as weir's error (naming the queue).
 pub fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
@@ -60,8 +62,58 @@ pub(super) fn skipped_error(p: &Provider) -> WeirError {
 /// without one tells every hold [`Attempt::Aborted`].
 pub struct AttemptGuard {
     holds: Holds,
+    /// What the provider's adaptive limit learns from this attempt, if it has one.
+    feedback: Option<Feedback>,
     _in_flight: InFlight,
     _permit: Permit,
+}
+
+/// An attempt as its provider's adaptive limit sees it, sampled when the
+/// guard drops (while it still holds its slot).
+struct Feedback {
+    adaptive: Arc<AdaptiveLimit>,
+    admitted: Instant,
+    /// Status, time to the response head, remaining requests and
+    /// `Retry-After` the provider sent.
+    head: Option<(u16, Duration, Option<u64>, Option<Duration>)>,
+    /// Time from sending to a stream's first content, and when it came.
+    first_token: Option<(Duration, Instant)>,
+    /// When the answer ended (an `Answered` outcome).
+    ended: Option<Instant>,
+    output_tokens: Option<u64>,
+    failed: bool,
+}
+
+impl Feedback {
+    /// The sample: none for an attempt aborted before an answer or
+    /// answered with a 4xx other than 429 (which says nothing of load).
+    fn outcome(&self) -> Option<Outcome> {
+        if self.failed {
+            return Some(Outcome::Error { retry_after: None });
+        }
+        let (status, ttfb, remaining, retry_after) = self.head?;
+        match status {
+            429 => Some(Outcome::RateLimited { retry_after }),
+            500.. => Some(Outcome::Error { retry_after }),
+            200..=299 => {
+                // Time per token after the first: the length of the answer
+                // does not inflate it, as it does the whole duration.
+                let per_token = match (self.first_token, self.ended, self.output_tokens) {
+                    (Some((_, at)), Some(end), Some(n)) if n >= 2 => {
+                        Some(end.saturating_duration_since(at) / (n - 1).min(u32::MAX as u64) as u32)
+                    }
+                    _ => None,
+                };
+                Some(Outcome::Ok {
+                    ttft: self.first_token.map_or(ttfb, |(t, _)| t),
+                    per_token,
+                    remaining,
+                    retry_after,
+                })
+            }
+            _ => None,
+        }
+    }
 }
 
 /// The plugins' stakes not yet told an outcome; dropped ones hear `Aborted`.
@@ -96,8 +148,18 @@ impl AttemptGuard {
                 Admission::Skip => return None,
             }
         }
+        let feedback = provider.adaptive.as_ref().map(|a| Feedback {
+            adaptive: a.clone(),
+            admitted: Instant::now(),
+            head: None,
+            first_token: None,
+            ended: None,
+            output_tokens: None,
+            failed: false,
+        });
         Some(AttemptGuard {
             holds,
+            feedback,
             _in_flight: provider.in_flight(),
             _permit: permit,
         })
@@ -105,7 +167,51 @@ impl AttemptGuard {
 
     /// How the attempt went (once; later calls are ignored).
     pub fn end(&mut self, attempt: &Attempt) {
+        if let Some(f) = self.feedback.as_mut().filter(|f| f.ended.is_none() && !f.failed) {
+            match attempt {
+                Attempt::Answered { .. } => f.ended = Some(Instant::now()),
+                Attempt::Failed(_) => f.failed = true,
+                Attempt::Aborted => {}
+            }
+        }
         self.holds.end(attempt);
+    }
+
+    /// The provider's response head arrived `ttfb` after sending: its
+    /// status and its `x-ratelimit-remaining-requests` and `Retry-After`.
+    pub fn head(&mut self, head: &ResponseHeader, ttfb: Duration) {
+        let Some(f) = self.feedback.as_mut() else { return };
+        let text = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
+        let remaining = text("x-ratelimit-remaining-requests").and_then(|v| v.parse().ok());
+        let retry_after = head
+            .headers
+            .get("retry-after")
+            .and_then(|v| super::retry::retry_after(v.as_bytes(), SystemTime::now()));
+        f.head = Some((head.status.as_u16(), ttfb, remaining, retry_after));
+    }
+
+    /// A stream's first content arrived `ttft` after sending.
+    pub fn first_token(&mut self, ttft: Duration) {
+        if let Some(f) = self.feedback.as_mut() {
+            f.first_token = Some((ttft, Instant::now()));
+        }
+    }
+
+    /// The answer's output tokens, once known.
+    pub fn output_tokens(&mut self, n: Option<u64>) {
+        if let Some(f) = self.feedback.as_mut() {
+            f.output_tokens = n.or(f.output_tokens);
+        }
+    }
+}
+
+impl Drop for AttemptGuard {
+    fn drop(&mut self) {
+        if let Some(f) = &self.feedback {
+            if let Some(outcome) = f.outcome() {
+                f.adaptive.record(f.admitted, outcome);
+            }
+        }
     }
 }
 
@@ -124,7 +230,10 @@ pub async fn call_provider(
     let permit = acquire(&provider.bulkhead).await?;
     let mut attempt = AttemptGuard::admit(plugins, provider, permit).ok_or_else(|| skipped_error(provider))?;
     let ex = match upstream.send(&Target::provider(provider), req, body).await {
-        Ok(ex) => ex,
+        Ok(ex) => {
+            attempt.head(ex.header(), ex.ttfb);
+            ex
+        }
         Err(e) => {
             attempt.end(&Attempt::Failed(e.error.kind));
             return Err(e.error);

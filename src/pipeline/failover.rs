@@ -225,11 +225,14 @@ impl Pipeline {
                 attempt.end(&Attempt::Failed(e.error.kind));
                 Err(StartError::Failed(e))
             }
-            Some(Ok(ex)) => Ok(Leg {
-                provider: provider.clone(),
-                attempt,
-                ex,
-            }),
+            Some(Ok(ex)) => {
+                attempt.head(ex.header(), ex.ttfb);
+                Ok(Leg {
+                    provider: provider.clone(),
+                    attempt,
+                    ex,
+                })
+            }
         }
     }
 
@@ -371,7 +374,12 @@ impl Pipeline {
                 let chat = path.ends_with("/chat/completions") || path.ends_with("/completions");
                 let stream = chat && ctx.head.as_ref().is_some_and(|h| h.stream);
                 match self.prepare(d, &mut ex, &provider, stream, strip_usage).await {
-                    Ok(r) => r,
+                    Ok(r) => {
+                        if let Ready::Stream(_) = r {
+                            attempt.first_token(ex.sent_at.elapsed());
+                        }
+                        r
+                    }
                     Err(PrepareError::ClientGone) => {
                         // Gone before the answer was ready: what the provider
                         // made of it is unknown.

@@ -325,6 +325,7 @@ impl Pipeline {
             Ok(None) => {
                 attempt.end(&Attempt::Answered { status, ttfb });
                 settle_stream(ctx, &s.watch).await;
+                attempt.output_tokens(ctx.usage.map(|u| u.completion_tokens));
                 self.upstream.finish(ex, &p.peer).await;
                 return self.flush(d, ctx, route, &mut s.held, true).await;
             }
