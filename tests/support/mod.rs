@@ -11,9 +11,30 @@ use std::time::{Duration, Instant};
 
 pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 
-/// A free TCP port on 127.0.0.1.
+/// A free TCP port on 127.0.0.1, for a process a test is about to start.
+///
+/// Not the kernel's pick (`bind(0)`): that comes from the ephemeral range,
+/// where every outgoing connection and every other test binary's pick lands
+/// too, so a port could be taken between this check and the child's bind —
+/// and a readiness probe would then find the wrong process. A random port
+/// below the ephemeral range (32768 and up on Linux), never handed out
+/// twice by this process, makes that a rare coincidence instead.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::collections::HashSet;
+    use std::sync::Mutex;
+    static GIVEN: Mutex<Option<HashSet<u16>>> = Mutex::new(None);
+    loop {
+        let port = 10_000 + rand::random::<u16>() % 22_000;
+        let mut given = GIVEN.lock().unwrap();
+        let given = given.get_or_insert_with(HashSet::new);
+        if given.contains(&port) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            given.insert(port);
+            return port;
+        }
+    }
 }
 
 /// A child process killed when dropped.
