@@ -632,13 +632,8 @@ impl MockApp {
                 }
             }
         }
-        if let Some(delay) = fault.and_then(Fault::first_token_delay) {
-            // The header and the role chunk are out: only the first token is
-            // late. A client that leaves meanwhile ends the exchange at once.
-            tokio::select! {
-                _ = pause(delay) => {}
-                _ = session.read_body_or_idle(true) => return Ending::Close,
-            }
+        if !late_first_token(session, fault).await {
+            return Ending::Close;
         }
         let pace = Pace::new(settings);
         let tokens = TokenEvents::new(generation);
@@ -731,11 +726,8 @@ impl MockApp {
                 return Ending::Close;
             }
         }
-        if let Some(delay) = fault.and_then(Fault::first_token_delay) {
-            tokio::select! {
-                _ = pause(delay) => {}
-                _ = session.read_body_or_idle(true) => return Ending::Close,
-            }
+        if !late_first_token(session, fault).await {
+            return Ending::Close;
         }
         let pace = Pace::new(settings);
         let stop = fault.and_then(Fault::stream_break);
@@ -877,6 +869,19 @@ async fn abandon(session: ServerSession, hold: bool) {
     };
     // The connection closes when the stream drops, on time-out too.
     let _ = tokio::time::timeout(MAX_DELAY, leave).await;
+}
+
+/// A `slow_first_token` fault: the header and the opening events are out,
+/// only the first token is late. `false`: the client left meanwhile (the
+/// exchange ends at once).
+async fn late_first_token(session: &mut ServerSession, fault: Option<Fault>) -> bool {
+    let Some(delay) = fault.and_then(Fault::first_token_delay) else {
+        return true;
+    };
+    tokio::select! {
+        _ = pause(delay) => true,
+        _ = session.read_body_or_idle(true) => false,
+    }
 }
 
 async fn pause(delay: Duration) {
