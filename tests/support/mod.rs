@@ -27,7 +27,7 @@ pub fn free_port() -> u16 {
         let port = 10_000 + rand::random::<u16>() % 22_000;
         let mut given = GIVEN.lock().unwrap();
         let given = given.get_or_insert_with(HashSet::new);
-        if given.contains(&port) {
+        if given.contains(&port) || !claim_port(port) {
             continue;
         }
         if TcpListener::bind(("127.0.0.1", port)).is_ok() {
@@ -35,6 +35,37 @@ pub fn free_port() -> u16 {
             return port;
         }
     }
+}
+
+/// Claims `port` for this process across every test process on the machine
+/// (two test binaries run at once, e.g. by two checkouts, must not both
+/// start a child on it): a file per port under the temp dir names its
+/// owner's pid; a claim by a process that has exited is taken over.
+fn claim_port(port: u16) -> bool {
+    use std::io::Write as _;
+    let dir = std::env::temp_dir().join("weir-test-ports");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join(port.to_string());
+    let me = std::process::id();
+    let open = || std::fs::OpenOptions::new().write(true).create_new(true).open(&path);
+    let file = match open() {
+        Ok(f) => f,
+        Err(_) => {
+            let owner: Option<i32> = std::fs::read_to_string(&path).ok().and_then(|s| s.trim().parse().ok());
+            // No pid yet: its owner is writing it.
+            let alive = owner.is_none_or(|pid| pid as u32 == me || unsafe { libc::kill(pid, 0) } == 0);
+            if alive {
+                return false;
+            }
+            let _ = std::fs::remove_file(&path);
+            match open() {
+                Ok(f) => f,
+                Err(_) => return false,
+            }
+        }
+    };
+    let mut file = file;
+    file.write_all(me.to_string().as_bytes()).is_ok()
 }
 
 /// A child process killed when dropped.
