@@ -6,6 +6,7 @@
 //! `admin.metrics_open`); without a token the API is open, which config
 //! allows only on a loopback listener.
 
+use crate::bulkhead::Bulkhead;
 use crate::config::redact;
 use crate::metrics;
 use crate::runtime::Gateway;
@@ -38,6 +39,27 @@ fn json_reply(status: u16, v: serde_json::Value) -> Response<Vec<u8>> {
     )
 }
 
+/// A bulkhead's priority classes for `/status`, by name, highest first.
+fn classes_json(b: &Bulkhead) -> serde_json::Value {
+    let classes: serde_json::Map<String, serde_json::Value> = b
+        .classes()
+        .into_iter()
+        .map(|c| {
+            let v = json!({
+                "in_flight": c.in_flight,
+                "queued": c.waiting,
+                "oldest_wait_ms": c.oldest_wait.as_millis() as u64,
+                "reserved": c.reserved,
+                "drain_per_sec": (c.drain_per_sec * 100.0).round() / 100.0,
+                "keys_waiting": c.keys_waiting,
+                "shedding": c.shedding,
+            });
+            (c.class.to_string(), v)
+        })
+        .collect();
+    serde_json::Value::Object(classes)
+}
+
 impl Admin {
     /// Set the gauges that describe current state, then render everything.
     fn metrics(&self) -> Vec<u8> {
@@ -58,6 +80,21 @@ impl Admin {
             metrics::QUEUE_CAPACITY
                 .with_label_values(&[b.name()])
                 .set(b.limits().queue as i64);
+            for c in b.classes() {
+                let labels = [b.name(), &c.class.to_string()];
+                metrics::QUEUE_CLASS_DEPTH
+                    .with_label_values(&labels)
+                    .set(c.waiting as i64);
+                metrics::QUEUE_CLASS_IN_FLIGHT
+                    .with_label_values(&labels)
+                    .set(c.in_flight as i64);
+                metrics::QUEUE_CLASS_OLDEST_WAIT
+                    .with_label_values(&labels)
+                    .set(c.oldest_wait.as_secs_f64());
+                metrics::QUEUE_CLASS_DRAIN
+                    .with_label_values(&labels)
+                    .set(c.drain_per_sec);
+            }
         }
         for p in rt.plugins.values() {
             p.plugin.refresh_metrics();
@@ -84,6 +121,7 @@ impl Admin {
                         "limit": s.limit,
                         "adaptive": p.adaptive.is_some(),
                         "queue": l.queue,
+                        "classes": classes_json(&p.bulkhead),
                         "breaker": rt.plugins.values().find_map(|pl| pl.plugin.breaker_state(name)).map_or("none", |s| s.name()),
                         "health": if p.conf.health_check.is_none() { "unchecked" } else if p.is_healthy() { "healthy" } else { "unhealthy" },
                     }),
@@ -101,6 +139,7 @@ impl Admin {
                 "oldest_wait_ms": s.oldest_wait.as_millis() as u64,
                 "max_concurrent": l.max_concurrent,
                 "queue": l.queue,
+                "classes": classes_json(&p.bulkhead),
             });
             if let Some(state) = p.plugin.status().await {
                 entry["state"] = state;

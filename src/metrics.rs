@@ -93,9 +93,60 @@ pub static QUEUE_OLDEST_WAIT: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
 pub static QUEUE_REJECTED: Lazy<IntCounterVec> = Lazy::new(|| {
     counter(
         "weir_queue_rejected_total",
-        "Requests a bulkhead refused, by reason (full, timeout).",
+        "Requests a bulkhead refused, by reason (full, timeout, evicted, fair_share, max_age, shed).",
         &["queue", "reason"],
     )
+});
+pub static QUEUE_CLASS_REJECTED: Lazy<IntCounterVec> = Lazy::new(|| {
+    counter(
+        "weir_queue_class_rejected_total",
+        "Requests a bulkhead refused, by priority class and reason.",
+        &["queue", "class", "reason"],
+    )
+});
+pub static QUEUE_CLASS_WAIT: Lazy<HistogramVec> = Lazy::new(|| {
+    histogram(
+        "weir_queue_class_wait_seconds",
+        "Time a request of a priority class waited in a bulkhead queue before its slot (refused waiters included).",
+        &["queue", "class"],
+        &[
+            0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+        ],
+    )
+});
+pub static QUEUE_CLASS_DEPTH: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_queue_class_depth",
+        "Requests of a priority class waiting in a bulkhead queue.",
+        &["queue", "class"],
+    )
+});
+pub static QUEUE_CLASS_IN_FLIGHT: Lazy<IntGaugeVec> = Lazy::new(|| {
+    gauge(
+        "weir_queue_class_in_flight",
+        "Requests of a priority class holding a bulkhead slot.",
+        &["queue", "class"],
+    )
+});
+pub static QUEUE_CLASS_OLDEST_WAIT: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    reg(prometheus::GaugeVec::new(
+        Opts::new(
+            "weir_queue_class_oldest_wait_seconds",
+            "Age of a priority class's oldest waiter in a bulkhead queue now.",
+        ),
+        &["queue", "class"],
+    )
+    .unwrap())
+});
+pub static QUEUE_CLASS_DRAIN: Lazy<prometheus::GaugeVec> = Lazy::new(|| {
+    reg(prometheus::GaugeVec::new(
+        Opts::new(
+            "weir_queue_class_drain_per_second",
+            "Measured rate a priority class's queue is served at while it has waiters (what Retry-After is computed from).",
+        ),
+        &["queue", "class"],
+    )
+    .unwrap())
 });
 pub static CONCURRENCY_LIMIT: Lazy<IntGaugeVec> = Lazy::new(|| {
     gauge(
@@ -332,6 +383,12 @@ pub fn init() {
     Lazy::force(&QUEUE_WAIT);
     Lazy::force(&QUEUE_OLDEST_WAIT);
     Lazy::force(&QUEUE_REJECTED);
+    Lazy::force(&QUEUE_CLASS_REJECTED);
+    Lazy::force(&QUEUE_CLASS_WAIT);
+    Lazy::force(&QUEUE_CLASS_DEPTH);
+    Lazy::force(&QUEUE_CLASS_IN_FLIGHT);
+    Lazy::force(&QUEUE_CLASS_OLDEST_WAIT);
+    Lazy::force(&QUEUE_CLASS_DRAIN);
     Lazy::force(&CONCURRENCY_LIMIT);
     Lazy::force(&CONCURRENCY_LATENCY);
     Lazy::force(&CONCURRENCY_DECISIONS);

@@ -87,13 +87,9 @@ impl Endpoint {
 /// A bulkhead for `conf`: the previous generation's one (queue and all)
 /// when its limits are unchanged, else a new one named `name`.
 pub fn bulkhead(name: String, conf: &BulkheadConf, previous: Option<&Arc<Bulkhead>>) -> Arc<Bulkhead> {
-    let limits = Limits {
-        max_concurrent: conf.max_concurrent,
-        queue: conf.queue,
-        queue_timeout: conf.queue_timeout.0,
-    };
+    let limits = Limits::from_conf(conf);
     match previous {
-        Some(b) if b.limits() == limits => b.clone(),
+        Some(b) if *b.limits() == limits => b.clone(),
         _ => Bulkhead::new(name, limits),
     }
 }
@@ -322,7 +318,7 @@ impl Provider {
         }
         let bulkhead = bulkhead(
             format!("provider:{name}"),
-            &conf.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT),
+            &conf.bulkhead.clone().unwrap_or(BulkheadConf::PROVIDER_DEFAULT),
             previous.map(|p| &p.bulkhead),
         );
         let adaptive = adaptive(name, conf.adaptive, &bulkhead, previous);

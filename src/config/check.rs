@@ -51,7 +51,10 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
             check_bulkhead(ck, &format!("{at}.bulkhead"), b);
         }
         if let Some(a) = &p.adaptive {
-            let ceiling = p.bulkhead.unwrap_or(BulkheadConf::PROVIDER_DEFAULT).max_concurrent;
+            let ceiling = p
+                .bulkhead
+                .as_ref()
+                .map_or(BulkheadConf::PROVIDER_DEFAULT.max_concurrent, |b| b.max_concurrent);
             check_adaptive(ck, &format!("{at}.adaptive"), a, ceiling);
         }
         let t = &p.timeouts;
@@ -210,6 +213,39 @@ fn check_bulkhead(ck: &mut Checker, at: &str, b: &BulkheadConf) {
     }
     if b.queue_timeout.0.is_zero() && b.queue > 0 {
         ck.error(format!("{at}.queue_timeout"), "must be above zero when queue > 0");
+    }
+    if b.max_queue_age.is_some_and(|d| d.0.is_zero()) {
+        ck.error(format!("{at}.max_queue_age"), "must be above zero");
+    }
+    let mut reserved = 0;
+    for (class, c) in &b.classes {
+        let at = format!("{at}.classes.{class}");
+        if let Some(share) = c.reserved {
+            reserved += share.of(b.max_concurrent);
+        }
+        if c.queue_timeout.is_some_and(|d| d.0.is_zero()) {
+            ck.error(format!("{at}.queue_timeout"), "must be above zero");
+        }
+        if c.max_queue_age.is_some_and(|d| d.0.is_zero()) {
+            ck.error(format!("{at}.max_queue_age"), "must be above zero");
+        }
+    }
+    if reserved > b.max_concurrent {
+        ck.error(
+            format!("{at}.classes"),
+            format!(
+                "the classes reserve {reserved} slots in all, more than max_concurrent ({})",
+                b.max_concurrent
+            ),
+        );
+    }
+    if let Some(shed) = &b.shed {
+        if shed.target.0.is_zero() {
+            ck.error(format!("{at}.shed.target"), "must be above zero");
+        }
+        if shed.interval.0.is_zero() {
+            ck.error(format!("{at}.shed.interval"), "must be above zero");
+        }
     }
 }
 

@@ -19,7 +19,7 @@ pub mod units;
 pub use errors::{resolve_relative, Checker, ConfigError, ConfigErrors};
 pub use load::{load, parse};
 pub use schema::*;
-pub use units::{Dur, Size};
+pub use units::{Dur, Priority, Share, Size};
 
 #[cfg(test)]
 mod tests {

@@ -1,9 +1,10 @@
 //! The config file's schema: plain serde types, nothing built. A plugin's
 //! own settings stay opaque here ([`PluginConf::settings`]).
 
-use super::units::{Dur, Size};
+use super::units::{Dur, Priority, Share, Size};
 use indexmap::IndexMap;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 /// The whole config file.
@@ -196,13 +197,57 @@ impl Models {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+/// A bulkhead: bounded in progress, bounded wait queue, served by priority
+/// class and fairly between keys within a class.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct BulkheadConf {
     pub max_concurrent: usize,
     pub queue: usize,
     #[serde(default = "default_queue_timeout")]
     pub queue_timeout: Dur,
+    /// Refuse an arrival at once when the oldest waiter of its class has
+    /// waited longer than this (a class may set its own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_age: Option<Dur>,
+    /// Settings per priority class (`critical`, `standard`, `batch` or a number).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub classes: BTreeMap<Priority, ClassConf>,
+    /// CoDel-style shedding: when a class's oldest waiter has waited longer
+    /// than `target` for `interval`, its newest waiters are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shed: Option<ShedConf>,
+}
+
+/// One priority class in a bulkhead.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClassConf {
+    /// Slots of `max_concurrent` only this class may use (`25%` or a count);
+    /// scaled down with an adaptive limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reserved: Option<Share>,
+    /// This class's waiters give up after this (the bulkhead's otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_timeout: Option<Dur>,
+    /// This class's `max_queue_age` (the bulkhead's otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queue_age: Option<Dur>,
+}
+
+/// CoDel-style shedding by queue age.
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ShedConf {
+    /// Queue age a class should stay under.
+    pub target: Dur,
+    /// How long the oldest waiter may stay over `target` before shedding starts.
+    #[serde(default = "default_shed_interval")]
+    pub interval: Dur,
+}
+
+fn default_shed_interval() -> Dur {
+    Dur(std::time::Duration::from_millis(100))
 }
 
 fn default_queue_timeout() -> Dur {
@@ -215,6 +260,9 @@ impl BulkheadConf {
         max_concurrent: 256,
         queue: 1024,
         queue_timeout: Dur(std::time::Duration::from_secs(5)),
+        max_queue_age: None,
+        classes: BTreeMap::new(),
+        shed: None,
     };
     /// A plugin's bulkhead when none is configured: never binds in normal
     /// use, yet still bounds memory.
@@ -222,6 +270,9 @@ impl BulkheadConf {
         max_concurrent: 10_000,
         queue: 10_000,
         queue_timeout: Dur(std::time::Duration::from_secs(30)),
+        max_queue_age: None,
+        classes: BTreeMap::new(),
+        shed: None,
     };
 }
 
@@ -359,7 +410,7 @@ pub struct PluginConf {
 impl PluginConf {
     /// The plugin's bulkhead, or the default that never binds in normal use.
     pub fn bulkhead(&self) -> BulkheadConf {
-        self.bulkhead.unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
+        self.bulkhead.clone().unwrap_or(BulkheadConf::PLUGIN_DEFAULT)
     }
 }
 

@@ -9,7 +9,7 @@
 
 use super::chain::PluginInstance;
 use super::plugin::{Admission, Attempt, AttemptHold};
-use crate::bulkhead::{Bulkhead, Permit, Refusal};
+use crate::bulkhead::{Bulkhead, Permit, Reason, Refusal, Ticket};
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::{AdaptiveLimit, InFlight, Provider};
 use crate::traffic::adaptive::Outcome;
@@ -20,32 +20,61 @@ use smallvec::SmallVec;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-/// A refusal by a bulkhead as weir's error (naming the queue).
+/// A refusal by a bulkhead as weir's error, naming the queue and the
+/// request's priority class (`x-weir-queue`, `x-weir-class`).
 pub fn refusal_error(r: Refusal, b: &Bulkhead) -> WeirError {
-    match r {
-        Refusal::Full { waiting, retry_after } => WeirError::new(
+    let (q, class, secs) = (b.name(), r.class, r.retry_after);
+    let ms = |d: Duration| d.as_millis();
+    let (kind, message) = match r.reason {
+        Reason::Full => (
             ErrorKind::QueueFull,
-            format!(
-                "queue '{}' is full ({waiting} waiting); retry in {retry_after}s",
-                b.name()
-            ),
-        )
-        .with_queue(b.name(), retry_after),
-        Refusal::Timeout { waited, retry_after } => WeirError::new(
+            format!("queue '{q}' is full ({} waiting, class {class}); retry in {secs}s", r.waiting),
+        ),
+        Reason::Timeout => (
             ErrorKind::QueueTimeout,
             format!(
-                "waited {}ms in queue '{}' without a free slot; retry in {retry_after}s",
-                waited.as_millis(),
-                b.name()
+                "waited {}ms in queue '{q}' (class {class}) without a free slot; retry in {secs}s",
+                ms(r.waited)
             ),
-        )
-        .with_queue(b.name(), retry_after),
-    }
+        ),
+        Reason::Evicted { by } => (
+            ErrorKind::QueueFull,
+            format!(
+                "queue '{q}' is full: this {class} request lost its place to a {by} request after waiting {}ms; retry in {secs}s",
+                ms(r.waited)
+            ),
+        ),
+        Reason::FairShare => (
+            ErrorKind::QueueFull,
+            format!(
+                "queue '{q}' is full and this key held more than its share of it (class {class}); retry in {secs}s"
+            ),
+        ),
+        Reason::MaxAge { oldest, max } => (
+            ErrorKind::QueueFull,
+            format!(
+                "queue '{q}' is too slow for class {class}: its oldest waiter has waited {}ms (max_queue_age {}ms); retry in {secs}s",
+                ms(oldest),
+                ms(max)
+            ),
+        ),
+        Reason::Shed { oldest, target } => (
+            ErrorKind::QueueFull,
+            format!(
+                "queue '{q}' is shedding class {class}: its oldest waiter has waited {}ms, over the {}ms target; retry in {secs}s",
+                ms(oldest),
+                ms(target)
+            ),
+        ),
+    };
+    let mut e = WeirError::new(kind, message).with_queue(q, secs);
+    e.headers.push(("x-weir-class", class.to_string()));
+    e
 }
 
-/// A slot in `b`, waiting in its queue if need be.
-pub async fn acquire(b: &Arc<Bulkhead>) -> Result<Permit, WeirError> {
-    b.acquire().await.map_err(|r| refusal_error(r, b))
+/// A slot in `b` for `ticket`, waiting in its queue if need be.
+pub async fn acquire(b: &Arc<Bulkhead>, ticket: &Ticket) -> Result<Permit, WeirError> {
+    b.acquire(ticket).await.map_err(|r| refusal_error(r, b))
 }
 
 /// The error when every plugin-admitted path to a provider is closed.
@@ -227,7 +256,8 @@ pub async fn call_provider(
     body: &Bytes,
     max_body: usize,
 ) -> Result<(ResponseHeader, Bytes), WeirError> {
-    let permit = acquire(&provider.bulkhead).await?;
+    // Outside a request (a root context's call) or on its behalf: standard class.
+    let permit = acquire(&provider.bulkhead, &Ticket::default()).await?;
     let mut attempt = AttemptGuard::admit(plugins, provider, permit).ok_or_else(|| skipped_error(provider))?;
     let ex = match upstream.send(&Target::provider(provider), req, body).await {
         Ok(ex) => {

@@ -3,6 +3,8 @@
 //! runtime: what they need of the route is here.
 
 use super::chain::Route;
+use crate::bulkhead::Ticket;
+use crate::config::Priority;
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::{self, RequestHead, Usage};
 use crate::provider::{Provider, Providers};
@@ -20,6 +22,10 @@ pub struct Identity {
     pub models: Option<Arc<[String]>>,
     /// The key's group (a team) from the keys file, which budgets may be per.
     pub group: Option<Arc<str>>,
+    /// The key's priority class in bulkhead queues.
+    pub priority: Priority,
+    /// The key's weight for fair shares of a bulkhead's slots and queue.
+    pub weight: u32,
 }
 
 /// What providers did for one request, as far as weir knows: what token and
@@ -82,6 +88,9 @@ pub struct RequestCtx {
     /// The client's address.
     pub client_addr: Option<std::net::SocketAddr>,
     pub identity: Option<Identity>,
+    /// The request's priority class and key, as bulkheads see it (standard
+    /// and key-less until an auth plugin says otherwise).
+    pub ticket: Ticket,
     /// Parsed head of a JSON body (LLM endpoints).
     pub head: Option<RequestHead>,
     /// The request body as it will be sent (after plugins, before the model
@@ -128,6 +137,7 @@ impl Default for RequestCtx {
             request_id: String::new(),
             client_addr: None,
             identity: None,
+            ticket: Ticket::default(),
             head: None,
             body: Bytes::new(),
             candidates: Vec::new(),

@@ -104,7 +104,7 @@ impl<C: DeserializeOwned + Send + 'static> PluginType for Typed<C> {
             conf,
             ctx: BuildCtx {
                 name: s.name.to_string(),
-                bulkhead: s.bulkhead,
+                bulkhead: s.bulkhead.clone(),
                 source: s.source.to_path_buf(),
             },
             files: self.files,

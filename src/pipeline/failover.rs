@@ -204,7 +204,7 @@ impl Pipeline {
         provider: &Arc<Provider>,
         body: &Bytes,
     ) -> Result<Leg, StartError> {
-        let permit = match wait(d, &provider.bulkhead, true).await {
+        let permit = match wait(d, &provider.bulkhead, &ctx.ticket, true).await {
             Ok(p) => p,
             Err(Failure::Refuse(e, _)) => return Err(StartError::Refused(e)),
             Err(_) => return Err(StartError::ClientGone),

@@ -11,7 +11,7 @@ use super::chain::Route;
 use super::context::RequestCtx;
 use super::downstream::Downstream;
 use super::plugin::{Flow, LocalResponse};
-use crate::bulkhead::{Bulkhead, Permit};
+use crate::bulkhead::{Bulkhead, Permit, Ticket};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
 use crate::traffic::retry_budget::RetryBudget;
@@ -115,12 +115,17 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes
 /// away. `watch_client` only when the request body has been read completely.
-pub(super) async fn wait<D: Downstream>(d: &mut D, b: &Arc<Bulkhead>, watch_client: bool) -> Result<Permit, Failure> {
+pub(super) async fn wait<D: Downstream>(
+    d: &mut D,
+    b: &Arc<Bulkhead>,
+    ticket: &Ticket,
+    watch_client: bool,
+) -> Result<Permit, Failure> {
     if !watch_client {
-        return attempt::acquire(b).await.map_err(Failure::from);
+        return attempt::acquire(b, ticket).await.map_err(Failure::from);
     }
     tokio::select! {
-        r = attempt::acquire(b) => r.map_err(Failure::from),
+        r = attempt::acquire(b, ticket) => r.map_err(Failure::from),
         _ = d.gone() => Err(Failure::ClientGone),
     }
 }
@@ -190,7 +195,7 @@ impl Pipeline {
         // while it works on the request (not while the body is read).
         let no_body = d.body_empty();
         for (i, p) in route.plugins.iter().enumerate() {
-            let _slot = wait(d, &p.bulkhead, no_body).await?;
+            let _slot = wait(d, &p.bulkhead, &ctx.ticket, no_body).await?;
             ctx.enter(i);
             ctx.entered = ctx.entered.max(i + 1);
             match p.plugin.request_headers(d.req_header_mut(), ctx).await {
@@ -249,7 +254,7 @@ impl Pipeline {
 
         // Phase 2: request body.
         for (i, p) in route.plugins.iter().enumerate() {
-            let _slot = wait(d, &p.bulkhead, true).await?;
+            let _slot = wait(d, &p.bulkhead, &ctx.ticket, true).await?;
             ctx.enter(i);
             match p.plugin.request_body(ctx).await {
                 Ok(Flow::Continue) => {}

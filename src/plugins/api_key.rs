@@ -1,8 +1,12 @@
 //! `api_key`: clients present a key (`Authorization: Bearer …`, `api-key` or
 //! `x-api-key`); the keys file holds only SHA-256 digests, each with a name
-//! and optional allowed models, routes and group (a team, for budgets).
-//! Comparison is constant-time.
+//! and optional allowed models, routes and group (a team, for budgets), and
+//! how bulkheads queue its requests: its priority class, whether a request
+//! may pick its own class with `x-weir-priority`, and its weight for fair
+//! shares. Comparison is constant-time.
 
+use crate::bulkhead::Ticket;
+use crate::config::Priority;
 use crate::error::{ErrorKind, WeirError};
 use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
@@ -49,12 +53,29 @@ struct KeyEntry {
     /// A group of keys (a team) that shares `per: group` budgets.
     #[serde(default)]
     group: Option<String>,
+    /// Priority class in bulkhead queues: critical, standard, batch or 0-255.
+    #[serde(default)]
+    priority: Priority,
+    /// A request may choose its class with the `x-weir-priority` header.
+    #[serde(default)]
+    priority_header: bool,
+    /// Weight for fair shares of a bulkhead's slots and queue (at least 1).
+    #[serde(default = "one")]
+    weight: u32,
 }
+
+fn one() -> u32 {
+    1
+}
+
+/// The header a request picks its priority class with, when its key allows.
+pub const PRIORITY_HEADER: &str = "x-weir-priority";
 
 struct Key {
     digest: [u8; 32],
     identity: Identity,
     routes: Option<Vec<String>>,
+    priority_header: bool,
 }
 
 /// The loaded keys, bucketed by a digest prefix so a lookup compares only a
@@ -73,6 +94,13 @@ fn parse_keys_file(path: &Path) -> Result<KeysFile, String> {
         if !names.insert(k.name.as_str()) {
             return Err(format!(
                 "{}: keys[{i}]: the name '{}' is used by more than one key; names must be unique",
+                path.display(),
+                k.name
+            ));
+        }
+        if k.weight == 0 {
+            return Err(format!(
+                "{}: keys[{i}] ({}): weight must be at least 1",
                 path.display(),
                 k.name
             ));
@@ -108,8 +136,11 @@ impl ApiKeys {
                     name: k.name.into(),
                     models: k.models.map(Arc::from),
                     group: k.group.map(Arc::from),
+                    priority: k.priority,
+                    weight: k.weight,
                 },
                 routes: k.routes,
+                priority_header: k.priority_header,
             };
             buckets.entry(prefix(&digest)).or_default().push(key);
         }
@@ -164,6 +195,21 @@ impl Plugin for ApiKeys {
                 ));
             }
         }
+        let mut class = key.identity.priority;
+        if key.priority_header {
+            if let Some(v) = req.headers.get(PRIORITY_HEADER) {
+                class = v
+                    .to_str()
+                    .map_err(|_| "not text".to_string())
+                    .and_then(Priority::parse)
+                    .map_err(|e| WeirError::invalid(format!("header {PRIORITY_HEADER}: {e}")))?;
+            }
+        }
+        ctx.ticket = Ticket {
+            class,
+            tenant: Some(key.identity.name.clone()),
+            weight: key.identity.weight,
+        };
         ctx.identity = Some(key.identity.clone());
         Ok(Flow::Continue)
     }
