@@ -272,8 +272,9 @@ impl Bulkhead {
         self.state.lock().classes(Instant::now())
     }
 
-    fn release(&self, ticket: &Ticket) {
-        self.state.lock().release(ticket, Instant::now());
+    fn release(&self, ticket: &Ticket, since: Instant) {
+        let now = Instant::now();
+        self.state.lock().release(ticket, now.duration_since(since), now);
     }
 }
 
@@ -297,7 +298,7 @@ impl Drop for WaitGuard<'_> {
         if !st.leave(self.ticket, self.id) {
             if let Ok(Ok(())) = self.rx.try_recv() {
                 // The slot was handed over just before the waiter went away.
-                st.release(self.ticket, Instant::now());
+                st.release(self.ticket, Duration::ZERO, Instant::now());
             }
         }
     }
@@ -307,6 +308,7 @@ impl Drop for WaitGuard<'_> {
 pub struct Permit {
     bulkhead: Arc<Bulkhead>,
     ticket: Ticket,
+    since: Instant,
 }
 
 impl Permit {
@@ -314,6 +316,7 @@ impl Permit {
         Permit {
             bulkhead: bulkhead.clone(),
             ticket: ticket.clone(),
+            since: Instant::now(),
         }
     }
 
@@ -324,7 +327,7 @@ impl Permit {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        self.bulkhead.release(&self.ticket);
+        self.bulkhead.release(&self.ticket, self.since);
     }
 }
 

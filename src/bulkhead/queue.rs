@@ -75,12 +75,10 @@ pub(super) struct Class {
     pub(super) waiting: usize,
     /// Keys with waiters (a line goes when it empties).
     lines: Vec<Line>,
-    /// Smoothed seconds between slots given to this class while it had
-    /// waiters: its drain rate, what `Retry-After` is computed from.
-    serve_interval: f64,
-    last_serve: Option<Instant>,
-    /// The class had waiters left at its last serve.
-    backlogged: bool,
+    /// Slots given to this class from its queue per second, measured over
+    /// windows of at least a second while it had waiters: its drain rate,
+    /// what `Retry-After` is computed from.
+    drain: Rate,
     /// Refused clients of this class were told to come back up to here.
     promised_until: Option<Instant>,
     /// CoDel: since when the oldest waiter has been over `shed.target`, the
@@ -104,9 +102,7 @@ impl Class {
             in_flight: 0,
             waiting: 0,
             lines: Vec::new(),
-            serve_interval: 0.0,
-            last_serve: None,
-            backlogged: false,
+            drain: Rate::default(),
             promised_until: None,
             above_since: None,
             sheds: 0,
@@ -139,17 +135,45 @@ impl Class {
         Some(w)
     }
 
-    fn record_serve(&mut self, now: Instant) {
-        if let (true, Some(last)) = (self.backlogged, self.last_serve) {
-            let dt = now.duration_since(last).as_secs_f64();
-            self.serve_interval = if self.serve_interval == 0.0 {
-                dt
+    /// Seconds between slots given to this class, once measured.
+    fn serve_interval(&self) -> Option<f64> {
+        (self.drain.per_sec > 0.0).then(|| 1.0 / self.drain.per_sec)
+    }
+}
+
+/// A rate of events per second, measured over windows of at least
+/// [`Rate::WINDOW`] during which the queue never ran empty (an idle gap is
+/// not a slow drain), smoothed across windows.
+#[derive(Default)]
+struct Rate {
+    per_sec: f64,
+    window: Option<(Instant, u32)>,
+}
+
+impl Rate {
+    const WINDOW: Duration = Duration::from_secs(1);
+
+    /// One event at `now`; `backlogged`: waiters were left behind it.
+    fn tick(&mut self, now: Instant, backlogged: bool) {
+        let Some((start, n)) = self.window.as_mut() else {
+            self.window = backlogged.then_some((now, 0));
+            return;
+        };
+        *n += 1;
+        let elapsed = now.duration_since(*start);
+        if elapsed >= Self::WINDOW {
+            let sample = *n as f64 / elapsed.as_secs_f64();
+            self.per_sec = if self.per_sec == 0.0 {
+                sample
             } else {
-                0.8 * self.serve_interval + 0.2 * dt
+                0.5 * self.per_sec + 0.5 * sample
             };
+            *start = now;
+            *n = 0;
         }
-        self.last_serve = Some(now);
-        self.backlogged = self.waiting > 0;
+        if !backlogged {
+            self.window = None;
+        }
     }
 }
 
@@ -183,9 +207,9 @@ pub(super) struct State {
     held: HashMap<Option<Arc<str>>, usize>,
     next_id: u64,
     /// Smoothed seconds between released slots while anyone waited.
-    release_interval: f64,
-    last_release: Option<Instant>,
-    release_backlogged: bool,
+    /// Smoothed seconds a slot is held: with the live limit, the drain
+    /// rate before a class's own is measured.
+    hold: f64,
     rejected: [IntCounter; 6],
 }
 
@@ -200,9 +224,7 @@ impl State {
             classes: Vec::new(),
             held: HashMap::new(),
             next_id: 0,
-            release_interval: 0.0,
-            last_release: None,
-            release_backlogged: false,
+            hold: 0.0,
             rejected: REASONS.map(|r| metrics::QUEUE_REJECTED.with_label_values(&[queue_name, r])),
         };
         for c in &limits.classes {
@@ -407,20 +429,13 @@ impl State {
         self.refuse(ci, Reason::Timeout, waited, now)
     }
 
-    /// A slot held by `t` is given back.
-    pub(super) fn release(&mut self, t: &Ticket, now: Instant) {
-        if self.release_backlogged {
-            if let Some(last) = self.last_release {
-                let dt = now.duration_since(last).as_secs_f64();
-                self.release_interval = if self.release_interval == 0.0 {
-                    dt
-                } else {
-                    0.8 * self.release_interval + 0.2 * dt
-                };
-            }
+    /// A slot held by `t` for `held` is given back (zero: handed to a
+    /// waiter that had just left).
+    pub(super) fn release(&mut self, t: &Ticket, held: Duration, now: Instant) {
+        if !held.is_zero() {
+            let h = held.as_secs_f64();
+            self.hold = if self.hold == 0.0 { h } else { 0.8 * self.hold + 0.2 * h };
         }
-        self.last_release = Some(now);
-        self.release_backlogged = self.waiting > 0;
         self.in_flight -= 1;
         if let Some(ci) = self.find_class(t.class) {
             self.classes[ci].in_flight -= 1;
@@ -468,16 +483,18 @@ impl State {
             };
             c.waiting -= 1;
             self.waiting -= 1;
+            let backlogged = self.classes[ci].waiting > 0;
+            self.classes[ci].drain.tick(now, backlogged);
             if w.tx.send(Ok(())).is_ok() {
                 self.take_slot(ci, &tenant);
-                self.classes[ci].record_serve(now);
             }
         }
     }
 
     /// CoDel-style shedding: a class whose oldest waiter has been over
     /// `target` for `interval` loses its newest waiter, then another after
-    /// `interval / sqrt(n)`, until its oldest is back under `target`.
+    /// `interval / sqrt(n)`, until its oldest is back under `target` or
+    /// only one waiter is left.
     fn shed(&mut self, now: Instant) {
         let Some(shed) = self.limits.shed else { return };
         for ci in 0..self.classes.len() {
@@ -494,7 +511,9 @@ impl State {
                 c.next_shed = Some(now + shed.interval);
                 continue;
             }
-            if c.next_shed.is_some_and(|at| now >= at) {
+            // The oldest waiter is next to be served: shedding it would
+            // shorten nobody's wait, so a class's last waiter is kept.
+            if c.waiting > 1 && c.next_shed.is_some_and(|at| now >= at) {
                 c.sheds += 1;
                 c.next_shed = Some(now + shed.interval.div_f64((c.sheds as f64).sqrt()));
                 if let Some(li) = c.newest() {
@@ -510,20 +529,27 @@ impl State {
 
     /// Whole seconds until a client of class `ci` refused now would likely
     /// be admitted, booked so that clients refused one after another are
-    /// told to come back one drain interval apart (not all at once).
+    /// told to come back one drain interval apart (not all at once). The
+    /// drain is the class's measured one; before it is measured, the slot
+    /// hold time over the live limit, behind every waiter of its class and
+    /// above. Bookings reach at most the class's `queue_timeout` past the
+    /// queue's own wait (clients that ignore `Retry-After` would otherwise
+    /// push it out without end).
     fn retry_after(&mut self, ci: usize, now: Instant) -> u64 {
         let c = &self.classes[ci];
-        let (per, wait) = if c.serve_interval > 0.0 {
-            (c.serve_interval, c.waiting as f64 * c.serve_interval)
-        } else if self.release_interval > 0.0 {
-            let ahead: usize = self.classes[..=ci].iter().map(|c| c.waiting).sum();
-            (self.release_interval, ahead as f64 * self.release_interval)
-        } else {
-            (0.0, c.queue_timeout.as_secs_f64())
+        let (per, wait) = match c.serve_interval() {
+            Some(per) => (per, c.waiting as f64 * per),
+            None if self.hold > 0.0 => {
+                let per = self.hold / self.limit.max(1) as f64;
+                let ahead: usize = self.classes[..=ci].iter().map(|c| c.waiting).sum();
+                (per, ahead as f64 * per)
+            }
+            None => (0.0, c.queue_timeout.as_secs_f64()),
         };
         let earliest = now + Duration::from_secs_f64(wait.min(3600.0));
+        let horizon = earliest + c.queue_timeout;
         let at = match c.promised_until {
-            Some(p) if p > earliest => p,
+            Some(p) if p > earliest => p.min(horizon),
             _ => earliest,
         };
         if per > 0.0 {
@@ -551,11 +577,7 @@ impl State {
                 waiting: c.waiting,
                 oldest_wait: c.oldest().map_or(Duration::ZERO, |o| now.duration_since(o)),
                 reserved: self.reserved(c),
-                drain_per_sec: if c.serve_interval > 0.0 {
-                    1.0 / c.serve_interval
-                } else {
-                    0.0
-                },
+                drain_per_sec: c.drain.per_sec,
                 keys_waiting: c.lines.len(),
                 shedding: c.sheds > 0,
             })
@@ -567,6 +589,8 @@ impl State {
 mod tests {
     use super::*;
     use crate::bulkhead::ClassLimits;
+
+    const HOLD: Duration = Duration::from_millis(500);
 
     fn limits(max: usize, queue: usize) -> Limits {
         Limits::new(max, queue, Duration::from_secs(5))
@@ -618,13 +642,13 @@ mod tests {
         let mut rs1 = queued(st.arrive(&std_, t0));
         let mut rs2 = queued(st.arrive(&std_, t0));
         let mut rc = queued(st.arrive(&crit, t0));
-        st.release(&holder, t0);
+        st.release(&holder, HOLD, t0);
         assert!(granted(&mut rc), "critical first");
-        st.release(&crit, t0);
+        st.release(&crit, HOLD, t0);
         assert!(granted(&mut rs1) && !granted(&mut rs2), "then standard, oldest first");
-        st.release(&std_, t0);
+        st.release(&std_, HOLD, t0);
         assert!(granted(&mut rs2) && !granted(&mut rb));
-        st.release(&std_, t0);
+        st.release(&std_, HOLD, t0);
         assert!(granted(&mut rb), "batch last");
     }
 
@@ -652,9 +676,9 @@ mod tests {
             }
             other => panic!("the newest batch waiter should be evicted, got {other:?}"),
         }
-        st.release(&batch, t0);
+        st.release(&batch, HOLD, t0);
         assert!(granted(&mut rc) && !granted(&mut old), "critical is served first");
-        st.release(&crit, t0);
+        st.release(&crit, HOLD, t0);
         assert!(granted(&mut old));
     }
 
@@ -676,11 +700,11 @@ mod tests {
         }
         // The light key is served next although it came last: the heavy
         // key still holds a slot, the light one none.
-        st.release(&heavy, t0);
+        st.release(&heavy, HOLD, t0);
         assert!(granted(&mut rl));
         assert!(!granted(&mut hs[0]));
         // Then the heavy key's waiters, oldest first.
-        st.release(&light, t0);
+        st.release(&light, HOLD, t0);
         assert!(granted(&mut hs[0]) && !granted(&mut hs[1]));
     }
 
@@ -697,7 +721,7 @@ mod tests {
         let mut ra: Vec<Rx> = (0..6).map(|_| queued(st.arrive(&a, t0))).collect();
         let mut rb: Vec<Rx> = (0..6).map(|_| queued(st.arrive(&b, t0))).collect();
         for _ in 0..4 {
-            st.release(&other, t0);
+            st.release(&other, HOLD, t0);
         }
         let got_a = ra.iter_mut().map(granted).filter(|g| *g).count();
         let got_b = rb.iter_mut().map(granted).filter(|g| *g).count();
@@ -734,18 +758,27 @@ mod tests {
     #[test]
     fn refused_clients_are_told_to_come_back_spread_at_the_drain_rate() {
         let t0 = Instant::now();
-        let mut st = state(&limits(2, 2));
+        let mut st = state(&Limits::new(2, 2, Duration::from_secs(20)));
         let t = ticket(Priority::STANDARD, "", 1);
         assert!(matches!(st.arrive(&t, t0), Arrival::Admitted));
         assert!(matches!(st.arrive(&t, t0), Arrival::Admitted));
         let _q1 = queued(st.arrive(&t, t0));
         let _q2 = queued(st.arrive(&t, t0));
-        // One slot frees every 250 ms: 4 per second.
+        // Before any release, nothing is known: the queue timeout.
+        assert_eq!(refused(st.arrive(&t, t0)).retry_after, 20);
+        // One slot frees every 250 ms, each held 500 ms: 4 per second.
         let mut now = t0;
         let mut keep = Vec::new();
-        for _ in 0..4 {
+        now += Duration::from_millis(250);
+        st.release(&t, HOLD, now);
+        keep.push(queued(st.arrive(&t, now)));
+        // From the hold time (500 ms over 2 slots) before the drain is measured.
+        let r = refused(st.arrive(&t, now));
+        assert_eq!(r.retry_after, 1, "2 waiting x 250 ms");
+        st.classes[0].promised_until = None;
+        for _ in 0..5 {
             now += Duration::from_millis(250);
-            st.release(&t, now);
+            st.release(&t, HOLD, now);
             keep.push(queued(st.arrive(&t, now)));
         }
         let drain = st.classes(now)[0].drain_per_sec;
@@ -759,6 +792,10 @@ mod tests {
             let n = afters.iter().filter(|a| **a == s).count();
             assert!(n <= 5, "{n} clients told to come back after {s}s: {afters:?}");
         }
+        // Clients that ignore it cannot push it past one queue_timeout
+        // beyond the queue's own wait.
+        let more: Vec<u64> = (0..200).map(|_| refused(st.arrive(&t, now)).retry_after).collect();
+        assert!(more.iter().all(|a| *a <= 21), "{more:?}");
         // The booking runs out: much later, a refusal is back to the queue's own wait.
         let later = now + Duration::from_secs(60);
         assert_eq!(refused(st.arrive(&t, later)).retry_after, 1);
@@ -820,10 +857,10 @@ mod tests {
         assert!(st.classes(ms(361))[0].shedding);
         // The oldest waiter is served, the next is still old: shedding goes
         // on; once every waiter left is gone, it stops.
-        st.release(&t, ms(370));
+        st.release(&t, HOLD, ms(370));
         assert!(granted(&mut rxs[0]));
-        st.release(&t, ms(371));
-        st.release(&t, ms(372));
+        st.release(&t, HOLD, ms(371));
+        st.release(&t, HOLD, ms(372));
         assert!(granted(&mut rxs[1]) && granted(&mut rxs[2]));
         st.shed(ms(373));
         assert!(!st.classes(ms(373))[0].shedding);

@@ -1,0 +1,430 @@
+//! End-to-end overload control (issue 13): priority classes with eviction,
+//! fair shares between keys, an honest `Retry-After`, and queue age — real
+//! `weir serve` in front of real `weir mock` providers, keys from a keys file.
+
+mod support;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use support::*;
+use weir::plugins::api_key::digest_hex;
+
+/// A keys file: (name, priority, weight, may pick its class by header).
+fn keys(list: &[(&str, &str, u32, bool)]) -> String {
+    let mut s = String::from("keys:\n");
+    for (name, priority, weight, header) in list {
+        s += &format!(
+            "  - name: {name}\n    sha256: {}\n    priority: {priority}\n    weight: {weight}\n    priority_header: {header}\n",
+            digest_hex(&format!("sk-{name}"))
+        );
+    }
+    s
+}
+
+fn config(mock: &Mock, bulkhead: &str) -> String {
+    format!(
+        r#"
+server: {{ listen: ["127.0.0.1:{{PORT}}"], threads: 4 }}
+admin: {{ listen: "127.0.0.1:{{ADMIN}}" }}
+providers:
+  llm:
+    url: {url}
+    models: [m]
+    bulkhead: {bulkhead}
+plugins:
+  auth: {{ type: api_key, keys_file: keys.yaml }}
+routes:
+  - name: chat
+    plugins: [auth]
+    providers: [llm]
+"#,
+        url = mock.url()
+    )
+}
+
+fn ask(weir: &Weir, key: &str, extra: &[(&str, &str)]) -> Resp {
+    let auth = format!("Bearer sk-{key}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    post(&weir.url("/v1/chat/completions"), &chat("m", false), &headers)
+}
+
+/// Waiters in the provider queue, from `/status`.
+fn queued(weir: &Weir) -> u64 {
+    let s: serde_json::Value = serde_json::from_str(&get(&weir.admin("/status"), &[]).body).unwrap();
+    s["providers"]["llm"]["queued"].as_u64().unwrap()
+}
+
+fn wait_queued(weir: &Weir, n: u64) {
+    assert!(
+        eventually(Duration::from_secs(5), || queued(weir) == n),
+        "expected {n} waiting, /status says {}",
+        queued(weir)
+    );
+}
+
+#[test]
+fn a_critical_arrival_evicts_the_newest_batch_waiter_and_is_served_first() {
+    let mock = spawn_mock(&["--ttft", "1s"]);
+    let files = [(
+        "keys.yaml",
+        keys(&[
+            ("batchy", "batch", 1, false),
+            ("crit", "critical", 1, false),
+            // Batch by default, allowed to say otherwise by header.
+            ("chooser", "batch", 1, true),
+        ]),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let weir = Arc::new(spawn_weir(
+        &config(&mock, "{ max_concurrent: 1, queue: 3, queue_timeout: 10s }"),
+        &files,
+    ));
+    let done = Arc::new(Mutex::new(Vec::<(String, u16, Instant)>::new()));
+    let send = |who: &'static str, key: &'static str, extra: Vec<(&'static str, &'static str)>| {
+        let (weir, done) = (weir.clone(), done.clone());
+        std::thread::spawn(move || {
+            let r = ask(&weir, key, &extra);
+            done.lock().unwrap().push((who.to_string(), r.status, Instant::now()));
+            r
+        })
+    };
+    // One batch request in progress, three waiting (in this order).
+    let running = send("running", "batchy", vec![]);
+    wait_queued(&weir, 0);
+    std::thread::sleep(Duration::from_millis(50));
+    let b1 = send("b1", "batchy", vec![]);
+    wait_queued(&weir, 1);
+    let b2 = send("b2", "batchy", vec![]);
+    wait_queued(&weir, 2);
+    let b3 = send("b3", "chooser", vec![]);
+    wait_queued(&weir, 3);
+    // A key that may not choose its class asks for critical: ignored, it is
+    // batch, and a full batch queue refuses it at once.
+    let r = ask(&weir, "batchy", &[("x-weir-priority", "critical")]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("x-weir-class"), Some("batch"));
+    assert!(
+        r.json()["error"]["message"].as_str().unwrap().contains("is full"),
+        "{}",
+        r.body
+    );
+    // A critical request: b3 (the newest batch waiter) loses its place.
+    let crit = send("crit", "crit", vec![]);
+    let r3 = b3.join().unwrap();
+    assert_eq!(r3.status, 503, "{}", r3.body);
+    assert_eq!(r3.error_type(), "queue_full");
+    assert_eq!(r3.header("x-weir-class"), Some("batch"));
+    assert_eq!(r3.header("x-weir-queue"), Some("provider:llm"));
+    assert!(r3.header("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    let msg = r3.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("batch request lost its place to a critical request"),
+        "{msg}"
+    );
+    for h in [running, b1, b2, crit] {
+        assert_eq!(h.join().unwrap().status, 200);
+    }
+    // The critical request finished before the batch waiters it overtook.
+    let done = done.lock().unwrap();
+    let at = |who: &str| done.iter().find(|d| d.0 == who).unwrap().2;
+    assert!(at("crit") < at("b1") && at("b1") < at("b2"), "{done:?}");
+    // A key allowed to choose: `x-weir-priority: critical` makes it critical.
+    let r = ask(&weir, "chooser", &[("x-weir-priority", "critical")]);
+    assert_eq!(r.status, 200);
+    let m = weir.metrics();
+    let rejected = |class: &str, reason: &str| {
+        metric(
+            &m,
+            "weir_queue_class_rejected_total",
+            &[("queue", "provider:llm"), ("class", class), ("reason", reason)],
+        )
+    };
+    assert_eq!(rejected("batch", "evicted"), Some(1.0));
+    assert_eq!(rejected("batch", "full"), Some(1.0));
+    assert_eq!(
+        metric(
+            &m,
+            "weir_queue_rejected_total",
+            &[("queue", "provider:llm"), ("reason", "evicted")]
+        ),
+        Some(1.0)
+    );
+    // A chooser's bad header is a clear 400.
+    let r = ask(&weir, "chooser", &[("x-weir-priority", "urgent")]);
+    assert_eq!(r.status, 400);
+    assert!(r.body.contains("x-weir-priority"), "{}", r.body);
+}
+
+/// `n` threads sending as `key` until `stop`, pausing `pause` after each
+/// answer; returns (answers by status, Retry-After values of refusals).
+fn flood(
+    weir: &Arc<Weir>,
+    key: &'static str,
+    n: usize,
+    pause: Duration,
+    stop: &Arc<AtomicBool>,
+) -> Vec<std::thread::JoinHandle<Vec<(u16, Option<u64>)>>> {
+    (0..n)
+        .map(|_| {
+            let (weir, stop) = (weir.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seen = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let r = ask(&weir, key, &[]);
+                    seen.push((r.status, r.header("retry-after").and_then(|v| v.parse().ok())));
+                    std::thread::sleep(pause);
+                }
+                seen
+            })
+        })
+        .collect()
+}
+
+#[test]
+fn critical_trickle_is_never_refused_under_a_batch_flood() {
+    // Capacity: 8 slots of 300 ms. The flood: 80 closed-loop batch clients.
+    let mock = spawn_mock(&["--ttft", "300ms"]);
+    let files = [(
+        "keys.yaml",
+        keys(&[("bulk", "batch", 1, false), ("crit", "critical", 1, false)]),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let weir = Arc::new(spawn_weir(
+        &config(
+            &mock,
+            "{ max_concurrent: 8, queue: 16, queue_timeout: 5s, classes: { critical: { reserved: 25% } } }",
+        ),
+        &files,
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let bulk = flood(&weir, "bulk", 80, Duration::from_millis(100), &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    // The trickle: one critical request every 150 ms for ~3 s.
+    let mut crit = Vec::new();
+    for _ in 0..20 {
+        let weir = weir.clone();
+        crit.push(std::thread::spawn(move || ask(&weir, "crit", &[])));
+        std::thread::sleep(Duration::from_millis(150));
+    }
+    let crit: Vec<Resp> = crit.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    let bulk: Vec<(u16, Option<u64>)> = bulk.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    for r in &crit {
+        assert_eq!(r.status, 200, "critical refused: {}", r.body);
+    }
+    let refused: Vec<&(u16, Option<u64>)> = bulk.iter().filter(|(s, _)| *s == 503).collect();
+    assert!(
+        refused.len() > 100,
+        "the flood was refused: {} of {}",
+        refused.len(),
+        bulk.len()
+    );
+    assert!(
+        bulk.iter().any(|(s, _)| *s == 200),
+        "batch is served too, around the reservation"
+    );
+    // Retry-After from the batch queue's drain: 16 waiters at ~6 slots per
+    // 300 ms is under a second; booked for the refused ones, it spreads to
+    // a few seconds, never the 60 s cap.
+    let afters: Vec<u64> = refused.iter().map(|(_, a)| a.expect("Retry-After")).collect();
+    assert!(afters.iter().all(|a| (1..=30).contains(a)), "{afters:?}");
+    // Critical requests took reserved slots: none waited as long as 100 ms.
+    let m = weir.metrics();
+    let labels = [("queue", "provider:llm"), ("class", "critical")];
+    let waited = metric(&m, "weir_queue_class_wait_seconds_count", &labels).unwrap_or(0.0);
+    let quick = metric(
+        &m,
+        "weir_queue_class_wait_seconds_bucket",
+        &[("queue", "provider:llm"), ("class", "critical"), ("le", "0.1")],
+    )
+    .unwrap_or(0.0);
+    assert_eq!(waited, quick, "a critical request waited over 100 ms");
+    assert_eq!(
+        metric(
+            &m,
+            "weir_queue_class_rejected_total",
+            &[("queue", "provider:llm"), ("class", "critical"), ("reason", "full")]
+        )
+        .unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[test]
+fn a_flooding_key_fills_only_its_share_and_the_light_key_is_never_refused() {
+    // Capacity: 4 slots of 200 ms = 20/s. Heavy: 40 closed-loop clients
+    // (10x). Light: 4/s (20%).
+    let mock = spawn_mock(&["--ttft", "200ms"]);
+    let files = [(
+        "keys.yaml",
+        keys(&[("heavy", "standard", 1, false), ("light", "standard", 1, false)]),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let weir = Arc::new(spawn_weir(
+        &config(&mock, "{ max_concurrent: 4, queue: 8, queue_timeout: 5s }"),
+        &files,
+    ));
+    let stop = Arc::new(AtomicBool::new(false));
+    let heavy = flood(&weir, "heavy", 40, Duration::from_millis(50), &stop);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut light = Vec::new();
+    for _ in 0..16 {
+        let weir = weir.clone();
+        light.push(std::thread::spawn(move || ask(&weir, "light", &[])));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let light: Vec<Resp> = light.into_iter().map(|h| h.join().unwrap()).collect();
+    stop.store(true, Ordering::Relaxed);
+    let heavy: Vec<(u16, Option<u64>)> = heavy.into_iter().flat_map(|h| h.join().unwrap()).collect();
+    for r in &light {
+        assert_eq!(r.status, 200, "the light key was refused: {}", r.body);
+    }
+    let heavy_ok = heavy.iter().filter(|(s, _)| *s == 200).count();
+    let heavy_refused = heavy.iter().filter(|(s, _)| *s == 503).count();
+    assert!(
+        heavy_ok > 20 && heavy_refused > 100,
+        "heavy: {heavy_ok} served, {heavy_refused} refused"
+    );
+    let m = weir.metrics();
+    let fair = metric(
+        &m,
+        "weir_queue_rejected_total",
+        &[("queue", "provider:llm"), ("reason", "fair_share")],
+    );
+    assert!(
+        fair.unwrap_or(0.0) >= 1.0,
+        "the heavy key was pushed out for the light one: {fair:?}"
+    );
+}
+
+#[test]
+fn refused_clients_that_wait_their_retry_after_are_admitted() {
+    // Capacity: 4 slots of 500 ms = 8/s; 100 clients arrive over 2.5 s (5x).
+    let mock = spawn_mock(&["--ttft", "500ms"]);
+    let files = [("keys.yaml", keys(&[("app", "standard", 1, false)]))];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let weir = Arc::new(spawn_weir(
+        &config(&mock, "{ max_concurrent: 4, queue: 16, queue_timeout: 10s }"),
+        &files,
+    ));
+    let refused = Arc::new(AtomicUsize::new(0));
+    let admitted_on_retry = Arc::new(AtomicUsize::new(0));
+    let afters = Arc::new(Mutex::new(Vec::new()));
+    let mut clients = Vec::new();
+    for _ in 0..100 {
+        let (weir, refused, admitted, afters) =
+            (weir.clone(), refused.clone(), admitted_on_retry.clone(), afters.clone());
+        clients.push(std::thread::spawn(move || {
+            let r = ask(&weir, "app", &[]);
+            if r.status != 503 {
+                assert_eq!(r.status, 200, "{}", r.body);
+                return;
+            }
+            refused.fetch_add(1, Ordering::Relaxed);
+            let after: u64 = r.header("retry-after").unwrap().parse().unwrap();
+            afters.lock().unwrap().push(after);
+            std::thread::sleep(Duration::from_secs(after));
+            let again = ask(&weir, "app", &[]);
+            if again.status == 200 {
+                admitted.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    for c in clients {
+        c.join().unwrap();
+    }
+    let refused = refused.load(Ordering::Relaxed);
+    let admitted = admitted_on_retry.load(Ordering::Relaxed);
+    let afters = afters.lock().unwrap();
+    assert!(refused >= 40, "overload refused only {refused}");
+    assert!(
+        admitted * 100 >= refused * 80,
+        "{admitted} of {refused} admitted on their retry; Retry-After values: {afters:?}"
+    );
+}
+
+#[test]
+fn queue_age_is_shown_per_class_and_sheds_old_queues() {
+    let mock = spawn_mock(&["--ttft", "1s"]);
+    let files = [(
+        "keys.yaml",
+        keys(&[("bulk", "batch", 1, false), ("std", "standard", 1, false)]),
+    )];
+    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
+    let weir = Arc::new(spawn_weir(
+        &config(
+            &mock,
+            "{ max_concurrent: 1, queue: 10, queue_timeout: 10s, classes: { batch: { max_queue_age: 300ms } }, shed: { target: 400ms, interval: 200ms } }",
+        ),
+        &files,
+    ));
+    let bg: Vec<_> = (0..3)
+        .map(|i| {
+            let weir = weir.clone();
+            let key = if i == 0 { "std" } else { "bulk" };
+            let h = std::thread::spawn(move || ask(&weir, key, &[]));
+            std::thread::sleep(Duration::from_millis(50));
+            h
+        })
+        .collect();
+    wait_queued(&weir, 2);
+    std::thread::sleep(Duration::from_millis(250));
+    // /status shows each class, its queue and the age of its oldest waiter.
+    let s: serde_json::Value = serde_json::from_str(&get(&weir.admin("/status"), &[]).body).unwrap();
+    let batch = &s["providers"]["llm"]["classes"]["batch"];
+    assert_eq!(batch["queued"], 2, "{s}");
+    assert!(batch["oldest_wait_ms"].as_u64().unwrap() >= 250, "{s}");
+    let m = weir.metrics();
+    let age = metric(
+        &m,
+        "weir_queue_class_oldest_wait_seconds",
+        &[("queue", "provider:llm"), ("class", "batch")],
+    )
+    .unwrap();
+    assert!(age >= 0.25, "{age}");
+    // The batch queue is older than its max_queue_age: an arrival is refused
+    // at once, by age, not length.
+    std::thread::sleep(Duration::from_millis(100));
+    let started = Instant::now();
+    let r = ask(&weir, "bulk", &[]);
+    assert_eq!(r.status, 503);
+    assert!(started.elapsed() < Duration::from_millis(500));
+    let msg = r.json()["error"]["message"].as_str().unwrap().to_string();
+    assert!(
+        msg.contains("max_queue_age 300ms") && msg.contains("class batch"),
+        "{msg}"
+    );
+    // CoDel: the batch queue has stayed over 400 ms for over 200 ms, so its
+    // newest waiter is shed when the queue is next looked at.
+    std::thread::sleep(Duration::from_millis(300));
+    let r = ask(&weir, "std", &[]);
+    let results: Vec<Resp> = bg.into_iter().map(|h| h.join().unwrap()).collect();
+    assert_eq!(results[0].status, 200);
+    assert_eq!(
+        results[2].status, 503,
+        "the newest batch waiter is shed: {}",
+        results[2].body
+    );
+    assert!(results[2].body.contains("shedding class batch"), "{}", results[2].body);
+    assert_eq!(
+        results[1].status, 200,
+        "the oldest batch waiter is kept: {}",
+        results[1].body
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let m = weir.metrics();
+    for reason in ["max_age", "shed"] {
+        assert!(
+            metric(
+                &m,
+                "weir_queue_rejected_total",
+                &[("queue", "provider:llm"), ("reason", reason)]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{reason}"
+        );
+    }
+}
