@@ -156,6 +156,9 @@ fn a_critical_arrival_evicts_the_newest_batch_waiter_and_is_served_first() {
     assert!(r.body.contains("x-weir-priority"), "{}", r.body);
 }
 
+/// Each answer's status and `Retry-After`.
+type Seen = Vec<(u16, Option<u64>)>;
+
 /// `n` threads sending as `key` until `stop`, pausing `pause` after each
 /// answer; returns (answers by status, Retry-After values of refusals).
 fn flood(
@@ -164,7 +167,7 @@ fn flood(
     n: usize,
     pause: Duration,
     stop: &Arc<AtomicBool>,
-) -> Vec<std::thread::JoinHandle<Vec<(u16, Option<u64>)>>> {
+) -> Vec<std::thread::JoinHandle<Seen>> {
     (0..n)
         .map(|_| {
             let (weir, stop) = (weir.clone(), stop.clone());
