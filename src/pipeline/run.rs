@@ -163,7 +163,16 @@ impl Pipeline {
                     ctx.error = Some(e);
                     return Ended::Aborted;
                 }
-                if e.status() >= 500 {
+                // A bulkhead's or breaker's refusal is designed load
+                // shedding, counted in metrics: under a flood a log line
+                // each would cost more than the refusal itself.
+                let shed = matches!(
+                    e.kind,
+                    ErrorKind::QueueFull | ErrorKind::QueueTimeout | ErrorKind::CircuitOpen
+                );
+                if shed {
+                    log::debug!("request {}: {e}", ctx.request_id);
+                } else if e.status() >= 500 {
                     log::warn!("request {}: {e}", ctx.request_id);
                 }
                 self.respond_error(d, ctx, e, by).await;
