@@ -18,7 +18,8 @@ pub const WEIR: &str = env!("CARGO_BIN_EXE_weir");
 /// too, so a port could be taken between this check and the child's bind —
 /// and a readiness probe would then find the wrong process. A random port
 /// below the ephemeral range (32768 and up on Linux), never handed out
-/// twice by this process, makes that a rare coincidence instead.
+/// twice by this process and claimed machine-wide ([`claim_port`]) so no
+/// other test process hands it out either.
 pub fn free_port() -> u16 {
     use std::collections::HashSet;
     use std::sync::Mutex;
