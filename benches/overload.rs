@@ -188,6 +188,8 @@ fn adaptive(scale: &Scale, out: &std::path::Path) {
         let phase_start = Instant::now();
         let served_at_start = served.load(Ordering::Relaxed);
         let (mut max_in_service, mut settled_served, mut settled_from) = (0u64, None, None);
+        // What the mock was offered (in service + queued at it) once settled.
+        let mut offered = Vec::new();
         while phase_start.elapsed() < scale.secs(10.0) {
             let before = served.load(Ordering::Relaxed);
             std::thread::sleep(Duration::from_millis(250));
@@ -195,12 +197,15 @@ fn adaptive(scale: &Scale, out: &std::path::Path) {
             let limit = metric(&weir.metrics(), "weir_concurrency_limit", &[("provider", "llm")]).unwrap_or(-1.0);
             let stats = mock.stats();
             let in_service = stats["in_service"].as_u64().unwrap_or(0);
+            let queued = stats["queued"].as_u64().unwrap_or(0);
             max_in_service = max_in_service.max(in_service);
+            if settled_from.is_some() {
+                offered.push(in_service + queued);
+            }
             let _ = writeln!(
                 csv,
-                "{:.2},{capacity},{limit},{in_service},{},{:.1}",
+                "{:.2},{capacity},{limit},{in_service},{queued},{:.1}",
                 start.elapsed().as_secs_f64(),
-                stats["queued"].as_u64().unwrap_or(0),
                 (after - before) as f64 * 4.0
             );
             // Goodput once the limit had 3 s to follow the change.
@@ -213,7 +218,9 @@ fn adaptive(scale: &Scale, out: &std::path::Path) {
         }
         let whole = (served.load(Ordering::Relaxed) - served_at_start) as f64 / phase_start.elapsed().as_secs_f64();
         let settled = settled_from.map(|(t, _)| settled_served.unwrap_or(0) as f64 / t.elapsed().as_secs_f64());
-        phases.push((capacity, max_in_service, whole, settled));
+        let offered_max = offered.iter().max().copied().unwrap_or(0);
+        let offered_mean = offered.iter().sum::<u64>() as f64 / offered.len().max(1) as f64;
+        phases.push((capacity, max_in_service, offered_max, offered_mean, whole, settled));
     }
     stop.store(true, Ordering::Relaxed);
     for c in clients {
@@ -222,12 +229,12 @@ fn adaptive(scale: &Scale, out: &std::path::Path) {
     std::fs::write(out.join("limit.csv"), &csv).unwrap();
     let stats = mock.stats();
     println!("\n## adaptive: mock capacity 20 → 8 → 20, 60 closed-loop stream clients\n");
-    println!("| capacity | capacity req/s (nominal 0.25 s each) | max in service at the mock | goodput whole phase | goodput after 3 s |");
-    println!("| --- | --- | --- | --- | --- |");
-    for (capacity, max_in, whole, settled) in phases {
+    println!("| capacity | capacity req/s (nominal 0.25 s each) | max in service at the mock | offered to the mock after 3 s (in service + queued there): mean / max | goodput whole phase | goodput after 3 s |");
+    println!("| --- | --- | --- | --- | --- | --- |");
+    for (capacity, max_in, offered_max, offered_mean, whole, settled) in phases {
         let nominal = capacity as f64 / 0.25;
         println!(
-            "| {capacity} | {nominal:.0} | {max_in} | {whole:.1}/s ({:.0}%) | {} |",
+            "| {capacity} | {nominal:.0} | {max_in} | {offered_mean:.1} / {offered_max} | {whole:.1}/s ({:.0}%) | {} |",
             100.0 * whole / nominal,
             settled.map_or("-".into(), |s| format!("{s:.1}/s ({:.0}%)", 100.0 * s / nominal))
         );
