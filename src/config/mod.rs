@@ -115,6 +115,38 @@ routes:
     }
 
     #[test]
+    fn priority_classes_are_checked_where_they_are_written() {
+        let with = |b: &str| GOOD.replace("models:", &format!("bulkhead: {b}\n    models:"));
+        let e = err(&with(
+            "{ max_concurrent: 4, queue: 1, classes: { urgent: { reserved: 1 } } }",
+        ));
+        assert_eq!(e.line, Some(7), "{e}");
+        assert!(e.field.starts_with("providers.a.bulkhead"), "{e}");
+        assert!(e.message.contains("critical, standard, batch"), "{e}");
+        let e = err(&with(
+            "{ max_concurrent: 4, queue: 1, classes: { critical: { reserved: 75% }, 150: { reserved: 2 } } }",
+        ));
+        assert_eq!(e.field, "providers.a.bulkhead.classes", "{e}");
+        assert!(
+            e.message
+                .contains("reserve 5 slots in all, more than max_concurrent (4)"),
+            "{e}"
+        );
+        let e = err(&with("{ max_concurrent: 4, queue: 1, shed: { target: 0s } }"));
+        assert_eq!(e.field, "providers.a.bulkhead.shed.target", "{e}");
+        let (c, _) = parse(
+            &with(
+                "{ max_concurrent: 4, queue: 1, classes: { critical: { reserved: 50% }, 150: { queue_timeout: 1s } } }",
+            ),
+            Path::new("t.yaml"),
+        )
+        .unwrap();
+        let b = c.providers["a"].bulkhead.as_ref().unwrap();
+        assert_eq!(b.classes[&Priority::CRITICAL].reserved.unwrap().of(4), 2);
+        assert!(b.classes.contains_key(&Priority(150)));
+    }
+
+    #[test]
     fn duplicate_provider_name() {
         let t = GOOD.replace(
             "routes:",
