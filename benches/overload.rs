@@ -118,7 +118,14 @@ impl Tally {
 }
 
 /// `n` closed-loop clients as `key` until `stop`, pausing `pause` after a refusal.
-fn closed_loop(weir: &Arc<Weir>, key: &'static str, n: usize, pause: Duration, stop: &Arc<AtomicBool>, tally: &Arc<Mutex<Tally>>) -> Vec<std::thread::JoinHandle<()>> {
+fn closed_loop(
+    weir: &Arc<Weir>,
+    key: &'static str,
+    n: usize,
+    pause: Duration,
+    stop: &Arc<AtomicBool>,
+    tally: &Arc<Mutex<Tally>>,
+) -> Vec<std::thread::JoinHandle<()>> {
     (0..n)
         .map(|_| {
             let (weir, stop, tally) = (weir.clone(), stop.clone(), tally.clone());
@@ -160,7 +167,16 @@ fn open_loop(weir: &Arc<Weir>, key: &'static str, rate: f64, secs: Duration, tal
 fn adaptive(scale: &Scale, out: &std::path::Path) {
     // ~0.25 s a request (50 ms to the first token, 20 tokens at 100/s):
     // 20 slots are 80 requests/s.
-    let mock = spawn_mock(&["--capacity", "20", "--ttft", "50ms", "--tokens-per-sec", "100", "--completion-tokens", "20"]);
+    let mock = spawn_mock(&[
+        "--capacity",
+        "20",
+        "--ttft",
+        "50ms",
+        "--tokens-per-sec",
+        "100",
+        "--completion-tokens",
+        "20",
+    ]);
     let weir = Arc::new(gateway(
         &mock,
         "    bulkhead: { max_concurrent: 40, queue: 400, queue_timeout: 30s }\n    adaptive: { floor: 2 }",
@@ -256,7 +272,11 @@ fn priority(scale: &Scale) {
         &keys(&[("bulk", "batch"), ("crit", "critical")]),
     ));
     let stop = Arc::new(AtomicBool::new(false));
-    let (batch, crit) = (Arc::new(Mutex::new(Tally::default())), Arc::new(Mutex::new(Tally::default())));
+    let (batch, crit) = (
+        Arc::new(Mutex::new(Tally::default())),
+        Arc::new(Mutex::new(Tally::default())),
+    );
+    let flood_started = Instant::now();
     let flood = closed_loop(&weir, "bulk", 80, Duration::from_millis(100), &stop, &batch);
     std::thread::sleep(scale.secs(2.0));
     let secs = scale.secs(15.0);
@@ -265,11 +285,19 @@ fn priority(scale: &Scale) {
     for h in flood {
         h.join().unwrap();
     }
+    let flood_secs = flood_started.elapsed().as_secs_f64();
     let m = weir.metrics();
     let wait_p99 = |class: &str| -> String {
         let labels = |le: &'static str| [("queue", "provider:llm"), ("class", class), ("le", le)];
-        let count = metric(&m, "weir_queue_class_wait_seconds_count", &[("queue", "provider:llm"), ("class", class)]).unwrap_or(0.0);
-        for le in ["0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30"] {
+        let count = metric(
+            &m,
+            "weir_queue_class_wait_seconds_count",
+            &[("queue", "provider:llm"), ("class", class)],
+        )
+        .unwrap_or(0.0);
+        for le in [
+            "0.001", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10", "30",
+        ] {
             if metric(&m, "weir_queue_class_wait_seconds_bucket", &labels(le)).unwrap_or(0.0) >= 0.99 * count {
                 return format!("≤ {le} s (of {count} that queued)");
             }
@@ -277,12 +305,16 @@ fn priority(scale: &Scale) {
         "> 30 s".into()
     };
     let s = secs.as_secs_f64();
-    println!("\n## priority: batch flood (80 closed-loop clients, 10× the 8 slots) + critical 5/s, {s:.0} s\n");
+    println!("\n## priority: batch flood (80 closed-loop clients, 10× the 8 slots of 300 ms, {flood_secs:.0} s) + critical 5/s open-loop ({s:.0} s)\n");
     println!("| class | sent | served | goodput | refused | p50 | p99 |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!("{}", crit.lock().unwrap().row("critical", s));
-    println!("{}", batch.lock().unwrap().row("batch", s));
-    println!("\nqueue wait p99 (weir's histogram): critical {}, batch {}", wait_p99("critical"), wait_p99("batch"));
+    println!("{}", batch.lock().unwrap().row("batch", flood_secs));
+    println!(
+        "\nqueue wait p99 (weir's histogram): critical {}, batch {}",
+        wait_p99("critical"),
+        wait_p99("batch")
+    );
 }
 
 fn fair(scale: &Scale) {
@@ -294,7 +326,11 @@ fn fair(scale: &Scale) {
         &keys(&[("heavy", "standard"), ("light", "standard")]),
     ));
     let stop = Arc::new(AtomicBool::new(false));
-    let (heavy, light) = (Arc::new(Mutex::new(Tally::default())), Arc::new(Mutex::new(Tally::default())));
+    let (heavy, light) = (
+        Arc::new(Mutex::new(Tally::default())),
+        Arc::new(Mutex::new(Tally::default())),
+    );
+    let flood_started = Instant::now();
     let flood = closed_loop(&weir, "heavy", 40, Duration::from_millis(50), &stop, &heavy);
     std::thread::sleep(scale.secs(2.0));
     let secs = scale.secs(15.0);
@@ -303,12 +339,13 @@ fn fair(scale: &Scale) {
     for h in flood {
         h.join().unwrap();
     }
+    let flood_secs = flood_started.elapsed().as_secs_f64();
     let s = secs.as_secs_f64();
-    println!("\n## fair: two keys of weight 1 — heavy at 10× (40 closed-loop), light at 4/s (20%), {s:.0} s\n");
+    println!("\n## fair: two keys of weight 1, 4 slots of 200 ms — heavy at 10× (40 closed-loop, {flood_secs:.0} s), light at 4/s, 20% of capacity ({s:.0} s)\n");
     println!("| key | sent | served | goodput | refused | p50 | p99 |");
     println!("| --- | --- | --- | --- | --- | --- | --- |");
     println!("{}", light.lock().unwrap().row("light", s));
-    println!("{}", heavy.lock().unwrap().row("heavy", s));
+    println!("{}", heavy.lock().unwrap().row("heavy", flood_secs));
 }
 
 fn retry(scale: &Scale) {
