@@ -363,7 +363,8 @@ fn refused_clients_that_wait_their_retry_after_are_admitted() {
 
 #[test]
 fn queue_age_is_shown_per_class_and_sheds_old_queues() {
-    let mock = spawn_mock(&["--ttft", "1s"]);
+    // Slow answers (3 s), so nothing leaves the queue while the test looks.
+    let mock = spawn_mock(&["--ttft", "3s"]);
     let files = [(
         "keys.yaml",
         keys(&[("bulk", "batch", 1, false), ("std", "standard", 1, false)]),
@@ -402,7 +403,7 @@ fn queue_age_is_shown_per_class_and_sheds_old_queues() {
     assert!(age >= 0.25, "{age}");
     // The batch queue is older than its max_queue_age: an arrival is refused
     // at once, by age, not length.
-    std::thread::sleep(Duration::from_millis(100));
+    std::thread::sleep(Duration::from_millis(150));
     let started = Instant::now();
     let r = ask(&weir, "bulk", &[]);
     assert_eq!(r.status, 503);
@@ -413,7 +414,8 @@ fn queue_age_is_shown_per_class_and_sheds_old_queues() {
         "{msg}"
     );
     // CoDel: the batch queue has stayed over 400 ms for over 200 ms, so its
-    // newest waiter is shed when the queue is next looked at.
+    // newest waiter is shed when the queue is next looked at (this arrival,
+    // or at the latest the first answer's release); the oldest is kept.
     std::thread::sleep(Duration::from_millis(300));
     let r = ask(&weir, "std", &[]);
     let results: Vec<Resp> = bg.into_iter().map(|h| h.join().unwrap()).collect();
