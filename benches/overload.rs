@@ -21,7 +21,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
-use weir::plugins::api_key::digest_hex;
 
 /// Seconds per phase, scaled down for the smoke run.
 struct Scale {
@@ -35,46 +34,16 @@ impl Scale {
 }
 
 fn keys(list: &[(&str, &str)]) -> String {
-    let mut s = String::from("keys:\n");
-    for (name, priority) in list {
-        let _ = write!(
-            s,
-            "  - name: {name}\n    sha256: {}\n    priority: {priority}\n",
-            digest_hex(&format!("sk-{name}"))
-        );
-    }
-    s
+    let list: Vec<(&str, &str, u32, bool)> = list.iter().map(|(n, p)| (*n, *p, 1, false)).collect();
+    keys_file(&list)
 }
 
-fn gateway(mock: &Mock, provider: &str, keys_file: &str) -> Weir {
-    let config = format!(
-        r#"
-server: {{ listen: ["127.0.0.1:{{PORT}}"], threads: 2 }}
-admin: {{ listen: "127.0.0.1:{{ADMIN}}" }}
-providers:
-  llm:
-    url: {url}
-    models: [m]
-{provider}
-plugins:
-  auth: {{ type: api_key, keys_file: keys.yaml }}
-routes:
-  - name: chat
-    plugins: [auth]
-    providers: [llm]
-"#,
-        url = mock.url()
-    );
-    spawn_weir(&config, &[("keys.yaml", keys_file)])
+fn gateway(mock: &Mock, provider: &str, keys: &str) -> Weir {
+    keyed_gateway(mock, provider, keys)
 }
 
 fn ask(weir: &Weir, key: &str, stream: bool) -> Resp {
-    let auth = format!("Bearer sk-{key}");
-    post(
-        &weir.url("/v1/chat/completions"),
-        &chat("m", stream),
-        &[("authorization", auth.as_str())],
-    )
+    ask_as(weir, key, stream, &[])
 }
 
 /// p-th percentile of `v` (sorted in place), in ms.

@@ -7,46 +7,17 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::*;
-use weir::plugins::api_key::digest_hex;
 
-/// A keys file: (name, priority, weight, may pick its class by header).
 fn keys(list: &[(&str, &str, u32, bool)]) -> String {
-    let mut s = String::from("keys:\n");
-    for (name, priority, weight, header) in list {
-        s += &format!(
-            "  - name: {name}\n    sha256: {}\n    priority: {priority}\n    weight: {weight}\n    priority_header: {header}\n",
-            digest_hex(&format!("sk-{name}"))
-        );
-    }
-    s
+    keys_file(list)
 }
 
-fn config(mock: &Mock, bulkhead: &str) -> String {
-    format!(
-        r#"
-server: {{ listen: ["127.0.0.1:{{PORT}}"], threads: 4 }}
-admin: {{ listen: "127.0.0.1:{{ADMIN}}" }}
-providers:
-  llm:
-    url: {url}
-    models: [m]
-    bulkhead: {bulkhead}
-plugins:
-  auth: {{ type: api_key, keys_file: keys.yaml }}
-routes:
-  - name: chat
-    plugins: [auth]
-    providers: [llm]
-"#,
-        url = mock.url()
-    )
+fn gateway(mock: &Mock, bulkhead: &str, keys: &str) -> Weir {
+    keyed_gateway(mock, &format!("    bulkhead: {bulkhead}"), keys)
 }
 
 fn ask(weir: &Weir, key: &str, extra: &[(&str, &str)]) -> Resp {
-    let auth = format!("Bearer sk-{key}");
-    let mut headers = vec![("authorization", auth.as_str())];
-    headers.extend_from_slice(extra);
-    post(&weir.url("/v1/chat/completions"), &chat("m", false), &headers)
+    ask_as(weir, key, false, extra)
 }
 
 /// Waiters in the provider queue, from `/status`.
@@ -66,19 +37,16 @@ fn wait_queued(weir: &Weir, n: u64) {
 #[test]
 fn a_critical_arrival_evicts_the_newest_batch_waiter_and_is_served_first() {
     let mock = spawn_mock(&["--ttft", "1s"]);
-    let files = [(
-        "keys.yaml",
-        keys(&[
-            ("batchy", "batch", 1, false),
-            ("crit", "critical", 1, false),
-            // Batch by default, allowed to say otherwise by header.
-            ("chooser", "batch", 1, true),
-        ]),
-    )];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let weir = Arc::new(spawn_weir(
-        &config(&mock, "{ max_concurrent: 1, queue: 3, queue_timeout: 10s }"),
-        &files,
+    let keys = keys(&[
+        ("batchy", "batch", 1, false),
+        ("crit", "critical", 1, false),
+        // Batch by default, allowed to say otherwise by header.
+        ("chooser", "batch", 1, true),
+    ]);
+    let weir = Arc::new(gateway(
+        &mock,
+        "{ max_concurrent: 1, queue: 3, queue_timeout: 10s }",
+        &keys,
     ));
     let done = Arc::new(Mutex::new(Vec::<(String, u16, Instant)>::new()));
     let send = |who: &'static str, key: &'static str, extra: Vec<(&'static str, &'static str)>| {
@@ -188,17 +156,11 @@ fn flood(
 fn critical_trickle_is_never_refused_under_a_batch_flood() {
     // Capacity: 8 slots of 300 ms. The flood: 80 closed-loop batch clients.
     let mock = spawn_mock(&["--ttft", "300ms"]);
-    let files = [(
-        "keys.yaml",
-        keys(&[("bulk", "batch", 1, false), ("crit", "critical", 1, false)]),
-    )];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let weir = Arc::new(spawn_weir(
-        &config(
-            &mock,
-            "{ max_concurrent: 8, queue: 16, queue_timeout: 5s, classes: { critical: { reserved: 25% } } }",
-        ),
-        &files,
+    let keys = keys(&[("bulk", "batch", 1, false), ("crit", "critical", 1, false)]);
+    let weir = Arc::new(gateway(
+        &mock,
+        "{ max_concurrent: 8, queue: 16, queue_timeout: 5s, classes: { critical: { reserved: 25% } } }",
+        &keys,
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let bulk = flood(&weir, "bulk", 80, Duration::from_millis(100), &stop);
@@ -272,14 +234,11 @@ fn a_flooding_key_fills_only_its_share_and_the_light_key_is_never_refused() {
     // Capacity: 4 slots of 200 ms = 20/s. Heavy: 40 closed-loop clients
     // (10x). Light: 4/s (20%).
     let mock = spawn_mock(&["--ttft", "200ms"]);
-    let files = [(
-        "keys.yaml",
-        keys(&[("heavy", "standard", 1, false), ("light", "standard", 1, false)]),
-    )];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let weir = Arc::new(spawn_weir(
-        &config(&mock, "{ max_concurrent: 4, queue: 8, queue_timeout: 5s }"),
-        &files,
+    let keys = keys(&[("heavy", "standard", 1, false), ("light", "standard", 1, false)]);
+    let weir = Arc::new(gateway(
+        &mock,
+        "{ max_concurrent: 4, queue: 8, queue_timeout: 5s }",
+        &keys,
     ));
     let stop = Arc::new(AtomicBool::new(false));
     let heavy = flood(&weir, "heavy", 40, Duration::from_millis(50), &stop);
@@ -318,11 +277,11 @@ fn a_flooding_key_fills_only_its_share_and_the_light_key_is_never_refused() {
 fn refused_clients_that_wait_their_retry_after_are_admitted() {
     // Capacity: 4 slots of 500 ms = 8/s; 100 clients arrive over 2.5 s (5x).
     let mock = spawn_mock(&["--ttft", "500ms"]);
-    let files = [("keys.yaml", keys(&[("app", "standard", 1, false)]))];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let weir = Arc::new(spawn_weir(
-        &config(&mock, "{ max_concurrent: 4, queue: 16, queue_timeout: 10s }"),
-        &files,
+    let keys = keys(&[("app", "standard", 1, false)]);
+    let weir = Arc::new(gateway(
+        &mock,
+        "{ max_concurrent: 4, queue: 16, queue_timeout: 10s }",
+        &keys,
     ));
     let refused = Arc::new(AtomicUsize::new(0));
     let admitted_on_retry = Arc::new(AtomicUsize::new(0));
@@ -365,18 +324,8 @@ fn refused_clients_that_wait_their_retry_after_are_admitted() {
 fn queue_age_is_shown_per_class_and_sheds_old_queues() {
     // Slow answers (3 s), so nothing leaves the queue while the test looks.
     let mock = spawn_mock(&["--ttft", "3s"]);
-    let files = [(
-        "keys.yaml",
-        keys(&[("bulk", "batch", 1, false), ("std", "standard", 1, false)]),
-    )];
-    let files: Vec<(&str, &str)> = files.iter().map(|(n, t)| (*n, t.as_str())).collect();
-    let weir = Arc::new(spawn_weir(
-        &config(
-            &mock,
-            "{ max_concurrent: 1, queue: 10, queue_timeout: 10s, classes: { batch: { max_queue_age: 300ms } }, shed: { target: 400ms, interval: 200ms } }",
-        ),
-        &files,
-    ));
+    let keys = keys(&[("bulk", "batch", 1, false), ("std", "standard", 1, false)]);
+    let weir = Arc::new(gateway(&mock, "{ max_concurrent: 1, queue: 10, queue_timeout: 10s, classes: { batch: { max_queue_age: 300ms } }, shed: { target: 400ms, interval: 200ms } }", &keys));
     let bg: Vec<_> = (0..3)
         .map(|i| {
             let weir = weir.clone();

@@ -6,6 +6,14 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::time::Duration;
 
+/// A config value written as a number or as text (`8MiB`, `critical`, `25%`).
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrStr {
+    N(u64),
+    S(String),
+}
+
 /// A duration written as `250ms`, `2s`, `10m`, `1h`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Dur(pub Duration);
@@ -46,15 +54,9 @@ impl<'de> Deserialize<'de> for Dur {
 
 impl<'de> Deserialize<'de> for Size {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Size(n)),
-            Raw::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::N(n) => Ok(Size(n)),
+            NumOrStr::S(s) => Size::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -114,17 +116,11 @@ impl fmt::Display for Priority {
 
 impl<'de> Deserialize<'de> for Priority {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
-        match Raw::deserialize(d)? {
-            Raw::N(n) => u8::try_from(n)
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::N(n) => u8::try_from(n)
                 .map(Priority)
                 .map_err(|_| serde::de::Error::custom(format!("invalid priority {n}: a number must be 0-255"))),
-            Raw::S(s) => Priority::parse(&s).map_err(serde::de::Error::custom),
+            NumOrStr::S(s) => Priority::parse(&s).map_err(serde::de::Error::custom),
         }
     }
 }
@@ -154,17 +150,11 @@ impl Share {
 
 impl<'de> Deserialize<'de> for Share {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            N(u64),
-            S(String),
-        }
         let bad =
             |s: &str| format!("invalid share '{s}': write a percentage of max_concurrent (25%) or a number of slots");
-        match Raw::deserialize(d)? {
-            Raw::N(n) => Ok(Share::Slots(n as usize)),
-            Raw::S(s) => match s.trim().strip_suffix('%') {
+        match NumOrStr::deserialize(d)? {
+            NumOrStr::N(n) => Ok(Share::Slots(n as usize)),
+            NumOrStr::S(s) => match s.trim().strip_suffix('%') {
                 Some(p) => match p.trim().parse::<f64>() {
                     Ok(p) if (0.0..=100.0).contains(&p) => Ok(Share::Percent(p)),
                     _ => Err(serde::de::Error::custom(bad(&s))),

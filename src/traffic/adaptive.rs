@@ -7,11 +7,13 @@
 //! slow-moving baseline, and trusts the provider's explicit signals (429,
 //! 5xx, `x-ratelimit-remaining-requests`, `Retry-After`) first.
 //!
-//! - **Decrease** (× `backoff`) on a 429, a 5xx or a failed exchange, on a
-//!   short-term latency over `tolerance` × its baseline, or on a provider
-//!   saying it has at most `min_remaining` requests left. At most once per
-//!   "round": a sample from an attempt admitted before the last decrease
-//!   saw the old limit and is not counted against the new one.
+//! - **Decrease** (× `backoff`) on a 429, a 5xx or a failed exchange, or on
+//!   a short-term latency over `tolerance` × its baseline; **step back** by
+//!   one slot on a provider saying it has at most `min_remaining` requests
+//!   left (at its edge, where backing off by a fraction would idle a share
+//!   of it every round). At most once per "round": a sample from an attempt
+//!   admitted before the last decrease saw the old limit and is not counted
+//!   against the new one.
 //! - **Increase** (+1) after `limit` good samples taken while the limit was
 //!   in full use (TCP's congestion avoidance: about one step per round
 //!   trip), never while a `Retry-After` the provider gave is running.
@@ -210,7 +212,11 @@ impl Aimd {
         }
         self.last_decrease = Some(now);
         let before = self.limit();
-        self.limit = self.clamp(self.limit * self.params.backoff);
+        self.limit = match reason {
+            // At the provider's edge: one slot back, not a fraction.
+            Reason::Remaining => self.clamp(self.limit.ceil() - 1.0),
+            _ => self.clamp(self.limit * self.params.backoff),
+        };
         if self.limit() < before {
             Decision::Decrease(reason)
         } else {
@@ -285,7 +291,11 @@ mod tests {
         let mut now = Instant::now();
         let mut a = Aimd::new(params(), 20);
         drive(&mut a, 20, 50, &mut now);
-        assert!(a.limit() >= 14, "at capacity 20 the limit stays high: {}", a.limit());
+        assert!(
+            a.limit() >= 19,
+            "at capacity 20 the limit stays at its edge: {}",
+            a.limit()
+        );
         drive(&mut a, 8, 30, &mut now);
         assert!(a.limit() <= 8, "follows the capacity down: {}", a.limit());
         assert!(a.limit() >= 5, "not far below it: {}", a.limit());

@@ -450,3 +450,49 @@ pub fn wasm_module(name: &str) -> String {
     );
     p.display().to_string()
 }
+
+/// A keys file for the api_key plugin: (name, priority, weight, may pick
+/// its class by header); each key is `sk-<name>`.
+pub fn keys_file(list: &[(&str, &str, u32, bool)]) -> String {
+    let mut s = String::from("keys:\n");
+    for (name, priority, weight, header) in list {
+        s += &format!(
+            "  - name: {name}\n    sha256: {}\n    priority: {priority}\n    weight: {weight}\n    priority_header: {header}\n",
+            weir::plugins::api_key::digest_hex(&format!("sk-{name}"))
+        );
+    }
+    s
+}
+
+/// A gateway with one provider `llm` (model `m`) at `mock`, `provider`
+/// (YAML lines, indented 4) added to its entry, behind an api_key plugin
+/// with `keys` as its keys file.
+pub fn keyed_gateway(mock: &Mock, provider: &str, keys: &str) -> Weir {
+    let config = format!(
+        r#"
+server: {{ listen: ["127.0.0.1:{{PORT}}"], threads: 2 }}
+admin: {{ listen: "127.0.0.1:{{ADMIN}}" }}
+providers:
+  llm:
+    url: {url}
+    models: [m]
+{provider}
+plugins:
+  auth: {{ type: api_key, keys_file: keys.yaml }}
+routes:
+  - name: chat
+    plugins: [auth]
+    providers: [llm]
+"#,
+        url = mock.url()
+    );
+    spawn_weir(&config, &[("keys.yaml", keys)])
+}
+
+/// A chat request (`model: m`) with `sk-<key>` as its API key.
+pub fn ask_as(weir: &Weir, key: &str, stream: bool, extra: &[(&str, &str)]) -> Resp {
+    let auth = format!("Bearer sk-{key}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend_from_slice(extra);
+    post(&weir.url("/v1/chat/completions"), &chat("m", stream), &headers)
+}
