@@ -8,12 +8,14 @@
 //! 5xx, `x-ratelimit-remaining-requests`, `Retry-After`) first.
 //!
 //! - **Decrease** (× `backoff`) on a 429, a 5xx or a failed exchange, or on
-//!   a short-term latency over `tolerance` × its baseline; **step back** by
-//!   one slot on a provider saying it has at most `min_remaining` requests
-//!   left (at its edge, where backing off by a fraction would idle a share
-//!   of it every round). At most once per "round": a sample from an attempt
-//!   admitted before the last decrease saw the old limit and is not counted
-//!   against the new one.
+//!   a short-term latency over `tolerance` × its baseline; **step back** on
+//!   a provider saying it has at most `min_remaining` requests left: one
+//!   slot at its edge (backing off by a fraction there would idle a share of
+//!   it every round), doubling with each further round that still finds it
+//!   full (so far past the edge it converges as fast as × `backoff`, never
+//!   faster). At most once per "round": a sample from an attempt admitted
+//!   before the last decrease saw the old limit and is not counted against
+//!   the new one.
 //! - **Increase** (+1) after `limit` good samples taken while the limit was
 //!   in full use (TCP's congestion avoidance: about one step per round
 //!   trip), never while a `Retry-After` the provider gave is running.
@@ -134,6 +136,8 @@ pub struct Aimd {
     good: usize,
     last_decrease: Option<Instant>,
     hold_until: Option<Instant>,
+    /// Slots the next step back from the provider's edge takes.
+    edge_step: f64,
     pub ttft: Latency,
     pub per_token: Latency,
 }
@@ -147,6 +151,7 @@ impl Aimd {
             good: 0,
             last_decrease: None,
             hold_until: None,
+            edge_step: 1.0,
             ttft: Latency::default(),
             per_token: Latency::default(),
         };
@@ -184,7 +189,12 @@ impl Aimd {
                     self.per_token.observe(t.as_secs_f64());
                 }
                 let tol = self.params.tolerance;
-                let reason = if remaining.is_some_and(|r| r <= self.params.min_remaining) {
+                let full = remaining.is_some_and(|r| r <= self.params.min_remaining);
+                if !full {
+                    // Room left at the provider: back from the edge.
+                    self.edge_step = 1.0;
+                }
+                let reason = if full {
                     Some(Reason::Remaining)
                 } else if self.ttft.over(tol) || self.per_token.over(tol) {
                     Some(Reason::Latency)
@@ -213,8 +223,13 @@ impl Aimd {
         self.last_decrease = Some(now);
         let before = self.limit();
         self.limit = match reason {
-            // At the provider's edge: one slot back, not a fraction.
-            Reason::Remaining => self.clamp(self.limit.ceil() - 1.0),
+            // At the provider's edge: a step back (doubling while it stays
+            // full), never more than a fraction would take.
+            Reason::Remaining => {
+                let step = self.edge_step;
+                self.edge_step *= 2.0;
+                self.clamp((self.limit.ceil() - step).max(self.limit * self.params.backoff))
+            }
             _ => self.clamp(self.limit * self.params.backoff),
         };
         if self.limit() < before {
@@ -259,8 +274,9 @@ mod tests {
     }
 
     /// A provider with `capacity` slots and a queue: a request past the
-    /// capacity waits for a whole service time, so its first token is late;
-    /// one exactly at capacity sees no remaining requests. Runs `rounds`
+    /// capacity waits for a whole service time, so its first token is late,
+    /// and every answer says it is full; one exactly at capacity sees no
+    /// remaining requests. Runs `rounds`
     /// rounds of `limit` concurrent requests, one round per 100 ms.
     fn drive(a: &mut Aimd, capacity: usize, rounds: usize, now: &mut Instant) {
         for _ in 0..rounds {
@@ -270,7 +286,14 @@ mod tests {
             for i in 0..limit {
                 let queued = i >= capacity;
                 let ttft = Duration::from_millis(if queued { 150 } else { 50 });
-                let remaining = capacity.saturating_sub(i + 1) as u64;
+                // A provider with a queue is full for every answer while
+                // more than its capacity are sent; at or under it, the
+                // last admitted finds it full.
+                let remaining = if limit > capacity {
+                    0
+                } else {
+                    capacity.saturating_sub(i + 1) as u64
+                };
                 let s = Sample {
                     admitted,
                     saturated: true,
@@ -301,6 +324,22 @@ mod tests {
         assert!(a.limit() >= 5, "not far below it: {}", a.limit());
         drive(&mut a, 20, 200, &mut now);
         assert!(a.limit() >= 14, "recovers: {}", a.limit());
+    }
+
+    #[test]
+    fn steps_back_from_the_edge_faster_the_further_past_it() {
+        let mut now = Instant::now();
+        let p = Params {
+            ceiling: 40,
+            ..params()
+        };
+        // Far past the edge (40 against 20): back to it within a few rounds.
+        let mut a = Aimd::new(p, 40);
+        drive(&mut a, 20, 6, &mut now);
+        assert!((16..=22).contains(&a.limit()), "{}", a.limit());
+        // At the edge it holds there: one slot back, then up again.
+        drive(&mut a, 20, 100, &mut now);
+        assert!(a.limit() >= 19, "{}", a.limit());
     }
 
     #[test]
