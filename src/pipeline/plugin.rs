@@ -110,6 +110,10 @@ pub trait Plugin: Send + Sync {
     /// 6. The request is over (answered, refused or failed). Route order.
     fn log(&self, _ctx: &mut RequestCtx) {}
 
+    /// A config generation with these providers was built with this plugin
+    /// in it (a wasm filter's root context reaches providers by name).
+    fn providers_ready(&self, _generation: u64, _providers: &Arc<crate::provider::Providers>) {}
+
     /// Update this plugin's state gauges (called when `/metrics` is scraped).
     fn refresh_metrics(&self) {}
 

@@ -252,7 +252,11 @@ impl Pipeline {
             let _slot = wait(d, &p.bulkhead, true).await?;
             ctx.enter(i);
             match p.plugin.request_body(ctx).await {
-                Ok(Flow::Continue) => {}
+                Ok(Flow::Continue) => {
+                    if let Some(edit) = ctx.take_header_edit() {
+                        edit(d.req_header_mut());
+                    }
+                }
                 Ok(Flow::Respond(r)) => return self.respond_local(d, ctx, *r, Some(i)).await,
                 Err(e) => return Err(Failure::Refuse(e, Some(i))),
             }
