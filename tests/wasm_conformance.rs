@@ -317,3 +317,32 @@ fn buffered_body_redaction() {
     );
     assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
 }
+
+/// Gap 5: a Pause from on_http_response_headers holds the response head
+/// until the filter resumes (after its call answers, or from the root
+/// context's tick) or answers locally instead.
+#[test]
+fn pause_in_response_headers_holds_the_head() {
+    let env = start();
+    let r = env.chat("str", "response-pause", &[("x-upstream", "auth")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-decided"), Some("200"), "set after the call answered");
+    assert!(
+        r.json()["choices"].is_array(),
+        "the provider's body follows: {}",
+        r.body
+    );
+    assert_eq!(r.header("content-length"), Some(r.body.len().to_string().as_str()));
+
+    let r = env.chat("str", "response-pause-local", &[("x-upstream", "auth")]);
+    assert_eq!((r.status, r.body.as_str()), (451, "decided locally\n"));
+    assert_eq!(r.header("x-decided"), Some("200"));
+
+    let r = env.chat("tick", "response-pause-tick", &[]);
+    assert_eq!(r.status, 200, "resumed by the tick: {}", r.body);
+    assert_eq!(r.header("x-seen-status"), Some("200"));
+    let started = Instant::now();
+    let r = env.chat("str", "response-pause-tick", &[]);
+    assert_eq!((r.status, r.error_type().as_str()), (500, "plugin_error"), "{}", r.body);
+    assert!(started.elapsed() >= Duration::from_millis(300), "held for limits.pause");
+}

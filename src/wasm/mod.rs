@@ -344,14 +344,14 @@ impl WasmPlugin {
         Ok(())
     }
 
-    fn request_body_outcome(
+    async fn request_body_outcome(
         &self,
         st: &mut ReqState,
         ctx: &mut RequestCtx,
         outcome: Outcome,
     ) -> Result<Flow, WeirError> {
         let s = match outcome {
-            Outcome::Respond(r) => return self.own_local_reply(st, ctx, r),
+            Outcome::Respond(r) => return self.own_local_reply(st, ctx, r).await,
             Outcome::Reset => return Err(self.reset()),
             Outcome::Continue => match st.stream.as_deref_mut() {
                 Some(s) => s,
@@ -376,7 +376,7 @@ impl WasmPlugin {
     /// A local reply this filter sent from a request phase goes through its
     /// own response callbacks first (Envoy runs it through the encoder of the
     /// filter that sent it; the pipeline runs the filters before this one).
-    fn own_local_reply(
+    async fn own_local_reply(
         &self,
         st: &mut ReqState,
         ctx: &mut RequestCtx,
@@ -386,7 +386,7 @@ impl WasmPlugin {
         let _ = r.header.insert_header("x-request-id", ctx.request_id.as_str());
         let mut props = st.props(ctx);
         props.response_code = Some(r.header.status.as_u16());
-        self.response_headers_inner(st, &mut r.header, props);
+        self.response_headers_held_inner(st, &mut r.header, props).await;
         if !st.failed {
             let mut body = r.body.clone();
             self.response_body_inner(st, &mut body, true);
@@ -408,16 +408,17 @@ impl WasmPlugin {
         WeirError::new(ErrorKind::Plugin, format!("plugin '{}' reset the request", self.name()))
     }
 
-    fn response_headers_inner(&self, st: &mut ReqState, resp: &mut ResponseHeader, props: Props) {
+    /// Fill the context's response map and say which callback to run;
+    /// `None`: the filter is skipped for this request.
+    fn response_headers_start(&self, st: &mut ReqState, resp: &ResponseHeader, props: Props) -> Option<Callback> {
         if st.skip {
-            return;
+            return None;
         }
         if let Err(f) = self.deliver_ready(st) {
-            return self.fail_sync(st, f);
+            self.fail_sync(st, f);
+            return None;
         }
-        let Some(s) = st.stream.as_deref_mut() else {
-            return;
-        };
+        let s = st.stream.as_deref_mut()?;
         s.response_headers = maps::from_response(resp);
         s.response_started = true;
         s.props = props;
@@ -425,45 +426,65 @@ impl WasmPlugin {
         let head_request = s.request_headers.get(b":method").as_deref() == Some(b"HEAD");
         let status = resp.status.as_u16();
         let has_body = !head_request && status >= 200 && status != 204 && status != 304;
-        let cb = Callback::ResponseHeaders {
+        Some(Callback::ResponseHeaders {
             headers: s.response_headers.len(),
             end: !has_body,
+        })
+    }
+
+    /// After the response-header callback (and any wait it asked for): the
+    /// filter's local reply replaces the response, or its header changes apply.
+    fn response_headers_finish(&self, st: &mut ReqState, resp: &mut ResponseHeader, local: Option<LocalResponse>) {
+        if let Some(local) = local {
+            // The response has not started: the filter's answer replaces it,
+            // its body replacing the provider's chunk by chunk.
+            *resp = local.header;
+            resp.remove_header("transfer-encoding");
+            let _ = resp.insert_header("content-length", local.body.len().to_string());
+            st.replace_body = Some(local.body);
+        } else if let Some(s) = st.stream.as_deref_mut() {
+            // Content-Length passes as the filter leaves it, as in Envoy
+            // (the pipeline sets it for a body it sends whole); a filter
+            // that changes the length of a body weir forwards as it comes
+            // removes it here, as it would in Envoy.
+            maps::apply_to_response(&s.response_headers, resp);
+            s.response_headers.changed = false;
+        }
+        st.resp_header_size = header_size(resp);
+    }
+
+    /// The response-header callback without waiting: a Pause is not held
+    /// (the synchronous path; the pipeline uses [`Self::response_headers_held_inner`]).
+    fn response_headers_inner(&self, st: &mut ReqState, resp: &mut ResponseHeader, props: Props) {
+        let Some(cb) = self.response_headers_start(st, resp, props) else {
+            return;
         };
         match self.core.call_stream(st.vm, st.generation, &mut st.stream, vec![cb]) {
             Ok((_, calls)) => st.start_calls(&self.core, calls),
             Err(f) => return self.fail_sync(st, f),
         }
-        let Some(s) = st.stream.as_deref_mut() else {
+        let local = st.stream.as_deref_mut().and_then(|s| {
+            let l = s.local.take()?;
+            s.replied = true;
+            Some(local_response(l))
+        });
+        self.response_headers_finish(st, resp, local);
+    }
+
+    /// The response-header callback; a Pause holds the header until the
+    /// filter resumes (after its http_calls answer, or another context's
+    /// resume), answers locally, or its calls / `limits.pause` time out.
+    async fn response_headers_held_inner(&self, st: &mut ReqState, resp: &mut ResponseHeader, props: Props) {
+        let Some(cb) = self.response_headers_start(st, resp, props) else {
             return;
         };
-        match s.local.take() {
-            Some(l) if !s.replied => {
-                // The response has not started: the filter's answer replaces it,
-                // its body replacing the provider's chunk by chunk.
-                s.replied = true;
-                let local = local_response(l);
-                *resp = local.header;
-                resp.remove_header("transfer-encoding");
-                let _ = resp.insert_header("content-length", local.body.len().to_string());
-                st.replace_body = Some(local.body);
-            }
-            other => {
-                if other.is_some() {
-                    log::warn!(
-                        "wasm plugin '{}': a second local response is ignored (the first stands)",
-                        self.name()
-                    );
-                }
-                // Content-Length passes as the filter leaves it, as in Envoy
-                // (the pipeline sets it for a body it sends whole); a filter
-                // that changes the length of a body weir forwards as it comes
-                // removes it here, as it would in Envoy.
-                maps::apply_to_response(&s.response_headers, resp);
-                s.response_headers.changed = false;
-            }
-        }
-        st.resp_header_size = header_size(resp);
-        let _ = has_body;
+        let local = match self.drive(st, cb, true).await {
+            Ok(Outcome::Continue) => None,
+            Ok(Outcome::Respond(r)) => Some(*r),
+            Ok(Outcome::Reset) => return self.fail_sync(st, Fault::error("the filter reset the response")),
+            Err(f) => return self.fail_sync(st, f),
+        };
+        self.response_headers_finish(st, resp, local);
     }
 
     fn response_body_inner(&self, st: &mut ReqState, chunk: &mut Bytes, end: bool) {
@@ -772,7 +793,7 @@ impl Plugin for WasmPlugin {
                 }
                 Ok(Flow::Continue)
             }
-            Ok(Outcome::Respond(r)) => self.own_local_reply(&mut st, ctx, r),
+            Ok(Outcome::Respond(r)) => self.own_local_reply(&mut st, ctx, r).await,
             Ok(Outcome::Reset) => Err(self.reset()),
             Err(f) => self.fail(Some(&mut st), f),
         };
@@ -800,7 +821,7 @@ impl Plugin for WasmPlugin {
             }
             let cb = Callback::RequestBody { size, end: true };
             let r = match self.drive(&mut st, cb, true).await {
-                Ok(outcome) => self.request_body_outcome(&mut st, ctx, outcome),
+                Ok(outcome) => self.request_body_outcome(&mut st, ctx, outcome).await,
                 Err(f) => self.fail(Some(&mut st), f),
             };
             if let Some(s) = st.stream.as_deref_mut() {
@@ -819,6 +840,16 @@ impl Plugin for WasmPlugin {
         };
         let props = st.props(ctx);
         self.response_headers_inner(&mut st, resp, props);
+        self.withhold_if_failed(&st, ctx);
+        ctx.put_state(st);
+    }
+
+    async fn response_headers_held(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        let Some(mut st) = ctx.take_state::<ReqState>() else {
+            return;
+        };
+        let props = st.props(ctx);
+        self.response_headers_held_inner(&mut st, resp, props).await;
         self.withhold_if_failed(&st, ctx);
         ctx.put_state(st);
     }

@@ -39,8 +39,9 @@ proxy_wasm::main! {{
 struct Shared {
     plugin_config: Vec<u8>,
     vm_config: Vec<u8>,
-    /// HTTP contexts paused until the next tick resumes them.
-    paused: Vec<u32>,
+    /// HTTP contexts paused until the next tick resumes them (and whether
+    /// in the response).
+    paused: Vec<(u32, bool)>,
 }
 
 #[derive(Default)]
@@ -98,10 +99,13 @@ impl RootContext for Root {
                 }
             }
         }
-        let paused: Vec<u32> = std::mem::take(&mut self.shared.borrow_mut().paused);
-        for id in paused {
+        let paused: Vec<(u32, bool)> = std::mem::take(&mut self.shared.borrow_mut().paused);
+        for (id, response) in paused {
             if hostcalls::set_effective_context(id).is_ok() {
-                let _ = hostcalls::resume_http_request();
+                let _ = match response {
+                    true => hostcalls::resume_http_response(),
+                    false => hostcalls::resume_http_request(),
+                };
             }
         }
     }
@@ -128,7 +132,19 @@ struct Stream {
     seen: Vec<(String, String)>,
 }
 
-impl Context for Stream {}
+impl Context for Stream {
+    fn on_http_call_response(&mut self, _token: u32, _headers: usize, _body: usize, _trailers: usize) {
+        let status = self
+            .get_http_call_response_header(":status")
+            .unwrap_or_else(|| "failed".into());
+        if self.case == "response-pause-local" {
+            self.send_http_response(451, vec![("x-decided", &status)], Some(b"decided locally\n"));
+            return;
+        }
+        self.set_http_response_header("x-decided", Some(&status));
+        self.resume_http_response();
+    }
+}
 
 fn text(b: Option<Vec<u8>>) -> String {
     b.map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -247,7 +263,7 @@ impl HttpContext for Stream {
                 Action::Continue
             }
             "pause-resume" => {
-                self.shared.borrow_mut().paused.push(self.id);
+                self.shared.borrow_mut().paused.push((self.id, false));
                 Action::Pause
             }
             _ => Action::Continue,
@@ -305,6 +321,27 @@ impl HttpContext for Stream {
         }
         for (k, v) in std::mem::take(&mut self.seen) {
             self.add_http_response_header(&k, &v);
+        }
+        match self.case.as_str() {
+            "response-pause" | "response-pause-local" => {
+                // Decide on a response header only after asking another service.
+                let up = self.get_http_request_header("x-upstream").unwrap_or_default();
+                let r = self.dispatch_http_call(
+                    &up,
+                    vec![(":method", "GET"), (":path", "/v1/models"), (":authority", "auth")],
+                    None,
+                    vec![],
+                    Duration::from_secs(2),
+                );
+                if r.is_ok() {
+                    return Action::Pause;
+                }
+            }
+            "response-pause-tick" => {
+                self.shared.borrow_mut().paused.push((self.id, true));
+                return Action::Pause;
+            }
+            _ => {}
         }
         if self.case == "local-twice" {
             // A third try, in the response phase: still the first one stands.
