@@ -28,6 +28,10 @@ fn config(mock: &Mock, auth: &Mock) -> String {
             wasm_module("config-header")
         ),
         format!("  abi: {{ type: wasm, module: \"{}\" }}", wasm_module("abi010")),
+        format!(
+            "  stamp: {{ type: wasm, module: \"{}\", root_id: as_stamp, config: stamped }}",
+            wasm_module("as-stamp")
+        ),
     ]
     .join("\n");
     let route = |name: &str, plugins: &str| {
@@ -36,7 +40,7 @@ fn config(mock: &Mock, auth: &Mock) -> String {
     format!(
         "server: {{ listen: [\"127.0.0.1:{{PORT}}\"] }}\nadmin: {{ listen: \"127.0.0.1:{{ADMIN}}\" }}\n\
          providers:\n  m1: {{ url: \"{}\", models: [m, secret-model] }}\n  auth: {{ url: \"{}\", models: [unused] }}\n\
-         plugins:\n{plugins}\nroutes:\n{}{}{}{}{}{}",
+         plugins:\n{plugins}\nroutes:\n{}{}{}{}{}{}{}",
         mock.url(),
         auth.url(),
         route("str", "conf_str"),
@@ -45,6 +49,7 @@ fn config(mock: &Mock, auth: &Mock) -> String {
         route("other", "conf_other"),
         route("outer", "confh, conf_str"),
         route("abi", "abi, conf_str"),
+        route("as", "stamp"),
     )
 }
 
@@ -345,4 +350,42 @@ fn pause_in_response_headers_holds_the_head() {
     let r = env.chat("str", "response-pause-tick", &[]);
     assert_eq!((r.status, r.error_type().as_str()), (500, "plugin_error"), "{}", r.body);
     assert!(started.elapsed() >= Duration::from_millis(300), "held for limits.pause");
+}
+
+/// A filter built with another language's SDK (AssemblyScript,
+/// `plugins/as-stamp`): it finds its root context by `root_id`, reads its
+/// configuration and stamps responses. Without the `root_id` it expects,
+/// the SDK aborts at start-up, and the plugin is refused (Envoy refuses it too).
+#[test]
+fn assemblyscript_sdk_filter_runs_and_finds_its_root_by_root_id() {
+    let env = start();
+    let r = env.chat("as", "", &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.header("x-as-config"), Some("stamped"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("weir.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "server: {{ listen: [\"127.0.0.1:1\"] }}\nproviders:\n  m1: {{ url: \"{}\", models: [m] }}\n\
+             plugins:\n  stamp: {{ type: wasm, module: \"{}\", config: stamped }}\n\
+             routes:\n  - {{ name: r, plugins: [stamp], providers: [m1] }}\n",
+            env.mock.url(),
+            wasm_module("as-stamp")
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(WEIR)
+        .args(["check", "-c"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("Missing root context factory"),
+        "the SDK's own words: {text}"
+    );
+    assert!(text.contains("plugins.stamp"), "located: {text}");
 }

@@ -481,6 +481,9 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<Host>> {
     let mut l: Linker<Host> = Linker::new(engine);
     define_env(&mut l)?;
     define_wasi(&mut l)?;
+    // Older toolchains (AssemblyScript 0.14, for one) import the same calls
+    // from WASI's first snapshot.
+    l.alias_module("wasi_snapshot_preview1", "wasi_unstable")?;
     Ok(l)
 }
 
