@@ -525,6 +525,30 @@ fn config_format() {
     assert!(serde_yaml_ng::from_str::<WasmConf>("{module: m, colour: red}").is_err());
 }
 
+#[test]
+fn configurations_are_given_as_envoy_gives_them() {
+    let c = conf("{module: m.wasm, config: The secret to life, vm_config: {a: 1}, root_id: r, vm_id: v}");
+    assert_eq!(
+        &config_bytes(&c.config).unwrap()[..],
+        b"The secret to life",
+        "a string: its bytes"
+    );
+    assert_eq!(
+        &config_bytes(&c.vm_config).unwrap()[..],
+        br#"{"a":1}"#,
+        "anything else: JSON"
+    );
+    let j = conf(r#"{module: m.wasm, config: '{"k": "v"}'}"#);
+    assert_eq!(
+        &config_bytes(&j.config).unwrap()[..],
+        br#"{"k": "v"}"#,
+        "JSON written as a string, unquoted"
+    );
+    assert!(config_bytes(&conf("module: m.wasm").config).unwrap().is_empty());
+    assert_eq!((c.root_id.as_str(), c.vm_id.as_str()), ("r", "v"));
+    assert_eq!(conf("module: m.wasm").limits.pause, Dur(Duration::from_secs(30)));
+}
+
 /// A guest using timers, metrics, properties and a local response given in
 /// the response-header phase.
 const RICH_IMPORTS: &str = r#"
