@@ -35,3 +35,16 @@ for crate in $crates; do
     mv -f "$dst.tmp.$$" "$dst"
     echo "$dst ($(wc -c <"$dst") bytes)"
 done
+
+# Filters built with another language's SDK: AssemblyScript (the proxy-wasm
+# SDK and compiler come from npm, pinned by package-lock.json). `./dev`
+# installs npm; without it these are skipped and the tests that use them fail.
+as_dir="$here/as-stamp"
+if command -v npm >/dev/null 2>&1; then
+    (cd "$as_dir" && npm ci --no-audit --no-fund --silent >&2 \
+        && npx asc assembly/index.ts -b "as-stamp.wasm.tmp.$$" --use abort=abort_proc_exit --optimize 2>/dev/null)
+    mv -f "$as_dir/as-stamp.wasm.tmp.$$" "$as_dir/as-stamp.wasm"
+    echo "$as_dir/as-stamp.wasm ($(wc -c <"$as_dir/as-stamp.wasm") bytes)"
+else
+    echo "build.sh: npm not found: plugins/as-stamp not built (./dev installs npm)" >&2
+fi

@@ -302,6 +302,11 @@ impl ProxyHttp for WeirProxy {
             .set_write_timeout(Some(rt.client_timeouts.client_write.0));
         ctx.request_id = request_id(session.req_header());
         ctx.client_addr = session.client_addr().and_then(|a| a.as_inet()).copied();
+        ctx.server_addr = session.server_addr().and_then(|a| a.as_inet()).copied();
+        if let Some(tls) = session.digest().and_then(|d| d.ssl_digest.as_ref()) {
+            ctx.tls = true;
+            ctx.mtls = !tls.cert_digest.is_empty();
+        }
         let route = rt.route_for(session.req_header());
         match self.pipeline.serve(route, session, ctx).await {
             Ended::Answered => Ok(true),

@@ -177,6 +177,10 @@ impl Runtime {
                 })
             })
             .collect();
+        let providers = Arc::new(providers);
+        for p in plugins.values() {
+            p.plugin.providers_ready(generation, &providers);
+        }
         Ok(Runtime {
             generation,
             max_request_body: config.server.max_request_body.0 as usize,
@@ -184,7 +188,7 @@ impl Runtime {
             max_connections: config.server.max_connections,
             config: Arc::new(config),
             routes,
-            providers: Arc::new(providers),
+            providers,
             plugins,
         })
     }

@@ -87,6 +87,11 @@ pub struct RequestCtx {
     pub request_id: String,
     /// The client's address.
     pub client_addr: Option<std::net::SocketAddr>,
+    /// The local (listener) address the client connected to.
+    pub server_addr: Option<std::net::SocketAddr>,
+    /// The connection is TLS; `mtls`: the client showed a certificate.
+    pub tls: bool,
+    pub mtls: bool,
     pub identity: Option<Identity>,
     /// The request's priority class and key, as bulkheads see it (standard
     /// and key-less until an auth plugin says otherwise).
@@ -123,7 +128,13 @@ pub struct RequestCtx {
     /// A response phase failed and its plugin's policy is fail-closed: the
     /// response must not reach the client as it is.
     pub(super) failed: Option<WeirError>,
+    /// A change to the request header made in a body phase, applied by the
+    /// pipeline as that phase returns (the header is not sent before).
+    header_edit: Option<HeaderEdit>,
 }
+
+/// A change to the request header (see [`RequestCtx::edit_request_header`]).
+pub type HeaderEdit = Box<dyn FnOnce(&mut pingora_http::RequestHeader) + Send + Sync>;
 
 impl Default for RequestCtx {
     fn default() -> Self {
@@ -136,6 +147,9 @@ impl Default for RequestCtx {
             route: None,
             request_id: String::new(),
             client_addr: None,
+            server_addr: None,
+            tls: false,
+            mtls: false,
             identity: None,
             ticket: Ticket::default(),
             head: None,
@@ -152,11 +166,28 @@ impl Default for RequestCtx {
             plugin_index: 0,
             entered: 0,
             failed: None,
+            header_edit: None,
         }
     }
 }
 
 impl RequestCtx {
+    /// Change the request header from `request_body` (a wasm filter's
+    /// header changes in its body callback); applied when the phase returns.
+    pub fn edit_request_header(&mut self, f: HeaderEdit) {
+        self.header_edit = Some(match self.header_edit.take() {
+            Some(first) => Box::new(move |h| {
+                first(h);
+                f(h)
+            }),
+            None => f,
+        });
+    }
+
+    pub(super) fn take_header_edit(&mut self) -> Option<HeaderEdit> {
+        self.header_edit.take()
+    }
+
     /// The matched route's name ("" before a route matched).
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |r| r.name.as_str())

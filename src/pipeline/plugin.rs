@@ -103,12 +103,23 @@ pub trait Plugin: Send + Sync {
     ///    a local response or weir's own error. Reverse route order.
     fn response_headers(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}
 
+    /// 4 (as the pipeline calls it). May hold the header until it decides
+    /// (a wasm filter paused on an `http_call`); the default is
+    /// [`Plugin::response_headers`], at once.
+    async fn response_headers_held(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        self.response_headers(resp, ctx)
+    }
+
     /// 5. A response body chunk, before it is sent; `end` marks the last.
     ///    Reverse route order; never buffered by the pipeline.
     fn response_body(&self, _chunk: &mut Bytes, _end: bool, _ctx: &mut RequestCtx) {}
 
     /// 6. The request is over (answered, refused or failed). Route order.
     fn log(&self, _ctx: &mut RequestCtx) {}
+
+    /// A config generation with these providers was built with this plugin
+    /// in it (a wasm filter's root context reaches providers by name).
+    fn providers_ready(&self, _generation: u64, _providers: &Arc<crate::provider::Providers>) {}
 
     /// Update this plugin's state gauges (called when `/metrics` is scraped).
     fn refresh_metrics(&self) {}

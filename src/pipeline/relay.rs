@@ -126,7 +126,7 @@ impl Pipeline {
         }
         head.remove_header("transfer-encoding");
         let _ = head.insert_header("content-length", body.len().to_string());
-        let body = finish_local(ctx, &mut head, body, None);
+        let body = finish_local(ctx, &mut head, body, None).await;
         d.write_header(head, false).await.map_err(|_| Failure::ClientGone)?;
         d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
     }
@@ -142,7 +142,7 @@ impl Pipeline {
     ) -> Result<(), Failure> {
         for i in (0..ctx.entered).rev() {
             ctx.enter(i);
-            route.plugins[i].plugin.response_headers(&mut resp, ctx);
+            route.plugins[i].plugin.response_headers_held(&mut resp, ctx).await;
         }
         if let Some(e) = ctx.failed.take() {
             return Err(Failure::Refuse(e, None));

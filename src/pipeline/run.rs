@@ -266,7 +266,11 @@ impl Pipeline {
             let _slot = wait(d, &p.bulkhead, &ctx.ticket, true).await?;
             ctx.enter(i);
             match p.plugin.request_body(ctx).await {
-                Ok(Flow::Continue) => {}
+                Ok(Flow::Continue) => {
+                    if let Some(edit) = ctx.take_header_edit() {
+                        edit(d.req_header_mut());
+                    }
+                }
                 Ok(Flow::Respond(r)) => return self.respond_local(d, ctx, *r, Some(i)).await,
                 Err(e) => return Err(Failure::Refuse(e, Some(i))),
             }
@@ -322,7 +326,7 @@ impl Pipeline {
         let LocalResponse { mut header, body } = r;
         let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
-        let body = finish_local(ctx, &mut header, body, by);
+        let body = finish_local(ctx, &mut header, body, by).await;
         d.write_header(header, false).await.map_err(|_| Failure::ClientGone)?;
         d.write_body(body, true).await.map_err(|_| Failure::ClientGone)
     }
@@ -339,7 +343,7 @@ impl Pipeline {
         let body = e.body();
         let mut header = e.response_header(body.len(), &ctx.request_id);
         ctx.error = Some(e);
-        let body = finish_local(ctx, &mut header, body, by);
+        let body = finish_local(ctx, &mut header, body, by).await;
         if d.write_header(header, false).await.is_ok() {
             let _ = d.write_body(body, true).await;
         }
@@ -350,7 +354,7 @@ impl Pipeline {
 /// route order, over the plugins that ran, `by` excepted) and fix its
 /// length; a fail-closed filter that failed on it replaces it with its error.
 /// The header already carries the body's length and the request id.
-pub(super) fn finish_local(
+pub(super) async fn finish_local(
     ctx: &mut RequestCtx,
     header: &mut ResponseHeader,
     mut body: Bytes,
@@ -361,7 +365,7 @@ pub(super) fn finish_local(
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);
         for i in order() {
             ctx.enter(i);
-            route.plugins[i].plugin.response_headers(header, ctx);
+            route.plugins[i].plugin.response_headers_held(header, ctx).await;
         }
         ctx.status = header.status.as_u16();
         let len = body.len();

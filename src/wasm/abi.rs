@@ -12,7 +12,7 @@
 use super::http_call::{self, CallRequest, CallResponse, Target};
 use super::maps::{self, HeaderMap};
 use super::properties::{self, Props, View};
-use super::shared::QueueOwner;
+use super::shared::{self, QueueOwner};
 use super::vm::{Budget, PluginInfo};
 use bytes::Bytes;
 use std::collections::HashMap;
@@ -28,6 +28,7 @@ pub(crate) mod status {
     pub const OK: i32 = 0;
     pub const NOT_FOUND: i32 = 1;
     pub const BAD_ARGUMENT: i32 = 2;
+    pub const PARSE_FAILURE: i32 = 4;
     pub const INVALID_MEMORY_ACCESS: i32 = 6;
     pub const EMPTY: i32 = 7;
     pub const CAS_MISMATCH: i32 = 8;
@@ -72,6 +73,10 @@ pub(crate) struct Stream {
     /// Properties the filter set for this request.
     pub set_props: HashMap<Vec<u8>, Vec<u8>>,
     pub local: Option<LocalReply>,
+    /// The response header has reached this filter: response maps exist.
+    pub response_started: bool,
+    /// A local response was taken from this context: later ones are ignored.
+    pub replied: bool,
     /// `proxy_continue_stream` was called for the request or response.
     pub resumed: bool,
     /// `proxy_close_stream` was called: the filter wants the request reset.
@@ -111,6 +116,11 @@ pub(crate) struct Host {
     pub root_id: u32,
     /// The context the current callback runs for.
     pub effective: u32,
+    /// HTTP contexts created and not yet deleted.
+    pub live: std::collections::HashSet<u32>,
+    /// HTTP contexts another context resumed (`set_effective_context`,
+    /// then `continue_stream`), taken after each callback.
+    pub resumes: Vec<u32>,
     /// The HTTP context of the current callback, if any.
     pub stream: Option<Box<Stream>>,
     /// The answer being delivered by `proxy_on_http_call_response`.
@@ -126,6 +136,8 @@ pub(crate) struct Host {
     pub stdio: [Vec<u8>; 2],
     /// Set by WASI `proc_exit`.
     pub exited: Option<i32>,
+    /// `proxy_on_vm_start` is running (ABI 0.1.0's `proxy_get_configuration`).
+    pub starting_vm: bool,
     /// The running callback's time budget.
     pub budget: Budget,
 }
@@ -143,6 +155,8 @@ impl Host {
             malloc: None,
             root_id: 0,
             effective: 0,
+            live: std::collections::HashSet::new(),
+            resumes: Vec::new(),
             stream: None,
             call_response: None,
             dispatched: Vec::new(),
@@ -151,6 +165,7 @@ impl Host {
             root_props: HashMap::new(),
             stdio: [Vec::new(), Vec::new()],
             exited: None,
+            starting_vm: false,
             budget: Budget::default(),
         }
     }
@@ -160,8 +175,9 @@ impl Host {
         match t {
             0 => s.map(|s| &mut s.request_headers),
             1 => s.map(|s| &mut s.request_trailers),
-            2 => s.map(|s| &mut s.response_headers),
-            3 => s.map(|s| &mut s.response_trailers),
+            // Response maps exist once the response header reached the filter.
+            2 => s.filter(|s| s.response_started).map(|s| &mut s.response_headers),
+            3 => s.filter(|s| s.response_started).map(|s| &mut s.response_trailers),
             6 => self.call_response.as_mut().map(|c| &mut c.headers),
             7 => self.call_response.as_mut().map(|c| &mut c.trailers),
             _ => None,
@@ -276,6 +292,8 @@ fn get_property(c: &mut C, path: Vec<u8>, pp: i32, sp: i32) -> wasmtime::Result<
             let s = h.stream.as_deref();
             let view = View {
                 plugin: &h.plugin.name,
+                root_id: &h.plugin.root_id,
+                vm_id: &h.plugin.vm_id,
                 props: s.map(|s| &s.props),
                 request_headers: s.map(|s| &s.request_headers),
                 response_headers: s.map(|s| &s.response_headers).filter(|m| m.len() > 0),
@@ -306,7 +324,13 @@ fn resolve_target(h: &Host, upstream: &str) -> Option<Target> {
         .as_deref()
         .and_then(|s| s.props.providers.clone())
         .or_else(|| h.plugin.latest_providers());
-    providers.and_then(|ps| ps.get(upstream).cloned()).map(Target::Provider)
+    match providers {
+        Some(ps) => ps.get(upstream).cloned().map(Target::Provider),
+        // A root context before any config generation named the providers:
+        // the name is resolved when one does (Envoy knows its clusters then).
+        None if h.stream.is_none() => Some(Target::Later),
+        None => None,
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -365,7 +389,17 @@ fn send_local_response(c: &mut C, status_code: i32, body: (i32, i32), headers: (
     if !(100..=999).contains(&status_code) {
         return Err(status::BAD_ARGUMENT);
     }
-    let stream = c.data_mut().stream.as_deref_mut().ok_or(status::BAD_ARGUMENT)?;
+    let h = c.data_mut();
+    let stream = h.stream.as_deref_mut().ok_or(status::BAD_ARGUMENT)?;
+    if stream.local.is_some() || stream.replied {
+        // The first local response wins, as in Envoy and Kong.
+        h.log(
+            log::Level::Warn,
+            "send_local_response called twice; the first response stands",
+        );
+        return Ok(status::OK);
+    }
+    let stream = h.stream.as_deref_mut().ok_or(status::BAD_ARGUMENT)?;
     stream.local = Some(LocalReply {
         status: status_code as u16,
         headers,
@@ -404,14 +438,21 @@ fn stream_flag(c: &mut C, t: i32, close: bool) -> Status {
     if !(0..=3).contains(&t) {
         return status::BAD_ARGUMENT;
     }
-    if let Some(s) = c.data_mut().stream.as_deref_mut() {
-        if t <= 1 {
+    let h = c.data_mut();
+    let effective = h.effective;
+    match h.stream.as_deref_mut() {
+        Some(s) if s.id == effective && t <= 1 => {
             if close {
                 s.closed = true;
             } else {
                 s.resumed = true;
             }
         }
+        Some(s) if s.id == effective => {}
+        // Another context (a root context's tick, say) resumes a paused
+        // HTTP context it made effective: its request is told after the callback.
+        _ if !close && effective != h.root_id && h.live.contains(&effective) => h.resumes.push(effective),
+        _ => {}
     }
     status::OK
 }
@@ -440,6 +481,9 @@ pub(crate) fn linker(engine: &Engine) -> wasmtime::Result<Linker<Host>> {
     let mut l: Linker<Host> = Linker::new(engine);
     define_env(&mut l)?;
     define_wasi(&mut l)?;
+    // Older toolchains (AssemblyScript 0.14, for one) import the same calls
+    // from WASI's first snapshot.
+    l.alias_module("wasi_snapshot_preview1", "wasi_unstable")?;
     Ok(l)
 }
 
@@ -509,6 +553,21 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         },
     )?;
 
+    // ABI 0.1.0: the configuration of the running start-up callback.
+    l.func_wrap(
+        M,
+        "proxy_get_configuration",
+        |mut c: C, pp: i32, sp: i32| -> wasmtime::Result<i32> {
+            let p = c.data().plugin.clone();
+            let conf = if c.data().starting_vm {
+                &p.vm_config
+            } else {
+                &p.plugin_config
+            };
+            give(&mut c, conf, pp, sp)
+        },
+    )?;
+
     // Header maps.
     l.func_wrap(
         M,
@@ -544,10 +603,13 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
             let Some(pairs) = maps::deserialize(&data) else {
                 return status::BAD_ARGUMENT;
             };
-            if let Some(m) = c.data_mut().map_mut(t) {
-                m.set_all(pairs);
+            match c.data_mut().map_mut(t) {
+                Some(m) => {
+                    m.set_all(pairs);
+                    status::OK
+                }
+                None => status::BAD_ARGUMENT,
             }
-            status::OK
         },
     )?;
     l.func_wrap(
@@ -572,10 +634,13 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 (Ok(k), Ok(v)) => (k, v),
                 _ => return status::INVALID_MEMORY_ACCESS,
             };
-            if let Some(m) = c.data_mut().map_mut(t) {
-                m.add(&k, &v);
+            match c.data_mut().map_mut(t) {
+                Some(m) => {
+                    m.add(&k, &v);
+                    status::OK
+                }
+                None => status::BAD_ARGUMENT,
             }
-            status::OK
         },
     )?;
     l.func_wrap(
@@ -586,10 +651,13 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 (Ok(k), Ok(v)) => (k, v),
                 _ => return status::INVALID_MEMORY_ACCESS,
             };
-            if let Some(m) = c.data_mut().map_mut(t) {
-                m.replace(&k, &v);
+            match c.data_mut().map_mut(t) {
+                Some(m) => {
+                    m.replace(&k, &v);
+                    status::OK
+                }
+                None => status::BAD_ARGUMENT,
             }
-            status::OK
         },
     )?;
     l.func_wrap(
@@ -600,10 +668,13 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 Ok(k) => k,
                 Err(s) => return s,
             };
-            if let Some(m) = c.data_mut().map_mut(t) {
-                m.remove(&k);
+            match c.data_mut().map_mut(t) {
+                Some(m) => {
+                    m.remove(&k);
+                    status::OK
+                }
+                None => status::BAD_ARGUMENT,
             }
-            status::OK
         },
     )?;
 
@@ -645,7 +716,7 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 Ok(k) => k,
                 Err(s) => return Ok(s),
             };
-            let Some((value, cas)) = c.data().plugin.state.get(&key) else {
+            let Some((value, cas)) = c.data().plugin.shared.get(&key) else {
                 return Ok(status::NOT_FOUND);
             };
             if let Err(s) = write_u32(&mut c, cas_ptr, cas) {
@@ -659,7 +730,7 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "proxy_set_shared_data",
         |c: C, kp: i32, kl: i32, vp: i32, vl: i32, cas: i32| -> i32 {
             match (read(&c, kp, kl), read(&c, vp, vl)) {
-                (Ok(k), Ok(v)) => c.data().plugin.state.set(&k, &v, cas as u32),
+                (Ok(k), Ok(v)) => c.data().plugin.shared.set(&k, &v, cas as u32),
                 _ => status::INVALID_MEMORY_ACCESS,
             }
         },
@@ -677,7 +748,7 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
                 events: h.plugin.events.clone(),
                 vm: h.vm,
             };
-            match h.plugin.state.register_queue(&name, owner) {
+            match shared::register_queue(&h.plugin.vm_id, &name, owner) {
                 Some(id) => flat(write_u32(&mut c, id_ptr, id).map(|_| status::OK)),
                 None => status::INTERNAL_FAILURE,
             }
@@ -687,12 +758,12 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         M,
         "proxy_resolve_shared_queue",
         |mut c: C, vp: i32, vl: i32, np: i32, nl: i32, id_ptr: i32| -> i32 {
-            // One namespace per plugin: the VM id is read and ignored.
-            let name = match read(&c, vp, vl).and_then(|_| read(&c, np, nl)) {
-                Ok(n) => n,
-                Err(s) => return s,
+            // Queue names are per vm_id, as in Envoy.
+            let (vm_id, name) = match (read(&c, vp, vl), read(&c, np, nl)) {
+                (Ok(v), Ok(n)) => (v, n),
+                (Err(s), _) | (_, Err(s)) => return s,
             };
-            match c.data().plugin.state.resolve_queue(&name) {
+            match shared::resolve_queue(&String::from_utf8_lossy(&vm_id), &name) {
                 Some(id) => flat(write_u32(&mut c, id_ptr, id).map(|_| status::OK)),
                 None => status::NOT_FOUND,
             }
@@ -702,7 +773,7 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         M,
         "proxy_dequeue_shared_queue",
         |mut c: C, id: i32, pp: i32, sp: i32| -> wasmtime::Result<i32> {
-            match c.data().plugin.state.dequeue(id as u32) {
+            match shared::dequeue(id as u32) {
                 Ok(Some(v)) => give(&mut c, &v, pp, sp),
                 Ok(None) => Ok(status::EMPTY),
                 Err(s) => Ok(s),
@@ -714,7 +785,7 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         "proxy_enqueue_shared_queue",
         |c: C, id: i32, vp: i32, vl: i32| -> i32 {
             match read(&c, vp, vl) {
-                Ok(v) => c.data().plugin.state.enqueue(id as u32, &v),
+                Ok(v) => shared::enqueue(id as u32, &v),
                 Err(s) => s,
             }
         },
@@ -743,8 +814,9 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
         },
     )?;
 
-    // HTTP calls; gRPC is not offered (the SDK turns INTERNAL_FAILURE and
-    // NOT_FOUND into errors the filter sees).
+    // HTTP calls. gRPC is not offered: every gRPC upstream is unknown, and
+    // Envoy answers a call to an unknown cluster with PARSE_FAILURE (the
+    // Rust SDK turns it into an error the filter sees).
     l.func_wrap(
         M,
         "proxy_http_call",
@@ -787,13 +859,13 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
          _k: i32,
          _timeout: i32,
          _token: i32|
-         -> i32 { status::INTERNAL_FAILURE },
+         -> i32 { status::PARSE_FAILURE },
     )?;
     l.func_wrap(
         M,
         "proxy_grpc_stream",
         |_c: C, _a: i32, _b: i32, _d: i32, _e: i32, _f: i32, _g: i32, _h: i32, _i: i32, _token: i32| -> i32 {
-            status::INTERNAL_FAILURE
+            status::PARSE_FAILURE
         },
     )?;
     l.func_wrap(
@@ -820,7 +892,7 @@ fn define_env(l: &mut Linker<Host>) -> wasmtime::Result<()> {
     l.func_wrap(M, "proxy_set_effective_context", |mut c: C, id: i32| -> i32 {
         let h = c.data_mut();
         let id = id as u32;
-        if id == h.root_id || h.stream.as_deref().is_some_and(|s| s.id == id) {
+        if id == h.root_id || h.live.contains(&id) {
             h.effective = id;
             status::OK
         } else {
@@ -1052,6 +1124,7 @@ mod tests {
             "proxy_set_effective_context",
             "proxy_call_foreign_function",
             "proxy_done",
+            "proxy_get_configuration",
             "proxy_define_metric",
             "proxy_get_metric",
             "proxy_record_metric",

@@ -35,6 +35,9 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) enum Target {
     Provider(Arc<Provider>),
     Addr(SocketAddr),
+    /// A provider name made before any config generation was known (a root
+    /// context at start-up): resolved when one is, or the call fails.
+    Later,
 }
 
 /// A call a filter dispatched, not yet performed.
@@ -122,7 +125,7 @@ pub(crate) fn request_header(req: &CallRequest) -> Result<RequestHeader, String>
         Some(a) if !a.is_empty() => a.to_vec(),
         _ => match &req.target {
             Target::Provider(p) => p.endpoint.authority().into_bytes(),
-            Target::Addr(_) => req.upstream.clone().into_bytes(),
+            Target::Addr(_) | Target::Later => req.upstream.clone().into_bytes(),
         },
     };
     let authority = http::HeaderValue::from_bytes(&authority).map_err(|_| "bad :authority")?;
@@ -161,6 +164,10 @@ async fn exchange(
             let body = upstream.read_whole(ex, &peer, &req.upstream, MAX_RESPONSE_BODY).await?;
             Ok((header, body))
         }
+        Target::Later => Err(WeirError::new(
+            crate::error::ErrorKind::Upstream,
+            format!("'{}' is not a provider", req.upstream),
+        )),
     }
 }
 

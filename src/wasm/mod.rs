@@ -64,6 +64,10 @@ pub struct WasmLimits {
     /// CPU time one callback may take.
     #[serde(default = "d_callback_time")]
     pub callback_time: Dur,
+    /// Longest a request waits on a filter that paused with no http_call
+    /// pending, for its `resume` (Envoy waits for ever; weir answers 500).
+    #[serde(default = "d_pause")]
+    pub pause: Dur,
 }
 
 fn d_memory() -> Size {
@@ -71,6 +75,9 @@ fn d_memory() -> Size {
 }
 fn d_callback_time() -> Dur {
     Dur(Duration::from_millis(5))
+}
+fn d_pause() -> Dur {
+    Dur(Duration::from_secs(30))
 }
 fn d_vms() -> usize {
     2
@@ -81,6 +88,7 @@ impl Default for WasmLimits {
         WasmLimits {
             memory: d_memory(),
             callback_time: d_callback_time(),
+            pause: d_pause(),
         }
     }
 }
@@ -91,9 +99,21 @@ impl Default for WasmLimits {
 pub struct WasmConf {
     /// The `.wasm` file (relative to the working directory or the config).
     pub module: PathBuf,
-    /// Any value; the filter gets it as JSON from `get_plugin_configuration`.
+    /// The filter's configuration (`get_plugin_configuration`), as Envoy
+    /// gives it: a string as its bytes, anything else as JSON.
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub config: serde_json::Value,
+    /// The VM's configuration (`on_vm_start`), given the same way.
+    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
+    pub vm_config: serde_json::Value,
+    /// Envoy's `root_id`: the `plugin_root_id` property (C++ SDK filters
+    /// pick their root context factory by it). Empty by default.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub root_id: String,
+    /// Envoy's `vm_id`: filters with the same one share data and queues
+    /// (default empty: every filter that leaves it empty shares).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub vm_id: String,
     #[serde(default)]
     pub on_error: OnError,
     /// Long-lived VMs; requests are spread over them round robin.
@@ -129,6 +149,17 @@ fn resolve_allow(list: &[String]) -> Result<Vec<(String, SocketAddr)>, (usize, S
         .collect()
 }
 
+/// A configuration as Envoy hands it over: a string as its own bytes (a
+/// YAML string, or JSON written as a string, arrives unquoted), anything
+/// else as JSON; none is empty.
+fn config_bytes(v: &serde_json::Value) -> Result<Bytes, String> {
+    Ok(match v {
+        serde_json::Value::Null => Bytes::new(),
+        serde_json::Value::String(s) => Bytes::from(s.clone().into_bytes()),
+        v => Bytes::from(serde_json::to_vec(v).map_err(|e| e.to_string())?),
+    })
+}
+
 /// Checks of the values (the module is compiled when the plugin is built).
 fn check(c: &WasmConf, at: &str, ck: &mut Checker) {
     if !(1..=64).contains(&c.vms) {
@@ -136,6 +167,9 @@ fn check(c: &WasmConf, at: &str, ck: &mut Checker) {
     }
     if !((1 << 20)..=(4u64 << 30)).contains(&c.limits.memory.0) {
         ck.error(format!("{at}.limits.memory"), "must be between 1MiB and 4GiB");
+    }
+    if c.limits.pause.0 > Duration::from_secs(600) {
+        ck.error(format!("{at}.limits.pause"), "must be at most 10m");
     }
     let t = c.limits.callback_time.0;
     if t < Duration::from_millis(1) || t > Duration::from_secs(60) {
@@ -150,6 +184,8 @@ fn check(c: &WasmConf, at: &str, ck: &mut Checker) {
 pub struct WasmPlugin {
     core: Arc<Core>,
     on_error: OnError,
+    /// `limits.pause`.
+    pause: Duration,
 }
 
 impl WasmPlugin {
@@ -162,16 +198,17 @@ impl WasmPlugin {
 
     fn from_path(name: &str, c: &WasmConf, path: &Path) -> Result<WasmPlugin, BuildError> {
         let module = vm::load(path).map_err(|e| ("module", e))?;
-        let plugin_config = match &c.config {
-            serde_json::Value::Null => Bytes::new(),
-            v => Bytes::from(serde_json::to_vec(v).map_err(|e| ("config", e.to_string()))?),
-        };
+        let plugin_config = config_bytes(&c.config).map_err(|e| ("config", e))?;
+        let vm_config = config_bytes(&c.vm_config).map_err(|e| ("vm_config", e))?;
         let http_call_allow =
             resolve_allow(&c.http_call_allow).map_err(|(i, e)| ("http_call_allow", format!("[{i}]: {e}")))?;
         let core = Core::new(CoreConf {
             name: name.to_string(),
             module,
             plugin_config,
+            vm_config,
+            root_id: c.root_id.clone(),
+            vm_id: c.vm_id.clone(),
             http_call_allow,
             vms: c.vms.max(1),
             max_memory: c.limits.memory.0.min(usize::MAX as u64) as usize,
@@ -181,6 +218,7 @@ impl WasmPlugin {
         Ok(WasmPlugin {
             core,
             on_error: c.on_error,
+            pause: c.limits.pause.0,
         })
     }
 
@@ -253,6 +291,7 @@ impl WasmPlugin {
         loop {
             let s = st.stream.as_deref_mut().ok_or_else(Fault::gone)?;
             if let Some(l) = s.local.take() {
+                s.replied = true;
                 return Ok(Outcome::Respond(Box::new(local_response(l))));
             }
             if s.closed {
@@ -262,13 +301,19 @@ impl WasmPlugin {
                 return Ok(Outcome::Continue);
             }
             if st.outstanding == 0 {
-                if last {
-                    return Err(Fault::error(
-                        "the filter paused the request with no http_call pending and never resumed it",
-                    ));
+                if !last {
+                    // Paused request headers wait for the body, which weir reads next anyway.
+                    return Ok(Outcome::Continue);
                 }
-                // Paused request headers wait for the body, which weir reads next anyway.
-                return Ok(Outcome::Continue);
+                // As in Envoy, the request waits for another context (a
+                // root context's tick, a queue) to resume it; weir bounds the wait.
+                if self.core.wait_resume(st.vm, st.id, self.pause).await {
+                    return Ok(Outcome::Continue);
+                }
+                return Err(Fault::error(format!(
+                    "the filter paused the request with no http_call pending and did not resume it within {:?} (limits.pause)",
+                    self.pause
+                )));
             }
             let Some(rx) = st.rx.as_mut() else {
                 return Err(Fault::error("http_call bookkeeping lost"));
@@ -299,14 +344,14 @@ impl WasmPlugin {
         Ok(())
     }
 
-    fn request_body_outcome(
+    async fn request_body_outcome(
         &self,
         st: &mut ReqState,
         ctx: &mut RequestCtx,
         outcome: Outcome,
     ) -> Result<Flow, WeirError> {
         let s = match outcome {
-            Outcome::Respond(r) => return Ok(Flow::Respond(r)),
+            Outcome::Respond(r) => return self.own_local_reply(st, ctx, r).await,
             Outcome::Reset => return Err(self.reset()),
             Outcome::Continue => match st.stream.as_deref_mut() {
                 Some(s) => s,
@@ -314,10 +359,10 @@ impl WasmPlugin {
             },
         };
         if s.request_headers.changed {
-            log::debug!(
-                "wasm plugin '{}': request header changes made in the body phase are not applied",
-                self.name()
-            );
+            // The head is held until the body phase is over (as Envoy holds
+            // it after a paused headers phase): the changes go upstream.
+            let map = s.request_headers.clone();
+            ctx.edit_request_header(Box::new(move |req| maps::apply_to_request(&map, req)));
             s.request_headers.changed = false;
         }
         let Some(body) = s.request_body.take().filter(|b| b.changed) else {
@@ -328,55 +373,126 @@ impl WasmPlugin {
         Ok(Flow::Continue)
     }
 
+    /// A local reply this filter sent from a request phase goes through its
+    /// own response callbacks first (Envoy runs it through the encoder of the
+    /// filter that sent it; the pipeline runs the filters before this one).
+    async fn own_local_reply(
+        &self,
+        st: &mut ReqState,
+        ctx: &mut RequestCtx,
+        mut r: Box<LocalResponse>,
+    ) -> Result<Flow, WeirError> {
+        let _ = r.header.insert_header("content-length", r.body.len().to_string());
+        let _ = r.header.insert_header("x-request-id", ctx.request_id.as_str());
+        let mut props = st.props(ctx);
+        props.response_code = Some(r.header.status.as_u16());
+        self.response_headers_held_inner(st, &mut r.header, props).await;
+        if !st.failed {
+            let mut body = r.body.clone();
+            self.response_body_inner(st, &mut body, true);
+            if body.len() != r.body.len() {
+                let _ = r.header.insert_header("content-length", body.len().to_string());
+            }
+            r.body = body;
+        }
+        if st.failed {
+            return Err(WeirError::new(
+                ErrorKind::Plugin,
+                format!("plugin '{}' failed on its own local response", self.name()),
+            ));
+        }
+        Ok(Flow::Respond(r))
+    }
+
     fn reset(&self) -> WeirError {
         WeirError::new(ErrorKind::Plugin, format!("plugin '{}' reset the request", self.name()))
     }
 
-    fn response_headers_inner(&self, st: &mut ReqState, resp: &mut ResponseHeader, props: Props) {
+    /// Fill the context's response map and say which callback to run;
+    /// `None`: the filter is skipped for this request.
+    fn response_headers_start(&self, st: &mut ReqState, resp: &ResponseHeader, props: Props) -> Option<Callback> {
         if st.skip {
-            return;
+            return None;
         }
         if let Err(f) = self.deliver_ready(st) {
-            return self.fail_sync(st, f);
+            self.fail_sync(st, f);
+            return None;
         }
-        let Some(s) = st.stream.as_deref_mut() else {
-            return;
-        };
+        let s = st.stream.as_deref_mut()?;
         s.response_headers = maps::from_response(resp);
+        s.response_started = true;
         s.props = props;
         s.props.response_code = Some(resp.status.as_u16());
         let head_request = s.request_headers.get(b":method").as_deref() == Some(b"HEAD");
         let status = resp.status.as_u16();
         let has_body = !head_request && status >= 200 && status != 204 && status != 304;
-        let cb = Callback::ResponseHeaders {
+        Some(Callback::ResponseHeaders {
             headers: s.response_headers.len(),
             end: !has_body,
+        })
+    }
+
+    /// After the response-header callback (and any wait it asked for): the
+    /// filter's local reply replaces the response, or its header changes apply.
+    fn response_headers_finish(&self, st: &mut ReqState, resp: &mut ResponseHeader, local: Option<LocalResponse>) {
+        if let Some(local) = local {
+            // The response has not started: the filter's answer replaces it,
+            // its body replacing the provider's chunk by chunk.
+            *resp = local.header;
+            resp.remove_header("transfer-encoding");
+            let _ = resp.insert_header("content-length", local.body.len().to_string());
+            st.replace_body = Some(local.body);
+        } else if let Some(s) = st.stream.as_deref_mut() {
+            // Content-Length passes as the filter leaves it, as in Envoy
+            // (the pipeline sets it for a body it sends whole); a filter
+            // that changes the length of a body weir forwards as it comes
+            // removes it here, as it would in Envoy.
+            maps::apply_to_response(&s.response_headers, resp);
+            s.response_headers.changed = false;
+        }
+        st.resp_header_size = header_size(resp);
+    }
+
+    /// The response-header callback without waiting: a Pause is not held
+    /// (the synchronous path; the pipeline uses [`Self::response_headers_held_inner`]).
+    fn response_headers_inner(&self, st: &mut ReqState, resp: &mut ResponseHeader, props: Props) {
+        let Some(cb) = self.response_headers_start(st, resp, props) else {
+            return;
         };
         match self.core.call_stream(st.vm, st.generation, &mut st.stream, vec![cb]) {
             Ok((_, calls)) => st.start_calls(&self.core, calls),
             Err(f) => return self.fail_sync(st, f),
         }
-        let Some(s) = st.stream.as_deref_mut() else {
+        let local = st.stream.as_deref_mut().and_then(|s| {
+            let l = s.local.take()?;
+            s.replied = true;
+            Some(local_response(l))
+        });
+        self.response_headers_finish(st, resp, local);
+    }
+
+    /// The response-header callback; a Pause holds the header until the
+    /// filter resumes (after its http_calls answer, or another context's
+    /// resume), answers locally, or its calls / `limits.pause` time out.
+    async fn response_headers_held_inner(&self, st: &mut ReqState, resp: &mut ResponseHeader, props: Props) {
+        let Some(cb) = self.response_headers_start(st, resp, props) else {
             return;
         };
-        if let Some(l) = s.local.take() {
-            // The response has not started: the filter's answer replaces it,
-            // its body replacing the provider's chunk by chunk.
-            let local = local_response(l);
-            *resp = local.header;
-            st.replace_body = Some(local.body);
-        } else {
-            maps::apply_to_response(&s.response_headers, resp);
-            s.response_headers.changed = false;
-        }
-        if has_body {
-            // The filter may rewrite the body, so its length is not known yet.
-            resp.remove_header("content-length");
-            let _ = resp.insert_header("transfer-encoding", "chunked");
-        }
+        let local = match self.drive(st, cb, true).await {
+            Ok(Outcome::Continue) => None,
+            Ok(Outcome::Respond(r)) => Some(*r),
+            Ok(Outcome::Reset) => return self.fail_sync(st, Fault::error("the filter reset the response")),
+            Err(f) => return self.fail_sync(st, f),
+        };
+        self.response_headers_finish(st, resp, local);
     }
 
     fn response_body_inner(&self, st: &mut ReqState, chunk: &mut Bytes, end: bool) {
+        self.response_body_filtered(st, chunk, end);
+        st.resp_body_size += chunk.len() as u64;
+    }
+
+    fn response_body_filtered(&self, st: &mut ReqState, chunk: &mut Bytes, end: bool) {
         if let Some(body) = &st.replace_body {
             *chunk = if end { body.clone() } else { Bytes::new() };
             return;
@@ -471,6 +587,19 @@ fn local_response(l: LocalReply) -> LocalResponse {
     LocalResponse { header, body: l.body }
 }
 
+/// Bytes of a response head as sent (status line and header lines).
+fn header_size(resp: &ResponseHeader) -> u64 {
+    let lines: usize = resp.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (17 + lines + 2) as u64
+}
+
+/// Bytes of a request head as received (request line and header lines).
+fn request_header_size(req: &RequestHeader) -> u64 {
+    let line = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    let lines: usize = req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum();
+    (line + lines + 2) as u64
+}
+
 fn request_has_body(req: &RequestHeader) -> bool {
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
         return true;
@@ -507,6 +636,10 @@ struct ReqState {
     outstanding: usize,
     /// When the outstanding calls must all have answered.
     deadline: Instant,
+    /// Sizes for the `request.total_size` and `response.*size` properties.
+    req_header_size: u64,
+    resp_header_size: u64,
+    resp_body_size: u64,
 }
 
 impl ReqState {
@@ -527,7 +660,19 @@ impl ReqState {
             rx: None,
             outstanding: 0,
             deadline: Instant::now(),
+            req_header_size: 0,
+            resp_header_size: 0,
+            resp_body_size: 0,
         }
+    }
+
+    /// What weir knows of the request, with the sizes this state counted.
+    fn props(&self, ctx: &RequestCtx) -> Props {
+        let mut p = Props::of(ctx);
+        p.request_header_size = self.req_header_size;
+        p.response_header_size = self.resp_header_size;
+        p.response_body_size = self.resp_body_size;
+        p
     }
 
     /// Start the calls the filter dispatched; answers arrive on `rx`.
@@ -572,6 +717,7 @@ impl ReqState {
             return;
         }
         self.closed = true;
+        self.core.forget(self.vm, self.id);
         let mut stream = self.stream.take().unwrap_or_else(|| {
             Box::new(Stream {
                 id: self.id,
@@ -610,14 +756,31 @@ impl Plugin for WasmPlugin {
             Ok(x) => x,
             Err(f) => return self.fail(None, f),
         };
+        let mut request_headers = maps::from_request(req);
+        // Envoy adds these before filters run; filters read them.
+        if request_headers.get(b"x-request-id").is_none() {
+            request_headers
+                .pairs
+                .push((b"x-request-id".to_vec(), ctx.request_id.as_bytes().to_vec()));
+        }
+        if request_headers.get(b"x-forwarded-proto").is_none() {
+            let proto: &[u8] = if ctx.tls { b"https" } else { b"http" };
+            request_headers
+                .pairs
+                .push((b"x-forwarded-proto".to_vec(), proto.to_vec()));
+        }
+        let no_body = !request_has_body(req);
         let stream = Box::new(Stream {
             id,
-            request_headers: maps::from_request(req),
-            props: Props::of(ctx),
+            request_headers,
             ..Stream::default()
         });
-        let no_body = !request_has_body(req);
         let mut st = Box::new(ReqState::new(self.core.clone(), vm, generation, stream, no_body));
+        st.req_header_size = request_header_size(req);
+        let props = st.props(ctx);
+        if let Some(s) = st.stream.as_deref_mut() {
+            s.props = props;
+        }
         let cb = Callback::RequestHeaders {
             headers: st.stream.as_ref().map_or(0, |s| s.request_headers.len()),
             end: no_body,
@@ -630,7 +793,7 @@ impl Plugin for WasmPlugin {
                 }
                 Ok(Flow::Continue)
             }
-            Ok(Outcome::Respond(r)) => Ok(Flow::Respond(r)),
+            Ok(Outcome::Respond(r)) => self.own_local_reply(&mut st, ctx, r).await,
             Ok(Outcome::Reset) => Err(self.reset()),
             Err(f) => self.fail(Some(&mut st), f),
         };
@@ -647,7 +810,7 @@ impl Plugin for WasmPlugin {
         } else if let Err(f) = self.deliver_ready(&mut st) {
             self.fail(Some(&mut st), f)
         } else {
-            let props = Props::of(ctx);
+            let props = st.props(ctx);
             let size = ctx.body.len();
             if let Some(s) = st.stream.as_deref_mut() {
                 s.props = props;
@@ -658,7 +821,7 @@ impl Plugin for WasmPlugin {
             }
             let cb = Callback::RequestBody { size, end: true };
             let r = match self.drive(&mut st, cb, true).await {
-                Ok(outcome) => self.request_body_outcome(&mut st, ctx, outcome),
+                Ok(outcome) => self.request_body_outcome(&mut st, ctx, outcome).await,
                 Err(f) => self.fail(Some(&mut st), f),
             };
             if let Some(s) = st.stream.as_deref_mut() {
@@ -672,11 +835,21 @@ impl Plugin for WasmPlugin {
     }
 
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
-        let props = Props::of(ctx);
         let Some(mut st) = ctx.take_state::<ReqState>() else {
             return;
         };
+        let props = st.props(ctx);
         self.response_headers_inner(&mut st, resp, props);
+        self.withhold_if_failed(&st, ctx);
+        ctx.put_state(st);
+    }
+
+    async fn response_headers_held(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
+        let Some(mut st) = ctx.take_state::<ReqState>() else {
+            return;
+        };
+        let props = st.props(ctx);
+        self.response_headers_held_inner(&mut st, resp, props).await;
         self.withhold_if_failed(&st, ctx);
         ctx.put_state(st);
     }
@@ -695,10 +868,10 @@ impl Plugin for WasmPlugin {
     }
 
     fn log(&self, ctx: &mut RequestCtx) {
-        let props = Props::of(ctx);
         let Some(mut st) = ctx.take_state::<ReqState>() else {
             return;
         };
+        let props = st.props(ctx);
         if !st.skip {
             if let Err(f) = self.deliver_ready(&mut st) {
                 if !f.gone {
@@ -708,6 +881,10 @@ impl Plugin for WasmPlugin {
         }
         st.close(Some(props));
         ctx.put_state(st);
+    }
+
+    fn providers_ready(&self, generation: u64, providers: &Arc<crate::provider::Providers>) {
+        self.core.info.note_providers(generation, providers);
     }
 
     fn refresh_metrics(&self) {

@@ -1,7 +1,9 @@
-//! State a plugin's VMs share: key-value data with compare-and-swap, shared
-//! queues and the metrics filters define. It is kept by plugin name across
-//! config reloads (a rebuilt plugin finds its predecessor's data), like
-//! weir's other state whose identity is unchanged.
+//! State filters share: key-value data with compare-and-swap and shared
+//! queues, scoped by `vm_id` as in Envoy (every filter with the same
+//! `vm_id`, default empty, sees the same data and queues), and the metrics
+//! a plugin defines, scoped by plugin. Both are kept across config reloads
+//! (a rebuilt plugin finds its predecessor's data), like weir's other state
+//! whose identity is unchanged.
 
 use super::abi::{status, Status};
 use super::vm::Event;
@@ -15,7 +17,7 @@ use tokio::sync::mpsc::UnboundedSender;
 
 /// Bounds that keep a misbehaving filter from growing weir without limit.
 const MAX_SHARED_DATA_BYTES: usize = 64 << 20;
-const MAX_QUEUES: usize = 1024;
+const MAX_QUEUES: usize = 4096;
 const MAX_QUEUE_ITEMS: usize = 10_000;
 const MAX_METRICS: usize = 1024;
 
@@ -31,11 +33,15 @@ struct Queue {
     owner: Option<QueueOwner>,
 }
 
+/// Every queue of the process: ids are global, names are per `vm_id`, so
+/// a queue resolved in another `vm_id` is reached by its id alone.
 #[derive(Default)]
 struct Queues {
-    by_name: HashMap<Vec<u8>, u32>,
+    by_name: HashMap<(String, Vec<u8>), u32>,
     list: Vec<Queue>,
 }
+
+static QUEUES: Lazy<Mutex<Queues>> = Lazy::new(Default::default);
 
 enum Metric {
     /// Counters and gauges: both exported as a gauge (a counter only grows).
@@ -55,27 +61,35 @@ struct Data {
     bytes: usize,
 }
 
-/// One plugin's shared state.
+/// Shared state of one scope: a `vm_id` (data) or a plugin (metrics).
 #[derive(Default)]
 pub(crate) struct SharedState {
     data: Mutex<Data>,
-    queues: Mutex<Queues>,
     metrics: Mutex<Metrics>,
 }
 
-static BY_PLUGIN: Lazy<Mutex<HashMap<String, Weak<SharedState>>>> = Lazy::new(Default::default);
+static BY_SCOPE: Lazy<Mutex<HashMap<String, Weak<SharedState>>>> = Lazy::new(Default::default);
 
 impl SharedState {
-    /// The state of plugin `name`: its predecessor's if that is still alive.
-    pub fn for_plugin(name: &str) -> Arc<SharedState> {
-        let mut all = BY_PLUGIN.lock();
+    fn scoped(key: String) -> Arc<SharedState> {
+        let mut all = BY_SCOPE.lock();
         all.retain(|_, w| w.strong_count() > 0);
-        if let Some(s) = all.get(name).and_then(Weak::upgrade) {
+        if let Some(s) = all.get(&key).and_then(Weak::upgrade) {
             return s;
         }
         let s = Arc::new(SharedState::default());
-        all.insert(name.to_string(), Arc::downgrade(&s));
+        all.insert(key, Arc::downgrade(&s));
         s
+    }
+
+    /// The metrics of plugin `name`: its predecessor's if that is still alive.
+    pub fn for_plugin(name: &str) -> Arc<SharedState> {
+        Self::scoped(format!("plugin\0{name}"))
+    }
+
+    /// The shared data of `vm_id`: every live plugin with that `vm_id` holds it.
+    pub fn for_vm(vm_id: &str) -> Arc<SharedState> {
+        Self::scoped(format!("vm\0{vm_id}"))
     }
 
     /// `(value, cas)` of a key.
@@ -97,55 +111,6 @@ impl SharedState {
         }
         d.bytes = bytes;
         d.map.insert(key.to_vec(), (value.to_vec(), next_cas));
-        status::OK
-    }
-
-    /// Register (or take over) a queue; its owner is told of new items.
-    pub fn register_queue(&self, name: &[u8], owner: QueueOwner) -> Option<u32> {
-        let mut q = self.queues.lock();
-        if let Some(&id) = q.by_name.get(name) {
-            q.list[id as usize].owner = Some(owner);
-            return Some(id);
-        }
-        if q.list.len() >= MAX_QUEUES {
-            return None;
-        }
-        let id = q.list.len() as u32;
-        q.list.push(Queue {
-            items: VecDeque::new(),
-            owner: Some(owner),
-        });
-        q.by_name.insert(name.to_vec(), id);
-        Some(id)
-    }
-
-    pub fn resolve_queue(&self, name: &[u8]) -> Option<u32> {
-        self.queues.lock().by_name.get(name).copied()
-    }
-
-    /// Take the oldest item: `Err(NOT_FOUND)` for an unknown queue, `Ok(None)` if empty.
-    pub fn dequeue(&self, id: u32) -> Result<Option<Vec<u8>>, Status> {
-        let mut q = self.queues.lock();
-        let queue = q.list.get_mut(id as usize).ok_or(status::NOT_FOUND)?;
-        Ok(queue.items.pop_front())
-    }
-
-    /// Add an item (dropping the oldest when full) and tell the owner.
-    pub fn enqueue(&self, id: u32, value: &[u8]) -> Status {
-        let owner = {
-            let mut q = self.queues.lock();
-            let Some(queue) = q.list.get_mut(id as usize) else {
-                return status::NOT_FOUND;
-            };
-            if queue.items.len() >= MAX_QUEUE_ITEMS {
-                queue.items.pop_front();
-            }
-            queue.items.push_back(value.to_vec());
-            queue.owner.clone()
-        };
-        if let Some(o) = owner {
-            let _ = o.events.send(Event::QueueReady { vm: o.vm, queue: id });
-        }
         status::OK
     }
 
@@ -204,6 +169,56 @@ impl SharedState {
     }
 }
 
+/// Register (or take over) queue `name` of `vm_id`; its owner is told of new items.
+pub(crate) fn register_queue(vm_id: &str, name: &[u8], owner: QueueOwner) -> Option<u32> {
+    let mut q = QUEUES.lock();
+    let key = (vm_id.to_string(), name.to_vec());
+    if let Some(&id) = q.by_name.get(&key) {
+        q.list[id as usize].owner = Some(owner);
+        return Some(id);
+    }
+    if q.list.len() >= MAX_QUEUES {
+        return None;
+    }
+    let id = q.list.len() as u32;
+    q.list.push(Queue {
+        items: VecDeque::new(),
+        owner: Some(owner),
+    });
+    q.by_name.insert(key, id);
+    Some(id)
+}
+
+pub(crate) fn resolve_queue(vm_id: &str, name: &[u8]) -> Option<u32> {
+    QUEUES.lock().by_name.get(&(vm_id.to_string(), name.to_vec())).copied()
+}
+
+/// Take the oldest item: `Err(NOT_FOUND)` for an unknown queue, `Ok(None)` if empty.
+pub(crate) fn dequeue(id: u32) -> Result<Option<Vec<u8>>, Status> {
+    let mut q = QUEUES.lock();
+    let queue = q.list.get_mut(id as usize).ok_or(status::NOT_FOUND)?;
+    Ok(queue.items.pop_front())
+}
+
+/// Add an item (dropping the oldest when full) and tell the owner.
+pub(crate) fn enqueue(id: u32, value: &[u8]) -> Status {
+    let owner = {
+        let mut q = QUEUES.lock();
+        let Some(queue) = q.list.get_mut(id as usize) else {
+            return status::NOT_FOUND;
+        };
+        if queue.items.len() >= MAX_QUEUE_ITEMS {
+            queue.items.pop_front();
+        }
+        queue.items.push_back(value.to_vec());
+        queue.owner.clone()
+    };
+    if let Some(o) = owner {
+        let _ = o.events.send(Event::QueueReady { vm: o.vm, queue: id });
+    }
+    status::OK
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -224,17 +239,28 @@ mod tests {
     }
 
     #[test]
-    fn queues() {
-        let s = SharedState::default();
+    fn queues_are_named_per_vm_id() {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let id = s.register_queue(b"q", QueueOwner { events: tx, vm: 1 }).unwrap();
-        assert_eq!(s.resolve_queue(b"q"), Some(id));
-        assert_eq!(s.resolve_queue(b"nope"), None);
-        assert_eq!(s.dequeue(id), Ok(None));
-        assert_eq!(s.enqueue(id, b"a"), status::OK);
+        let id = register_queue("unit-a", b"q", QueueOwner { events: tx, vm: 1 }).unwrap();
+        assert_eq!(resolve_queue("unit-a", b"q"), Some(id));
+        assert_eq!(resolve_queue("unit-b", b"q"), None, "another vm_id");
+        assert_eq!(resolve_queue("unit-a", b"nope"), None);
+        assert_eq!(dequeue(id), Ok(None));
+        assert_eq!(enqueue(id, b"a"), status::OK);
         assert!(matches!(rx.try_recv(), Ok(Event::QueueReady { vm: 1, queue }) if queue == id));
-        assert_eq!(s.dequeue(id), Ok(Some(b"a".to_vec())));
-        assert_eq!(s.enqueue(id + 1, b"a"), status::NOT_FOUND);
-        assert_eq!(s.dequeue(id + 1), Err(status::NOT_FOUND));
+        assert_eq!(dequeue(id), Ok(Some(b"a".to_vec())));
+        assert_eq!(enqueue(u32::MAX, b"a"), status::NOT_FOUND);
+        assert_eq!(dequeue(u32::MAX), Err(status::NOT_FOUND));
+    }
+
+    #[test]
+    fn data_is_shared_by_vm_id() {
+        let a = SharedState::for_vm("unit-shared");
+        let b = SharedState::for_vm("unit-shared");
+        let c = SharedState::for_vm("unit-other");
+        assert_eq!(a.set(b"k", b"v", 0), status::OK);
+        assert_eq!(b.get(b"k").unwrap().0, b"v");
+        assert!(c.get(b"k").is_none());
+        assert!(SharedState::for_plugin("unit-shared").get(b"k").is_none());
     }
 }

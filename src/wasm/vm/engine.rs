@@ -71,7 +71,7 @@ fn validate(m: &Module) -> Result<(), String> {
     if !matches!(m.get_export("memory"), Some(ExternType::Memory(_))) {
         return Err("the module exports no memory".into());
     }
-    if !has("proxy_abi_version_0_2_1") && !has("proxy_abi_version_0_2_0") {
+    if !has("proxy_abi_version_0_2_1") && !has("proxy_abi_version_0_2_0") && !has("proxy_abi_version_0_1_0") {
         let other: Vec<String> = m
             .exports()
             .filter(|e| e.name().starts_with("proxy_abi_version"))
@@ -80,7 +80,7 @@ fn validate(m: &Module) -> Result<(), String> {
         return Err(match other.is_empty() {
             true => "not a Proxy-Wasm module (no proxy_abi_version_* export)".into(),
             false => format!(
-                "Proxy-Wasm ABI {} is not supported (0.2.1 and 0.2.0 are)",
+                "Proxy-Wasm ABI {} is not supported (0.2.1, 0.2.0 and 0.1.0 are)",
                 other.join(", ")
             ),
         });

@@ -11,7 +11,6 @@ use super::fault::{classify, Fault};
 use super::PluginInfo;
 use crate::wasm::abi::{Host, ACTION_CONTINUE};
 use crate::wasm::http_call::CallResponse;
-use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 use wasmtime::{InstancePre, Store, TypedFunc, WasmParams, WasmResults};
@@ -37,6 +36,8 @@ pub(crate) enum Callback {
 type Cb1 = Option<TypedFunc<i32, ()>>;
 type Cb2 = Option<TypedFunc<(i32, i32), ()>>;
 type Act3 = Option<TypedFunc<(i32, i32, i32), i32>>;
+/// ABI 0.1.0's header callbacks take no end-of-stream flag.
+type Act2 = Option<TypedFunc<(i32, i32), i32>>;
 type CallResponseFn = Option<TypedFunc<(i32, i32, i32, i32, i32), ()>>;
 
 /// The guest's callbacks; a missing one keeps the SDK default.
@@ -47,8 +48,10 @@ struct Exports {
     on_tick: Cb1,
     on_queue_ready: Cb2,
     on_request_headers: Act3,
+    on_request_headers_01: Act2,
     on_request_body: Act3,
     on_response_headers: Act3,
+    on_response_headers_01: Act2,
     on_response_body: Act3,
     on_http_call_response: CallResponseFn,
     on_done: Option<TypedFunc<i32, i32>>,
@@ -70,14 +73,38 @@ fn export<P: WasmParams, R: WasmResults>(
     }
 }
 
+/// A header callback of ABI 0.2.x (`(context, headers, end_of_stream)`).
+fn headers_export(
+    inst: &wasmtime::Instance,
+    store: &mut Store<Host>,
+    name: &str,
+    abi01: bool,
+) -> wasmtime::Result<Act3> {
+    if abi01 {
+        return Ok(None);
+    }
+    export(inst, store, name)
+}
+
+/// A header callback of ABI 0.1.0 (`(context, headers)`).
+fn headers_export01(
+    inst: &wasmtime::Instance,
+    store: &mut Store<Host>,
+    name: &str,
+    abi01: bool,
+) -> wasmtime::Result<Act2> {
+    if !abi01 {
+        return Ok(None);
+    }
+    export(inst, store, name)
+}
+
 /// One live instance.
 pub(super) struct Vm {
     pub(super) store: Store<Host>,
     ex: Exports,
     pub(super) generation: u64,
     next_id: u32,
-    /// HTTP contexts created and not yet deleted.
-    live: HashSet<u32>,
     /// CPU time one callback may use.
     limit: Duration,
 }
@@ -102,6 +129,7 @@ impl Vm {
         let started = (move || -> wasmtime::Result<Vm> {
             let inst = pre.instantiate(&mut store)?;
             let memory = inst.get_memory(&mut store, "memory");
+            let abi01 = inst.get_func(&mut store, "proxy_abi_version_0_1_0").is_some();
             let malloc = match export::<i32, i32>(&inst, &mut store, "proxy_on_memory_allocate")? {
                 Some(f) => Some(f),
                 None => export::<i32, i32>(&inst, &mut store, "malloc")?,
@@ -113,9 +141,11 @@ impl Vm {
                 on_configure: export(&inst, &mut store, "proxy_on_configure")?,
                 on_tick: export(&inst, &mut store, "proxy_on_tick")?,
                 on_queue_ready: export(&inst, &mut store, "proxy_on_queue_ready")?,
-                on_request_headers: export(&inst, &mut store, "proxy_on_request_headers")?,
+                on_request_headers: headers_export(&inst, &mut store, "proxy_on_request_headers", abi01)?,
+                on_request_headers_01: headers_export01(&inst, &mut store, "proxy_on_request_headers", abi01)?,
                 on_request_body: export(&inst, &mut store, "proxy_on_request_body")?,
-                on_response_headers: export(&inst, &mut store, "proxy_on_response_headers")?,
+                on_response_headers: headers_export(&inst, &mut store, "proxy_on_response_headers", abi01)?,
+                on_response_headers_01: headers_export01(&inst, &mut store, "proxy_on_response_headers", abi01)?,
                 on_response_body: export(&inst, &mut store, "proxy_on_response_body")?,
                 on_http_call_response: export(&inst, &mut store, "proxy_on_http_call_response")?,
                 on_done: export(&inst, &mut store, "proxy_on_done")?,
@@ -142,7 +172,10 @@ impl Vm {
             ex.on_context_create.call(&mut store, (ROOT_CONTEXT as i32, 0))?;
             if let Some(f) = &ex.on_vm_start {
                 let size = info.vm_config.len() as i32;
-                if f.call(&mut store, (ROOT_CONTEXT as i32, size))? == 0 {
+                store.data_mut().starting_vm = true;
+                let ok = f.call(&mut store, (ROOT_CONTEXT as i32, size));
+                store.data_mut().starting_vm = false;
+                if ok? == 0 {
                     return Err(wasmtime::Error::new(ConfigRefused("proxy_on_vm_start")));
                 }
             }
@@ -157,7 +190,6 @@ impl Vm {
                 ex,
                 generation,
                 next_id: ROOT_CONTEXT + 1,
-                live: HashSet::new(),
                 limit,
             })
         })();
@@ -180,16 +212,14 @@ impl Vm {
         self.ex
             .on_context_create
             .call(&mut self.store, (id as i32, ROOT_CONTEXT as i32))?;
-        self.live.insert(id);
+        self.store.data_mut().live.insert(id);
         Ok(id)
     }
 
     /// Run one callback for context `id` within the callback time limit; the
     /// answer is the filter's action (CONTINUE for callbacks without one).
     pub(super) fn run(&mut self, id: u32, cb: Callback) -> wasmtime::Result<i32> {
-        let Vm {
-            store, ex, limit, live, ..
-        } = self;
+        let Vm { store, ex, limit, .. } = self;
         arm(store, *limit);
         fn act(store: &mut Store<Host>, f: &Act3, id: u32, n: usize, end: bool) -> wasmtime::Result<i32> {
             match f {
@@ -203,9 +233,22 @@ impl Vm {
             }
             Ok(ACTION_CONTINUE)
         }
+        fn act2(store: &mut Store<Host>, f: &Act2, id: u32, n: usize) -> wasmtime::Result<i32> {
+            match f {
+                Some(f) => f.call(store, (id as i32, n as i32)),
+                None => Ok(ACTION_CONTINUE),
+            }
+        }
         match cb {
+            Callback::RequestHeaders { headers, end } if ex.on_request_headers_01.is_some() => {
+                let _ = end;
+                act2(store, &ex.on_request_headers_01, id, headers)
+            }
             Callback::RequestHeaders { headers, end } => act(store, &ex.on_request_headers, id, headers, end),
             Callback::RequestBody { size, end } => act(store, &ex.on_request_body, id, size, end),
+            Callback::ResponseHeaders { headers, .. } if ex.on_response_headers_01.is_some() => {
+                act2(store, &ex.on_response_headers_01, id, headers)
+            }
             Callback::ResponseHeaders { headers, end } => act(store, &ex.on_response_headers, id, headers, end),
             Callback::ResponseBody { size, end } => act(store, &ex.on_response_body, id, size, end),
             Callback::CallResponse(resp) => {
@@ -230,7 +273,7 @@ impl Vm {
             },
             Callback::Log => unit(store, &ex.on_log, id),
             Callback::Delete => {
-                live.remove(&id);
+                store.data_mut().live.remove(&id);
                 unit(store, &ex.on_delete, id)
             }
             Callback::Tick => unit(store, &ex.on_tick, ROOT_CONTEXT),

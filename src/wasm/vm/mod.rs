@@ -67,17 +67,27 @@ pub(crate) enum Event {
 /// What every VM of a plugin (and its host functions) may read.
 pub(crate) struct PluginInfo {
     pub name: String,
-    /// The plugin's `config` as JSON (empty when there is none).
+    /// The plugin's `config` as the filter reads it (empty when there is none).
     pub plugin_config: Bytes,
+    /// The VM's `vm_config`, likewise.
     pub vm_config: Bytes,
+    /// `root_id` (the `plugin_root_id` property).
+    pub root_id: String,
+    /// `vm_id`: the scope of shared data and queues.
+    pub vm_id: String,
     /// `http_call_allow`: the name as written, and its address.
     pub http_call_allow: Vec<(String, SocketAddr)>,
+    /// The plugin's metrics.
     pub state: Arc<SharedState>,
+    /// Shared data of the plugin's `vm_id`.
+    pub shared: Arc<SharedState>,
     pub events: UnboundedSender<Event>,
     /// The providers of the newest config generation a request brought:
     /// root contexts' `http_call`s resolve provider names in them.
     providers: Mutex<Weak<Providers>>,
     providers_generation: AtomicU64,
+    /// Told when providers are first known (calls made before wait for it).
+    pub providers_known: Notify,
 }
 
 impl PluginInfo {
@@ -89,6 +99,21 @@ impl PluginInfo {
         let g = generation + 1;
         if self.providers_generation.fetch_max(g, Ordering::Relaxed) < g {
             *self.providers.lock() = Arc::downgrade(providers);
+            self.providers_known.notify_waiters();
+        }
+    }
+
+    /// The providers, waiting up to `within` for a config generation to name them.
+    pub async fn providers_within(&self, within: Duration) -> Option<Arc<Providers>> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let notified = self.providers_known.notified();
+            if let Some(p) = self.latest_providers() {
+                return Some(p);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.latest_providers();
+            }
         }
     }
 
@@ -98,13 +123,24 @@ impl PluginInfo {
             name: name.into(),
             plugin_config: Bytes::new(),
             vm_config: Bytes::new(),
+            root_id: String::new(),
+            vm_id: String::new(),
             http_call_allow: Vec::new(),
             state: Arc::new(SharedState::default()),
+            shared: Arc::new(SharedState::default()),
             events: tokio::sync::mpsc::unbounded_channel().0,
             providers: Mutex::new(Weak::new()),
             providers_generation: AtomicU64::new(0),
+            providers_known: Notify::new(),
         }
     }
+}
+
+/// A request paused with nothing pending waits for another context to resume it.
+enum Waiter {
+    Waiting(tokio::sync::oneshot::Sender<()>),
+    /// Resumed before the request began to wait.
+    Resumed,
 }
 
 struct SlotState {
@@ -124,6 +160,9 @@ pub(crate) struct CoreConf {
     pub name: String,
     pub module: Module,
     pub plugin_config: Bytes,
+    pub vm_config: Bytes,
+    pub root_id: String,
+    pub vm_id: String,
     pub http_call_allow: Vec<(String, SocketAddr)>,
     pub vms: usize,
     pub max_memory: usize,
@@ -142,6 +181,8 @@ pub(crate) struct Core {
     /// Pools for calls made while a request waits (on the proxy's runtime).
     pub upstream: Upstream,
     tick_changed: Arc<Notify>,
+    /// Paused HTTP contexts waiting for a resume: `(vm, context)`.
+    waiters: Mutex<std::collections::HashMap<(usize, u32), Waiter>>,
 }
 
 impl Core {
@@ -150,13 +191,17 @@ impl Core {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let info = Arc::new(PluginInfo {
             state: SharedState::for_plugin(&c.name),
+            shared: SharedState::for_vm(&c.vm_id),
             name: c.name,
             plugin_config: c.plugin_config,
-            vm_config: Bytes::new(),
+            vm_config: c.vm_config,
+            root_id: c.root_id,
+            vm_id: c.vm_id,
             http_call_allow: c.http_call_allow,
             events: tx,
             providers: Mutex::new(Weak::new()),
             providers_generation: AtomicU64::new(0),
+            providers_known: Notify::new(),
         });
         let mut linker = abi::linker(&ENGINE).map_err(|e| format!("wasm host functions: {e}"))?;
         let mut probe = Store::new(&ENGINE, Host::new(info.clone(), 0, 0));
@@ -201,6 +246,7 @@ impl Core {
             max_memory: c.max_memory,
             upstream: http_call::new_upstream(),
             tick_changed: Arc::new(Notify::new()),
+            waiters: Mutex::new(std::collections::HashMap::new()),
         });
         for i in 0..core.slots.len() {
             let vm = core.instantiate(i, 0).map_err(|f| f.message)?;
@@ -246,14 +292,64 @@ impl Core {
         }
         let h = vm.store.data_mut();
         h.effective = h.root_id;
+        for id in std::mem::take(&mut h.resumes) {
+            self.resume(index, id);
+        }
+    }
+
+    /// Another context resumed HTTP context `id` of VM `index`.
+    fn resume(&self, index: usize, id: u32) {
+        let mut w = self.waiters.lock();
+        match w.remove(&(index, id)) {
+            Some(Waiter::Waiting(tx)) => {
+                let _ = tx.send(());
+            }
+            _ => {
+                w.insert((index, id), Waiter::Resumed);
+            }
+        }
+    }
+
+    /// Wait (up to `within`) for another context to resume HTTP context `id`.
+    pub async fn wait_resume(&self, index: usize, id: u32, within: Duration) -> bool {
+        let rx = {
+            let mut w = self.waiters.lock();
+            if let Some(Waiter::Resumed) = w.remove(&(index, id)) {
+                return true;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            w.insert((index, id), Waiter::Waiting(tx));
+            rx
+        };
+        let resumed = matches!(tokio::time::timeout(within, rx).await, Ok(Ok(())));
+        self.waiters.lock().remove(&(index, id));
+        resumed
+    }
+
+    /// Forget a context's resume bookkeeping (it is gone).
+    pub fn forget(&self, index: usize, id: u32) {
+        self.waiters.lock().remove(&(index, id));
     }
 
     /// Perform calls on the background runtime; answers go to root contexts only.
     pub fn spawn_background_calls(&self, index: usize, generation: u64, calls: Vec<CallRequest>) {
-        for call in calls {
+        for mut call in calls {
             let events = self.info.events.clone();
             let name = self.info.name.clone();
+            let info = self.info.clone();
             BACKGROUND.spawn(async move {
+                // Made before any config generation named the providers
+                // (on_configure, a first tick): resolve the name once one has.
+                if let http_call::Target::Later = call.target {
+                    let providers = info.providers_within(call.timeout).await;
+                    match providers.and_then(|ps| ps.get(&call.upstream).cloned()) {
+                        Some(p) => call.target = http_call::Target::Provider(p),
+                        None => log::warn!(
+                            "wasm plugin '{name}': http_call to '{}': no such provider",
+                            call.upstream
+                        ),
+                    }
+                }
                 let resp = http_call::perform(&BACKGROUND_UPSTREAM, &name, call).await;
                 let _ = events.send(Event::CallDone {
                     vm: index,
