@@ -1,13 +1,15 @@
 //! Cost of one budget decision: reserve then settle, over the three ledgers
 //! a request typically falls under (its key, its group, everyone). The
-//! memory store always; the Redis store (a round trip each) against a
-//! redis-server this bench starts on a free loopback port, when one is on
-//! the PATH.
+//! memory store, and the Redis store (a round trip each) against a
+//! redis-server this bench starts on a free loopback port (`./dev`
+//! installs it; without one the bench fails rather than skip it).
 //!
 //! `cargo bench --bench budget`
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 use weir::plugins::budget::ledger::{Amount, Limit, Window};
 use weir::plugins::budget::store::{Decision, Entry, MemoryStore, RedisStore};
@@ -39,47 +41,6 @@ const SPENT: Amount = Amount {
     cost: 3_210_000,
 };
 
-/// A redis-server on a free port, killed on drop.
-struct Redis(Child, u16);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn_redis() -> Option<Redis> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .ok()?
-        .local_addr()
-        .ok()?
-        .port();
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .ok()?;
-    let redis = Redis(child, port);
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Some(redis);
-        }
-        std::thread::sleep(Duration::from_millis(25));
-    }
-    None
-}
-
 fn bench(c: &mut Criterion) {
     let store = MemoryStore::new(100_000);
     for keys in [1, 3] {
@@ -94,15 +55,12 @@ fn bench(c: &mut Criterion) {
         });
     }
 
-    let Some(redis) = spawn_redis() else {
-        eprintln!("redis-server not found on the PATH: the Redis store is not measured");
-        return;
-    };
+    let redis = support::spawn_redis();
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
-    let remote = RedisStore::new(&format!("redis://127.0.0.1:{}/0", redis.1), "bench:").unwrap();
+    let remote = RedisStore::new(&redis.url(), "bench:").unwrap();
     for keys in [1, 3] {
         let e = entries(keys);
         c.bench_function(&format!("budget reserve+settle, redis, {keys} ledgers"), |b| {

@@ -134,18 +134,8 @@ fn open_loop(weir: &Arc<Weir>, key: &'static str, rate: f64, secs: Duration, tal
 }
 
 fn adaptive(scale: &Scale, out: &std::path::Path) {
-    // ~0.25 s a request (50 ms to the first token, 20 tokens at 100/s):
-    // 20 slots are 80 requests/s.
-    let mock = spawn_mock(&[
-        "--capacity",
-        "20",
-        "--ttft",
-        "50ms",
-        "--tokens-per-sec",
-        "100",
-        "--completion-tokens",
-        "20",
-    ]);
+    // 20 slots of ~0.25 s a request: 80 requests/s.
+    let mock = spawn_capacity_mock(20);
     let weir = Arc::new(gateway(
         &mock,
         "    bulkhead: { max_concurrent: 40, queue: 400, queue_timeout: 30s }\n    adaptive: { floor: 2 }",

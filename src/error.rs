@@ -30,6 +30,15 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// A bulkhead's or breaker's refusal: overload handled as designed
+    /// (counted in metrics, not logged as a failure).
+    pub fn is_load_shedding(self) -> bool {
+        matches!(
+            self,
+            ErrorKind::QueueFull | ErrorKind::QueueTimeout | ErrorKind::CircuitOpen
+        )
+    }
+
     /// HTTP status for this kind.
     pub fn status(self) -> u16 {
         match self {

@@ -60,18 +60,7 @@ fn clients(weir: &Weir, n: usize, stop: &Arc<AtomicBool>) -> (Vec<std::thread::J
 
 #[test]
 fn limit_follows_mock_capacity_down_and_back_up() {
-    // 50 ms to the first token, then 20 tokens at 100/s: ~0.25 s a request,
-    // so 20 at a time matter.
-    let mock = spawn_mock(&[
-        "--capacity",
-        "20",
-        "--ttft",
-        "50ms",
-        "--tokens-per-sec",
-        "100",
-        "--completion-tokens",
-        "20",
-    ]);
+    let mock = spawn_capacity_mock(20);
     let weir = spawn_weir(&config(&mock), &[]);
     assert_eq!(limit(&weir), 24.0, "starts at the ceiling");
     let status = get(&weir.admin("/status"), &[]).json();

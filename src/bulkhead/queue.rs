@@ -205,6 +205,8 @@ pub(super) struct State {
     classes: Vec<Class>,
     /// Slots held per key (the key-less share one entry).
     held: HashMap<Option<Arc<str>>, usize>,
+    /// Some class reserves slots (else any free slot may be taken).
+    reserving: bool,
     next_id: u64,
     /// Smoothed seconds between released slots while anyone waited.
     /// Smoothed seconds a slot is held: with the live limit, the drain
@@ -223,6 +225,7 @@ impl State {
             waiting: 0,
             classes: Vec::new(),
             held: HashMap::new(),
+            reserving: limits.classes.iter().any(|c| c.reserved > 0),
             next_id: 0,
             hold: 0.0,
             rejected: REASONS.map(|r| metrics::QUEUE_REJECTED.with_label_values(&[queue_name, r])),
@@ -258,6 +261,9 @@ impl State {
     fn can_take(&self, ci: usize) -> bool {
         if self.in_flight >= self.limit {
             return false;
+        }
+        if !self.reserving {
+            return true;
         }
         let others: usize = self
             .classes

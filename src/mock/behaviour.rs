@@ -413,15 +413,20 @@ mod tests {
         assert_eq!(config["completion_tokens"], 16);
     }
 
-    #[test]
-    fn load_slows_time_to_first_token_and_tokens() {
-        let settings = Settings {
+    /// 50 ms to the first token, 16 tokens at 100/s, never failing.
+    fn settings() -> Settings {
+        Settings {
             fail_rate: 0.0,
             fail_status: 503,
             ttft: Duration::from_millis(50),
             tokens_per_sec: 100.0,
             completion_tokens: 16,
-        };
+        }
+    }
+
+    #[test]
+    fn load_slows_time_to_first_token_and_tokens() {
+        let settings = settings();
         assert_eq!(settings.slowed(1.0), settings);
         let slowed = settings.slowed(2.5);
         assert_eq!(slowed.ttft, Duration::from_millis(125));
@@ -435,13 +440,7 @@ mod tests {
 
     #[test]
     fn timing() {
-        let settings = Settings {
-            fail_rate: 0.0,
-            fail_status: 503,
-            ttft: Duration::from_millis(50),
-            tokens_per_sec: 100.0,
-            completion_tokens: 16,
-        };
+        let settings = settings();
         assert!(!settings.should_fail());
         assert_eq!(settings.token_interval(), Some(Duration::from_millis(10)));
         assert_eq!(settings.generation_time(10), Duration::from_millis(150));

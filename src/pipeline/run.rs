@@ -163,14 +163,9 @@ impl Pipeline {
                     ctx.error = Some(e);
                     return Ended::Aborted;
                 }
-                // A bulkhead's or breaker's refusal is designed load
-                // shedding, counted in metrics: under a flood a log line
-                // each would cost more than the refusal itself.
-                let shed = matches!(
-                    e.kind,
-                    ErrorKind::QueueFull | ErrorKind::QueueTimeout | ErrorKind::CircuitOpen
-                );
-                if shed {
+                // Designed load shedding is counted in metrics: under a
+                // flood a log line each would cost more than the refusal.
+                if e.kind.is_load_shedding() {
                     log::debug!("request {}: {e}", ctx.request_id);
                 } else if e.status() >= 500 {
                     log::warn!("request {}: {e}", ctx.request_id);

@@ -122,6 +122,22 @@ pub fn spawn_mock(args: &[&str]) -> Mock {
     spawn_mock_on(free_port(), args)
 }
 
+/// A `weir mock` with `capacity` slots (and its default queue) whose
+/// answers take ~0.25 s: 50 ms to the first token, then 20 tokens at 100/s.
+pub fn spawn_capacity_mock(capacity: u32) -> Mock {
+    let capacity = capacity.to_string();
+    spawn_mock(&[
+        "--capacity",
+        &capacity,
+        "--ttft",
+        "50ms",
+        "--tokens-per-sec",
+        "100",
+        "--completion-tokens",
+        "20",
+    ])
+}
+
 /// Start `weir mock` on a given port (e.g. to bring a provider back).
 pub fn spawn_mock_on(port: u16, args: &[&str]) -> Mock {
     let listen = format!("127.0.0.1:{port}");
