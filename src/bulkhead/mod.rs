@@ -148,15 +148,18 @@ pub enum Reason {
 }
 
 impl Reason {
-    /// The `reason` label of `weir_queue_rejected_total`.
-    pub fn label(&self) -> &'static str {
+    /// The `reason` labels of `weir_queue_rejected_total`, by [`Reason::index`].
+    pub const LABELS: [&'static str; 6] = ["full", "timeout", "evicted", "fair_share", "max_age", "shed"];
+
+    /// This reason's place in [`Reason::LABELS`].
+    pub fn index(&self) -> usize {
         match self {
-            Reason::Full => "full",
-            Reason::Timeout => "timeout",
-            Reason::Evicted { .. } => "evicted",
-            Reason::FairShare => "fair_share",
-            Reason::MaxAge { .. } => "max_age",
-            Reason::Shed { .. } => "shed",
+            Reason::Full => 0,
+            Reason::Timeout => 1,
+            Reason::Evicted { .. } => 2,
+            Reason::FairShare => 3,
+            Reason::MaxAge { .. } => 4,
+            Reason::Shed { .. } => 5,
         }
     }
 }
@@ -318,10 +321,6 @@ impl Permit {
             ticket: ticket.clone(),
             since: Instant::now(),
         }
-    }
-
-    pub fn bulkhead(&self) -> &Arc<Bulkhead> {
-        &self.bulkhead
     }
 }
 

@@ -23,20 +23,6 @@ use tokio::sync::oneshot;
 pub(super) type Tx = oneshot::Sender<Result<(), Refusal>>;
 pub(super) type Rx = oneshot::Receiver<Result<(), Refusal>>;
 
-/// Refusal reasons, in the order of [`Class::rejected`].
-const REASONS: [&str; 6] = ["full", "timeout", "evicted", "fair_share", "max_age", "shed"];
-
-fn reason_index(r: &Reason) -> usize {
-    match r {
-        Reason::Full => 0,
-        Reason::Timeout => 1,
-        Reason::Evicted { .. } => 2,
-        Reason::FairShare => 3,
-        Reason::MaxAge { .. } => 4,
-        Reason::Shed { .. } => 5,
-    }
-}
-
 /// How an arrival went.
 pub(super) enum Arrival {
     /// A slot at once.
@@ -108,7 +94,7 @@ impl Class {
             sheds: 0,
             next_shed: None,
             wait: metrics::QUEUE_CLASS_WAIT.with_label_values(&[queue, &label]),
-            rejected: REASONS.map(|r| metrics::QUEUE_CLASS_REJECTED.with_label_values(&[queue, &label, r])),
+            rejected: Reason::LABELS.map(|r| metrics::QUEUE_CLASS_REJECTED.with_label_values(&[queue, &label, r])),
         }
     }
 
@@ -228,7 +214,7 @@ impl State {
             reserving: limits.classes.iter().any(|c| c.reserved > 0),
             next_id: 0,
             hold: 0.0,
-            rejected: REASONS.map(|r| metrics::QUEUE_REJECTED.with_label_values(&[queue_name, r])),
+            rejected: Reason::LABELS.map(|r| metrics::QUEUE_REJECTED.with_label_values(&[queue_name, r])),
         };
         for c in &limits.classes {
             st.class_index(c.class);
@@ -287,7 +273,7 @@ impl State {
     }
 
     fn count(&self, ci: usize, r: &Reason) {
-        let i = reason_index(r);
+        let i = r.index();
         self.rejected[i].inc();
         self.classes[ci].rejected[i].inc();
     }
