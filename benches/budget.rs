@@ -60,7 +60,7 @@ fn bench(c: &mut Criterion) {
         .enable_all()
         .build()
         .unwrap();
-    let remote = RedisStore::new(&redis.url(), "bench:").unwrap();
+    let remote = RedisStore::new(&redis.url(), "bench:", weir::plugins::budget::store::DEFAULT_TIMEOUT).unwrap();
     for keys in [1, 3] {
         let e = entries(keys);
         c.bench_function(&format!("budget reserve+settle, redis, {keys} ledgers"), |b| {

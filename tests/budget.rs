@@ -448,7 +448,7 @@ fn redis_script_and_memory_store_agree() {
         .enable_all()
         .build()
         .unwrap();
-    let remote = RedisStore::new(&redis.url(), "t:").unwrap();
+    let remote = RedisStore::new(&redis.url(), "t:", weir::plugins::budget::store::DEFAULT_TIMEOUT).unwrap();
     let local = MemoryStore::new(100);
     let window = Window::of(Duration::from_secs(3600));
     let entry = |k: &str, tokens, cost| Entry {
@@ -514,7 +514,7 @@ fn redis_amounts_stay_exact_past_two_to_the_53() {
         .enable_all()
         .build()
         .unwrap();
-    let store = RedisStore::new(&redis.url(), "x:").unwrap();
+    let store = RedisStore::new(&redis.url(), "x:", weir::plugins::budget::store::DEFAULT_TIMEOUT).unwrap();
     let e = [Entry {
         key: "big".into(),
         window: Window::of(Duration::from_secs(86_400)),

@@ -49,13 +49,52 @@ impl LazyRedis {
         let c = self
             .conn
             .get_or_try_init(|| async {
+                // Connecting gets as long as a reply: on a loaded machine a
+                // first connection made inside a burst took over 200 ms.
                 let cfg = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Duration::from_millis(200))
+                    .set_connection_timeout(self.response_timeout)
                     .set_response_timeout(self.response_timeout)
                     .set_number_of_retries(0);
                 redis::aio::ConnectionManager::new_with_config(self.client.clone(), cfg).await
             })
             .await?;
         Ok(c.clone())
+    }
+}
+
+/// A Lua script that is put in Redis's script cache once, before its first
+/// call. Without that, a cold burst of N concurrent calls costs N `NOSCRIPT`
+/// replies and N `SCRIPT LOAD`s (`invoke_async` loads on `NOSCRIPT`), which
+/// on a small machine queued a thousand admissions past their timeout. A
+/// Redis restart empties its cache; `invoke_async` then loads it again.
+pub struct Script {
+    script: redis::Script,
+    loaded: tokio::sync::OnceCell<()>,
+}
+
+impl Script {
+    pub fn new(source: &str) -> Script {
+        Script {
+            script: redis::Script::new(source),
+            loaded: tokio::sync::OnceCell::new(),
+        }
+    }
+
+    /// An invocation to fill with keys and arguments.
+    pub fn prepare(&self) -> redis::ScriptInvocation<'_> {
+        self.script.prepare_invoke()
+    }
+
+    /// Run `inv` (from [`Script::prepare`]) on `conn`, loading the script first
+    /// if this process has not yet.
+    pub async fn invoke<T: redis::FromRedisValue>(
+        &self,
+        inv: &redis::ScriptInvocation<'_>,
+        conn: &mut redis::aio::ConnectionManager,
+    ) -> redis::RedisResult<T> {
+        self.loaded
+            .get_or_try_init(|| async { self.script.prepare_invoke().load_async(conn).await.map(drop) })
+            .await?;
+        inv.invoke_async(conn).await
     }
 }

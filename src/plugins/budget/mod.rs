@@ -36,6 +36,10 @@ pub struct BudgetConf {
     pub store: String,
     #[serde(default)]
     pub on_store_error: OnStoreError,
+    /// The longest a decision waits for a Redis store before
+    /// `on_store_error` applies.
+    #[serde(default = "d_store_timeout")]
+    pub store_timeout: Dur,
     /// Completion tokens reserved per choice when a request sets no `max_tokens`.
     #[serde(default = "d_default_max_tokens")]
     pub default_max_tokens: u64,
@@ -104,6 +108,10 @@ pub static TYPE: Typed<BudgetConf> = Typed {
     build: |c, b| Ok(Arc::new(Budget::new(&b.name, c).map_err(|e| ("store", e))?)),
 };
 
+fn d_store_timeout() -> Dur {
+    Dur(store::DEFAULT_TIMEOUT)
+}
+
 fn d_store() -> String {
     "memory".into()
 }
@@ -170,6 +178,9 @@ fn check(c: &BudgetConf, at: &str, ck: &mut Checker) {
     }
     if c.max_keys < 1 {
         ck.error(format!("{at}.max_keys"), "must be at least 1");
+    }
+    if c.store_timeout.0.is_zero() {
+        ck.error(format!("{at}.store_timeout"), "must be above zero");
     }
     crate::plugins::redis::check_store(&c.store, at, ck);
 }
@@ -284,7 +295,11 @@ impl Budget {
     pub fn new(name: &str, conf: &BudgetConf) -> Result<Budget, String> {
         let store = match conf.store.as_str() {
             "memory" => Store::Memory(MemoryStore::shared(name, conf.max_keys)),
-            url => Store::Redis(Arc::new(RedisStore::new(url, &format!("weir:budget:{name}:"))?)),
+            url => Store::Redis(Arc::new(RedisStore::new(
+                url,
+                &format!("weir:budget:{name}:"),
+                conf.store_timeout.0,
+            )?)),
         };
         let lines = conf
             .limits

@@ -4,7 +4,7 @@
 //! is all or nothing across instances too).
 
 use super::ledger::{Amount, Dim, Ledger, Limit, Standing, Wait, Window};
-use crate::plugins::redis::LazyRedis;
+use crate::plugins::redis::{LazyRedis, Script};
 use once_cell::sync::Lazy;
 use parking_lot::Mutex;
 use std::collections::HashMap;
@@ -365,28 +365,31 @@ return redis.error_reply('unknown op ' .. tostring(op))
 /// store and plugin.
 pub struct RedisStore {
     redis: LazyRedis,
-    script: redis::Script,
+    script: Script,
     prefix: String,
+    timeout: Duration,
 }
 
-/// The longest a decision waits for Redis before the outage policy applies.
-/// Longer than a rate limiter's (200 ms): a money decision is worth a
-/// short wait, and a burst of a thousand admissions at once on a small
-/// machine queues for a few hundred milliseconds (tests/ledger.rs).
-const TIMEOUT: Duration = Duration::from_millis(1000);
+/// The longest a decision waits for Redis before the outage policy applies,
+/// unless the plugin's `store_timeout` says otherwise. Longer than a rate
+/// limiter's (200 ms): a money decision is worth a short wait, and a burst
+/// of a thousand admissions at once on a small machine queues for a few
+/// hundred milliseconds.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(1000);
 
 impl RedisStore {
     /// Ledger `k` is the Redis key `{prefix}{k}`.
-    pub fn new(url: &str, prefix: &str) -> Result<RedisStore, String> {
+    pub fn new(url: &str, prefix: &str, timeout: Duration) -> Result<RedisStore, String> {
         Ok(RedisStore {
-            redis: LazyRedis::with_response_timeout(url, TIMEOUT)?,
-            script: redis::Script::new(SCRIPT),
+            redis: LazyRedis::with_response_timeout(url, timeout)?,
+            timeout,
+            script: Script::new(SCRIPT),
             prefix: prefix.to_string(),
         })
     }
 
     fn invocation(&self, op: &str, entries: &[Entry]) -> redis::ScriptInvocation<'_> {
-        let mut inv = self.script.prepare_invoke();
+        let mut inv = self.script.prepare();
         for e in entries {
             inv.key(format!("{}{}", self.prefix, e.key));
         }
@@ -397,9 +400,9 @@ impl RedisStore {
     async fn run(&self, inv: redis::ScriptInvocation<'_>) -> Result<Vec<i64>, StoreError> {
         let fut = async {
             let mut conn = self.redis.conn().await?;
-            inv.invoke_async::<Vec<i64>>(&mut conn).await
+            self.script.invoke::<Vec<i64>>(&inv, &mut conn).await
         };
-        tokio::time::timeout(TIMEOUT, fut)
+        tokio::time::timeout(self.timeout, fut)
             .await
             .map_err(|_| StoreError("redis timed out".into()))?
             .map_err(|e| StoreError(e.to_string()))

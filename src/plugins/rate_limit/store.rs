@@ -1,7 +1,7 @@
 //! Where buckets live: in this process, or in Redis shared by every weir
 //! instance (one atomic server-side script per decision).
 
-use crate::plugins::redis::LazyRedis;
+use crate::plugins::redis::{LazyRedis, Script};
 use crate::traffic::token_bucket::TokenBucket;
 use parking_lot::Mutex;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ return {ok, tostring(tokens), tostring(wait), tostring(full_in)}
 /// Buckets in Redis.
 pub struct RedisStore {
     redis: LazyRedis,
-    script: redis::Script,
+    script: Script,
     prefix: String,
 }
 
@@ -127,7 +127,7 @@ impl RedisStore {
     pub fn new(url: &str, prefix: &str) -> Result<RedisStore, String> {
         Ok(RedisStore {
             redis: LazyRedis::new(url)?,
-            script: redis::Script::new(SCRIPT),
+            script: Script::new(SCRIPT),
             prefix: prefix.to_string(),
         })
     }
@@ -135,14 +135,12 @@ impl RedisStore {
     pub async fn take(&self, key: &str, shape: Shape, n: f64) -> Result<Decision, StoreError> {
         let fut = async {
             let mut conn = self.redis.conn().await?;
-            let (ok, tokens, wait, reset): (i64, String, String, String) = self
-                .script
-                .key(format!("{}{key}", self.prefix))
+            let mut inv = self.script.prepare();
+            inv.key(format!("{}{key}", self.prefix))
                 .arg(shape.capacity)
                 .arg(shape.per_sec)
-                .arg(n)
-                .invoke_async(&mut conn)
-                .await?;
+                .arg(n);
+            let (ok, tokens, wait, reset): (i64, String, String, String) = self.script.invoke(&inv, &mut conn).await?;
             Ok::<_, redis::RedisError>((ok, tokens, wait, reset))
         };
         let (ok, tokens, wait, reset) = tokio::time::timeout(Duration::from_millis(300), fut)
