@@ -248,8 +248,11 @@ fn a_slow_first_token_fails_over_and_the_slow_stream_is_cancelled() {
     assert_eq!(r.header("x-weir-provider"), Some("b"));
     let ev = events(&r.body);
     assert_eq!(content(&ev), tokens(16));
+    // At least the first-token deadline, and well short of a's 10 s: weir
+    // gave up on a rather than waiting it out (the margin is for loaded
+    // runners; 5 s was once missed by 0.17 s with both cores busy).
     assert!(
-        wall >= Duration::from_secs(1) && wall < Duration::from_secs(5),
+        wall >= Duration::from_secs(1) && wall < Duration::from_secs(8),
         "{wall:?}"
     );
     assert!(
