@@ -28,8 +28,8 @@ pub async fn check(p: &Provider, path: &str) -> bool {
     let full = p.endpoint.upstream_path(&format!("/v1{path}"));
     hc.req
         .set_uri(full.parse().unwrap_or_else(|_| http::Uri::from_static("/")));
-    if let Some(auth) = &p.authorization {
-        let _ = hc.req.insert_header("authorization", auth.as_str());
+    for (name, value) in &p.auth {
+        let _ = hc.req.insert_header(*name, value.as_str());
     }
     hc.peer_template = p.peer.clone();
     let timeout = p.conf.timeouts.connect.0 + Duration::from_secs(1);

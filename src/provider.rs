@@ -2,7 +2,7 @@
 //! adds, the models it serves, and the bulkhead in front of it.
 
 use crate::bulkhead::{Bulkhead, Limits};
-use crate::config::{AdaptiveConf, BulkheadConf, PriceConf, ProviderConf};
+use crate::config::{AdaptiveConf, BulkheadConf, PriceConf, ProviderConf, ProviderKind};
 use crate::llm::Usage;
 use crate::metrics;
 use crate::traffic::adaptive::{Aimd, Decision, Latency, Outcome, Params, Sample};
@@ -81,6 +81,23 @@ impl Endpoint {
             .filter(|r| r.is_empty() || r.starts_with('/') || r.starts_with('?'))
             .unwrap_or(client_path_and_query);
         format!("{}{}", self.base_path, rest)
+    }
+}
+
+/// The credential headers a provider is sent, by its kind.
+fn auth_headers(conf: &ProviderConf) -> Vec<(&'static str, String)> {
+    match conf.kind {
+        ProviderKind::Openai => conf
+            .api_key
+            .iter()
+            .map(|k| ("authorization", format!("Bearer {k}")))
+            .collect(),
+        ProviderKind::Anthropic => conf
+            .api_key
+            .iter()
+            .map(|k| ("x-api-key", k.clone()))
+            .chain([("anthropic-version", conf.anthropic_version.clone())])
+            .collect(),
     }
 }
 
@@ -266,8 +283,9 @@ pub struct Provider {
     pub endpoint: Endpoint,
     /// Connection description, shared by all requests (pooled by Pingora).
     pub peer: HttpPeer,
-    /// `Authorization` value weir sends, if the provider has a key.
-    pub authorization: Option<String>,
+    /// Credential headers sent to it: `authorization: Bearer …` for an
+    /// OpenAI provider; `x-api-key` and `anthropic-version` for an Anthropic one.
+    pub auth: Vec<(&'static str, String)>,
     /// public model name -> upstream model name
     pub models: HashMap<String, String>,
     pub bulkhead: Arc<Bulkhead>,
@@ -326,7 +344,7 @@ impl Provider {
             adaptive,
             name: name.to_string(),
             conf: conf.clone(),
-            authorization: conf.api_key.as_ref().map(|k| format!("Bearer {k}")),
+            auth: auth_headers(conf),
             models: conf.models.pairs().into_iter().collect(),
             in_flight: metrics::UPSTREAM_IN_FLIGHT.with_label_values(&[name]),
             health: previous.map_or_else(Default::default, |p| p.health.clone()),

@@ -52,9 +52,29 @@ impl<'a> Target<'a> {
     }
 }
 
+/// A rewrite of an answer as it is read: a provider speaking another wire
+/// format, translated so that everything reading the exchange sees one.
+pub trait AnswerMap: Send {
+    /// Rewrite the response head (once, before anything reads it).
+    fn head(&mut self, head: &mut ResponseHeader);
+    /// One body chunk as read: what the reader gets is appended to `out`.
+    /// `Err`: the answer is malformed (a failed exchange).
+    fn chunk(&mut self, chunk: &[u8], out: &mut bytes::BytesMut) -> Result<(), String>;
+    /// The body ended: whatever the map still holds goes to `out`.
+    fn end(&mut self, out: &mut bytes::BytesMut) -> Result<(), String>;
+}
+
+/// An exchange's answer seen through an [`AnswerMap`].
+struct Mapped {
+    map: Box<dyn AnswerMap>,
+    head: ResponseHeader,
+    ended: bool,
+}
+
 /// A response being read from a provider.
 pub struct Exchange {
     session: HttpSession,
+    mapped: Option<Mapped>,
     idle: Duration,
     /// When sending began: a stream's first-token deadline counts from here.
     pub sent_at: Instant,
@@ -215,6 +235,7 @@ impl Upstream {
             match self.exchange(&mut s, p, req, body).await {
                 Ok(ttfb) => {
                     return Ok(Exchange {
+                        mapped: None,
                         session: s,
                         idle: p.idle,
                         sent_at,
@@ -293,7 +314,21 @@ impl Upstream {
 
 impl Exchange {
     pub fn header(&self) -> &ResponseHeader {
-        self.session.response_header().expect("read before Exchange exists")
+        match &self.mapped {
+            Some(m) => &m.head,
+            None => self.session.response_header().expect("read before Exchange exists"),
+        }
+    }
+
+    /// From now on, the answer is read through `map` (its head at once).
+    pub fn map_answer(&mut self, mut map: Box<dyn AnswerMap>) {
+        let mut head = self.header().clone();
+        map.head(&mut head);
+        self.mapped = Some(Mapped {
+            map,
+            head,
+            ended: false,
+        });
     }
 
     /// The next body chunk, `None` at the end; at most `idle` away.
@@ -301,13 +336,39 @@ impl Exchange {
         self.chunk_within(provider, self.idle).await
     }
 
-    /// The next body chunk within `limit`, `None` at the end.
+    /// The next body chunk within `limit`, `None` at the end. Through a
+    /// map, reads that yield nothing (a keep-alive ping) are skipped, all
+    /// within the same `limit`.
     pub async fn chunk_within(&mut self, provider: &str, limit: Duration) -> Result<Option<Bytes>, SendError> {
-        match tokio::time::timeout(limit, self.session.read_response_body()).await {
-            Ok(Ok(c)) => Ok(c),
-            Ok(Err(e)) => Err(classify(&e, provider, "failed mid-response")),
-            Err(_) => Err(timed_out(provider, "sent nothing more", limit)),
+        let Some(m) = self.mapped.as_mut() else {
+            return match tokio::time::timeout(limit, self.session.read_response_body()).await {
+                Ok(Ok(c)) => Ok(c),
+                Ok(Err(e)) => Err(classify(&e, provider, "failed mid-response")),
+                Err(_) => Err(timed_out(provider, "sent nothing more", limit)),
+            };
+        };
+        let deadline = Instant::now() + limit;
+        let mut out = bytes::BytesMut::new();
+        while !m.ended {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let read = match tokio::time::timeout(left, self.session.read_response_body()).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(classify(&e, provider, "failed mid-response")),
+                Err(_) => return Err(timed_out(provider, "sent nothing more", limit)),
+            };
+            let mapped = match read {
+                Some(c) => m.map.chunk(&c, &mut out),
+                None => {
+                    m.ended = true;
+                    m.map.end(&mut out)
+                }
+            };
+            mapped.map_err(|e| broken(format!("'{provider}' {e}")))?;
+            if !out.is_empty() {
+                return Ok(Some(out.freeze()));
+            }
         }
+        Ok(None)
     }
 
     /// Read the rest of the body, at most `max` bytes.
@@ -323,7 +384,7 @@ impl Exchange {
     }
 
     pub fn done(&mut self) -> bool {
-        self.session.response_done()
+        self.session.response_done() && self.mapped.as_ref().is_none_or(|m| m.ended)
     }
 
     /// Close the connection without returning it to the pool.

@@ -112,8 +112,14 @@ pub struct AdminConf {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ProviderConf {
-    /// OpenAI base URL, e.g. `https://api.openai.com/v1`.
+    /// Base URL, e.g. `https://api.openai.com/v1` or `https://api.anthropic.com/v1`.
     pub url: String,
+    /// The wire format the provider speaks (`openai`, the default, or `anthropic`).
+    #[serde(default)]
+    pub kind: ProviderKind,
+    /// `anthropic-version` sent to an `anthropic` provider.
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
     /// Never shown: `/config` goes through `config::redact`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<String>,
@@ -162,6 +168,21 @@ pub struct PriceConf {
     /// Prompt tokens read from the provider's prompt cache; `input` when not given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cached_input: Option<f64>,
+}
+
+/// A provider's wire format.
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// OpenAI's (chat completions and the rest of `/v1`).
+    #[default]
+    Openai,
+    /// Anthropic's Messages API (`/v1/messages`).
+    Anthropic,
+}
+
+fn default_anthropic_version() -> String {
+    "2023-06-01".into()
 }
 
 /// How a provider can take over a stream that died elsewhere.

@@ -9,6 +9,7 @@ use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::collections::HashSet;
 
+pub mod anthropic;
 pub mod assemble;
 pub mod sse;
 pub mod tokens;

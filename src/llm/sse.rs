@@ -127,6 +127,14 @@ pub fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
     out
 }
 
+/// The `event:` field of an event (its type), if it has one.
+pub fn event_name(event: &[u8]) -> Option<&[u8]> {
+    lines(event).find_map(|line| {
+        let v = line.strip_prefix(b"event:")?;
+        Some(v.strip_prefix(b" ").unwrap_or(v))
+    })
+}
+
 /// One event as a stream watcher read it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {

@@ -28,7 +28,8 @@ use super::errors::{
     model_not_found, prefill_unsupported,
 };
 use super::faults::{parse_spec, CliFaults, Fault, FaultSpec, StreamBreak};
-use super::options::{fault_header_name, Gzip, MockOptions};
+use super::messages;
+use super::options::{fault_header_name, Flavor, Gzip, MockOptions};
 use super::responses::ResponsePlan;
 use super::routes::{route, Api, Route};
 use super::sse::{gzip, sse_event, Framing, TokenEvents, SSE_DONE};
@@ -54,6 +55,11 @@ struct Echo {
     /// `x-ratelimit-limit-requests` and `x-ratelimit-remaining-requests`,
     /// with `--capacity`.
     rate_limit: Option<(u32, u64)>,
+    /// An Anthropic API request: answered in its format, its `x-api-key`
+    /// and `anthropic-version` echoed.
+    anthropic: bool,
+    api_key: HeaderValue,
+    anthropic_version: HeaderValue,
 }
 
 impl Echo {
@@ -73,6 +79,9 @@ impl Echo {
             model: HeaderValue::from_static("none"),
             gzip: false,
             rate_limit: None,
+            anthropic: false,
+            api_key: header("x-api-key"),
+            anthropic_version: header("anthropic-version"),
         }
     }
 
@@ -145,6 +154,7 @@ pub struct MockApp {
     fault_header: HeaderName,
     gzip: Option<Gzip>,
     crlf: bool,
+    flavor: Flavor,
 }
 
 impl MockApp {
@@ -161,6 +171,7 @@ impl MockApp {
             fault_header: fault_header_name(&opts.fault_header)?,
             gzip: opts.gzip,
             crlf: opts.crlf,
+            flavor: opts.flavor,
         })
     }
 
@@ -169,7 +180,11 @@ impl MockApp {
     /// also while a fault holds it.
     async fn handle(&self, session: &mut ServerSession) -> (Ending, Option<Claims<'_>>) {
         let request = session.req_header();
-        let route = route(&request.method, request.uri.path());
+        let route = match route(&request.method, request.uri.path()) {
+            // Not this flavor's API.
+            Route::Api(api) if !self.speaks(api) => Route::NotFound,
+            r => r,
+        };
         if expects_continue(request) {
             if route == Route::NotFound {
                 // The client may never send the body: close rather than wait to drain it.
@@ -245,6 +260,7 @@ impl MockApp {
             return Ending::Close;
         };
         let mut echo = Echo::new(session.req_header(), &body);
+        echo.anthropic = api.is_anthropic();
         echo.gzip = match self.gzip {
             None => false,
             Some(Gzip::Always) => true,
@@ -281,7 +297,25 @@ impl MockApp {
                 let error = model_not_found(model);
                 return self.respond(session, 404, Some(&echo), &error, None).await;
             }
-            request
+            if api.is_anthropic() {
+                // Answered as the chat request it amounts to.
+                let chat = match messages::chat_request(&body.bytes, api == Api::Messages) {
+                    Ok(chat) => chat,
+                    Err(message) => {
+                        let error = invalid_request(&message);
+                        return self.respond(session, 400, Some(&echo), &error, None).await;
+                    }
+                };
+                if api == Api::CountTokens {
+                    let n = Generation::plan(Kind::Chat, &chat, model, 0, 0, 0).prompt_tokens;
+                    let answer = serde_json::json!({ "input_tokens": n });
+                    echo.anthropic = false; // already Anthropic's shape
+                    return self.respond(session, 200, Some(&echo), &answer, None).await;
+                }
+                chat
+            } else {
+                request
+            }
         };
 
         if api != Api::Models {
@@ -318,8 +352,12 @@ impl MockApp {
 
         let model = model.unwrap_or("");
         match api {
-            Api::Chat | Api::Completions => {
-                let kind = if api == Api::Chat { Kind::Chat } else { Kind::Text };
+            Api::Chat | Api::Completions | Api::Messages | Api::CountTokens => {
+                let kind = if api == Api::Completions {
+                    Kind::Text
+                } else {
+                    Kind::Chat
+                };
                 self.complete(session, &echo, kind, &request, &settings, fault).await
             }
             Api::Responses => self.respond_to(session, &echo, &request, &settings, fault).await,
@@ -412,6 +450,14 @@ impl MockApp {
         self.respond(session, 429, Some(echo), &error, Some(&retry_after)).await
     }
 
+    fn speaks(&self, api: Api) -> bool {
+        match self.flavor {
+            Flavor::Both => true,
+            Flavor::Openai => !api.is_anthropic(),
+            Flavor::Anthropic => api.is_anthropic() || api == Api::Models,
+        }
+    }
+
     fn serves(&self, model: &str) -> bool {
         self.models.is_empty() || self.models.iter().any(|m| m == model)
     }
@@ -461,7 +507,7 @@ impl MockApp {
             Fault::ContextLength => (400, context_length_exceeded(), None),
             Fault::ContentFilter => (400, content_filtered(), None),
             Fault::Flap { .. } => (503, failure_body(503).0, None),
-            Fault::RejectPrefill if api == Api::Chat && prefill_words(request).is_some() => {
+            Fault::RejectPrefill if matches!(api, Api::Chat | Api::Messages) && prefill_words(request).is_some() => {
                 (400, prefill_unsupported(), None)
             }
             _ => return None,
@@ -489,6 +535,10 @@ impl MockApp {
             header.insert_header("x-mock-authorization", echo.authorization.clone())?;
             header.insert_header("x-mock-request-id", echo.request_id.clone())?;
             header.insert_header("x-mock-model", echo.model.clone())?;
+            if echo.anthropic {
+                header.insert_header("x-mock-api-key", echo.api_key.clone())?;
+                header.insert_header("x-mock-anthropic-version", echo.anthropic_version.clone())?;
+            }
             if let Some((limit, remaining)) = echo.rate_limit {
                 header.insert_header("x-ratelimit-limit-requests", limit)?;
                 header.insert_header("x-ratelimit-remaining-requests", remaining)?;
@@ -523,6 +573,10 @@ impl MockApp {
         retry_after: Option<&str>,
     ) -> Ending {
         let mut body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let mut status = status;
+        if echo.is_some_and(|e| e.anthropic) {
+            (status, body) = messages::answer(status, body);
+        }
         let compress = status == 200 && echo.is_some_and(|e| e.gzip);
         if compress {
             body = gzip(&body);
@@ -551,7 +605,10 @@ impl MockApp {
             Some(Fault::Stall { .. }) => Ending::Hold,
             _ => return self.respond(session, 200, Some(echo), body, None).await,
         };
-        let body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        let mut body = Bytes::from(serde_json::to_vec(body).unwrap_or_default());
+        if echo.anthropic {
+            body = messages::answer(200, body).1;
+        }
         let Ok(header) = self.json_header(200, Some(echo), body.len(), None) else {
             return Ending::Close;
         };
@@ -603,7 +660,7 @@ impl MockApp {
             }
         }
         session.write_response_header(Box::new(header)).await.ok()?;
-        Some(Framing::new(self.crlf, echo.gzip))
+        Some(Framing::new(self.crlf, echo.gzip).anthropic(echo.anthropic))
     }
 
     /// Stream a generation as server-sent events, one write per event, so
@@ -820,7 +877,8 @@ impl HttpServerApp for MockApp {
 }
 
 async fn send_event(session: &mut ServerSession, event: Bytes) -> bool {
-    session.write_response_body(event, false).await.is_ok()
+    // An empty chunk would end a chunked body.
+    event.is_empty() || session.write_response_body(event, false).await.is_ok()
 }
 
 /// End a stream where a fault breaks it.

@@ -1,4 +1,5 @@
-//! A mock OpenAI-compatible provider.
+//! A mock OpenAI-compatible provider, which also speaks Anthropic's
+//! Messages API (`/messages`, `/messages/count_tokens`; `--flavor`).
 //!
 //! Used by `weir demo`, integration tests and load benchmarks. It speaks just
 //! enough of the OpenAI API (`/chat/completions`, `/completions`,
@@ -43,6 +44,8 @@
 //! - `responses`    the Responses API: the response object and its stream's events
 //! - `sse`          server-sent event framing (CRLF, gzip) and the pre-rendered token events
 //! - `embeddings`   deterministic embeddings, as floats or base64
+//! - `messages`     Anthropic's Messages API: its request read as a chat
+//!   request, its answers, errors and stream events written in its format
 //! - `server`       the Pingora service (`mock_service`) and the standalone `run`
 //! - `tls`          the TLS files, checked before Pingora would panic on them
 //!
@@ -57,6 +60,7 @@ mod completions;
 mod embeddings;
 mod errors;
 mod faults;
+mod messages;
 mod options;
 mod responses;
 mod routes;
@@ -65,5 +69,5 @@ mod sse;
 mod tls;
 
 pub use app::MockApp;
-pub use options::{parse_duration, Gzip, MockOptions};
+pub use options::{parse_duration, Flavor, Gzip, MockOptions};
 pub use server::{mock_service, run};

@@ -67,6 +67,21 @@ pub struct MockOptions {
     /// `1 + max(0, in_service − knee) / knee × slope`
     #[arg(long, default_value_t = 1.0)]
     pub slope: f64,
+    /// Which API it speaks: both by path (`/chat/completions` and the rest
+    /// of OpenAI's, `/messages` Anthropic's), or only one of them
+    #[arg(long, value_enum, default_value_t = Flavor::Both)]
+    pub flavor: Flavor,
+}
+
+/// Which provider the mock imitates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Flavor {
+    /// OpenAI's API and Anthropic's Messages API, each on its own paths.
+    Both,
+    /// Only OpenAI's API (`/messages` is a 404).
+    Openai,
+    /// Only Anthropic's Messages API (OpenAI's paths are 404s).
+    Anthropic,
 }
 
 /// When `--gzip` compresses an answer.
@@ -103,6 +118,7 @@ impl Default for MockOptions {
             queue: None,
             knee: None,
             slope: 1.0,
+            flavor: Flavor::Both,
         }
     }
 }

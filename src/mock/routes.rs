@@ -10,6 +10,17 @@ pub(super) enum Api {
     Embeddings,
     Responses,
     Models,
+    /// Anthropic's Messages API.
+    Messages,
+    /// Anthropic's `/messages/count_tokens`.
+    CountTokens,
+}
+
+impl Api {
+    /// Anthropic's API rather than OpenAI's.
+    pub(super) fn is_anthropic(self) -> bool {
+        matches!(self, Api::Messages | Api::CountTokens)
+    }
 }
 
 /// What a request asks for: an OpenAI endpoint or a control endpoint.
@@ -40,6 +51,8 @@ pub(super) fn route(method: &Method, path: &str) -> Route {
             p if p.ends_with("/completions") => Route::Api(Api::Completions),
             p if p.ends_with("/embeddings") => Route::Api(Api::Embeddings),
             p if p.ends_with("/responses") => Route::Api(Api::Responses),
+            p if p.ends_with("/messages") => Route::Api(Api::Messages),
+            p if p.ends_with("/messages/count_tokens") => Route::Api(Api::CountTokens),
             _ => Route::NotFound,
         },
         _ => Route::NotFound,
@@ -61,6 +74,11 @@ mod tests {
         assert_eq!(route(&Method::POST, "/v1/embeddings"), Route::Api(Api::Embeddings));
         assert_eq!(route(&Method::POST, "/v1/responses"), Route::Api(Api::Responses));
         assert_eq!(route(&Method::GET, "/v1/models"), Route::Api(Api::Models));
+        assert_eq!(route(&Method::POST, "/v1/messages"), Route::Api(Api::Messages));
+        assert_eq!(
+            route(&Method::POST, "/v1/messages/count_tokens"),
+            Route::Api(Api::CountTokens)
+        );
         assert_eq!(route(&Method::GET, "/v1/chat/completions"), Route::NotFound);
         assert_eq!(route(&Method::POST, "/v1/xcompletions"), Route::NotFound);
         assert_eq!(route(&Method::POST, "/mock/config"), Route::SetConfig);

@@ -30,6 +30,8 @@ pub(super) const SSE_DONE: &[u8] = b"data: [DONE]\n\n";
 pub(super) struct Framing {
     crlf: bool,
     gzip: Option<GzEncoder<Vec<u8>>>,
+    /// Chat chunks written as Anthropic's events.
+    anthropic: Option<super::messages::Events>,
 }
 
 impl Framing {
@@ -37,11 +39,25 @@ impl Framing {
         Framing {
             crlf,
             gzip: gzip.then(|| GzEncoder::new(Vec::new(), Compression::fast())),
+            anthropic: None,
         }
+    }
+
+    /// Write chat chunks as Anthropic's stream events.
+    pub(super) fn anthropic(mut self, on: bool) -> Self {
+        self.anthropic = on.then(Default::default);
+        self
     }
 
     /// `event` (rendered with LF line ends) as written.
     pub(super) fn event(&mut self, event: Bytes) -> Bytes {
+        let event = match &mut self.anthropic {
+            Some(a) => a.event(event),
+            None => event,
+        };
+        if event.is_empty() {
+            return event;
+        }
         let event = if self.crlf { crlf(&event) } else { event };
         match &mut self.gzip {
             None => event,

@@ -101,6 +101,18 @@ pub struct RequestCtx {
     /// The request body as it will be sent (after plugins, before the model
     /// rewrite). Plugins change it with [`RequestCtx::set_body`].
     pub body: Bytes,
+    /// The wire format the client speaks.
+    pub wire: Wire,
+    /// An Anthropic client's request as it sent it, while `body` is still
+    /// its OpenAI translation (no plugin changed it): what an Anthropic
+    /// provider gets, byte for byte but for the model.
+    pub client_body: Option<(Bytes, RequestHead)>,
+    /// Fields of the client's request the provider that answered could
+    /// not be sent (`x-weir-dropped`).
+    pub dropped: Vec<String>,
+    /// Fields of an Anthropic client's request that its OpenAI translation
+    /// could not carry (dropped unless an Anthropic provider answers).
+    pub wire_dropped: Vec<String>,
     /// Providers that may serve this request, in the order they will be tried.
     pub candidates: Vec<Arc<Provider>>,
     /// The provider that answered (or was last tried).
@@ -133,6 +145,17 @@ pub struct RequestCtx {
     header_edit: Option<HeaderEdit>,
 }
 
+/// The API a client speaks. Inside weir a request is OpenAI's chat
+/// completions whatever the client sent: an Anthropic Messages request is
+/// translated on arrival and its answer translated back on the way out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Wire {
+    #[default]
+    Openai,
+    /// `POST /v1/messages` (and `/v1/messages/count_tokens`).
+    Anthropic,
+}
+
 /// A change to the request header (see [`RequestCtx::edit_request_header`]).
 pub type HeaderEdit = Box<dyn FnOnce(&mut pingora_http::RequestHeader) + Send + Sync>;
 
@@ -154,6 +177,10 @@ impl Default for RequestCtx {
             ticket: Ticket::default(),
             head: None,
             body: Bytes::new(),
+            wire: Wire::Openai,
+            client_body: None,
+            dropped: Vec::new(),
+            wire_dropped: Vec::new(),
             candidates: Vec::new(),
             provider: None,
             served_model: None,
@@ -191,6 +218,18 @@ impl RequestCtx {
     /// The matched route's name ("" before a route matched).
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |r| r.name.as_str())
+    }
+
+    /// Whether an answer from `p` reaches this client untranslated: an
+    /// Anthropic provider's answer to an Anthropic client, in Anthropic's
+    /// format where every other answer inside weir is OpenAI's.
+    pub fn native_from(&self, p: &Provider) -> bool {
+        self.wire == Wire::Anthropic && p.conf.kind == crate::config::ProviderKind::Anthropic
+    }
+
+    /// The answer under way is native (see [`RequestCtx::native_from`]).
+    pub fn native_answer(&self) -> bool {
+        self.provider.as_ref().is_some_and(|p| self.native_from(p))
     }
 
     /// The public model the client asked for, if the body named one.
@@ -255,6 +294,8 @@ impl RequestCtx {
     /// is the `who`'s error.
     pub fn set_body(&mut self, body: Bytes, who: &str) -> Result<(), WeirError> {
         self.body = body;
+        // The client's own bytes no longer say what is to be sent.
+        self.client_body = None;
         if self.head.is_none() {
             return Ok(());
         }

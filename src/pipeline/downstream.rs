@@ -25,4 +25,8 @@ pub trait Downstream: Send {
     fn no_keepalive(&mut self);
     /// A response header has already been sent.
     fn response_started(&self) -> bool;
+    /// The answer about to be written is already in the client's wire
+    /// format (an Anthropic provider's, to an Anthropic client): it must
+    /// pass untranslated. Only a translating connection cares.
+    fn native_answer(&mut self, _native: bool) {}
 }

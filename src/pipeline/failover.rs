@@ -11,11 +11,14 @@
 use super::attempt::{self, AttemptGuard};
 use super::chain::Route;
 use super::context::RequestCtx;
+use super::context::Wire;
 use super::downstream::Downstream;
 use super::plugin::Attempt;
 use super::relay::{client_header, encoding, is_sse};
 use super::retry::{self, Outcome, Schedule};
 use super::run::{wait, Failure, Pipeline};
+use super::wire::FromAnthropic;
+use crate::config::ProviderKind;
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
 use crate::llm::sse::{event_data, Seen, Splice, SseSplitter, StreamWatch};
@@ -42,6 +45,8 @@ struct Held {
     head: ResponseHeader,
     body: Bytes,
     provider: Arc<Provider>,
+    /// In an Anthropic client's format already.
+    native: bool,
 }
 
 /// An attempt under way: the provider, the attempt's guard, and the
@@ -133,11 +138,27 @@ fn named_in_connection(client: &RequestHeader, name: &str) -> bool {
     })
 }
 
+/// Whether the request is a chat completion (an Anthropic client's
+/// included, translated on arrival).
+fn is_chat(client: &RequestHeader) -> bool {
+    client.uri.path().ends_with("/chat/completions")
+}
+
+/// Headers of Anthropic's API, for an Anthropic provider only.
+fn is_anthropic_header(name: &str) -> bool {
+    name.starts_with("anthropic-")
+}
+
 /// The request header as the provider gets it.
-fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body_len: usize) -> RequestHeader {
-    let path = p
-        .endpoint
-        .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()));
+fn upstream_request(client: &RequestHeader, p: &Provider, ctx: &RequestCtx, body_len: usize) -> RequestHeader {
+    let anthropic = p.conf.kind == ProviderKind::Anthropic;
+    let path = if anthropic && is_chat(client) {
+        format!("{}/messages", p.endpoint.base_path)
+    } else {
+        p.endpoint
+            .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()))
+    };
+    let native = ctx.native_from(p);
     let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
         .expect("method and path come from a valid request");
     let has_connection = client.headers.contains_key("connection");
@@ -147,15 +168,20 @@ fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body
             || (!p.conf.forward_client_auth && CLIENT_KEYS.contains(&n))
             || (!p.conf.forward_client_org && CLIENT_ORG.contains(&n))
             || (has_connection && named_in_connection(client, n))
+            || (!native && is_anthropic_header(n))
         {
             continue;
         }
         let _ = req.append_header(name.clone(), value.clone());
     }
     let _ = req.insert_header("host", p.endpoint.authority());
-    let _ = req.insert_header("x-request-id", request_id);
-    if let Some(auth) = &p.authorization {
-        let _ = req.insert_header("authorization", auth.as_str());
+    let _ = req.insert_header("x-request-id", ctx.request_id.as_str());
+    for (name, value) in &p.auth {
+        // A native client's own API version (and betas) stand.
+        if native && *name == "anthropic-version" && req.headers.contains_key(*name) {
+            continue;
+        }
+        let _ = req.insert_header(*name, value.as_str());
     }
     if body_len > 0 || client.method != http::Method::GET {
         let _ = req.insert_header("content-length", body_len.to_string());
@@ -169,12 +195,38 @@ fn upstream_request(client: &RequestHeader, p: &Provider, request_id: &str, body
     req
 }
 
-/// The body for `provider`: the public `model` renamed to its upstream name.
-fn body_for(ctx: &RequestCtx, provider: &Provider, model: &str) -> Bytes {
-    match (&ctx.head, provider.upstream_model(model)) {
+/// `max_tokens` sent to an Anthropic provider (which requires it) when an
+/// OpenAI client set none.
+const ANTHROPIC_MAX_TOKENS: u64 = 4096;
+
+/// The body for `provider`, in its wire format: the public `model` renamed
+/// to its upstream name. An Anthropic provider gets an Anthropic client's
+/// own bytes (unless a plugin changed the request) or the OpenAI request
+/// translated; `ctx.dropped` says what the translation left out.
+fn body_for(ctx: &mut RequestCtx, provider: &Provider, model: &str, chat: bool) -> Result<Bytes, WeirError> {
+    let up = provider.upstream_model(model);
+    ctx.dropped.clear();
+    if provider.conf.kind == ProviderKind::Anthropic {
+        if let Some((bytes, head)) = &ctx.client_body {
+            return Ok(up.map_or_else(|| bytes.clone(), |up| llm::rewrite_model(bytes, head, up)));
+        }
+        if chat {
+            let t = llm::anthropic::request_from_openai(&ctx.body, ANTHROPIC_MAX_TOKENS)
+                .map_err(|m| WeirError::invalid(format!("provider '{}' speaks Anthropic's API: {m}", provider.name)))?;
+            ctx.dropped = t.dropped;
+            return Ok(match (up, llm::parse_head(&t.body)) {
+                (Some(up), Ok(h)) => llm::rewrite_model(&t.body, &h, up),
+                _ => t.body,
+            });
+        }
+    }
+    if ctx.wire == Wire::Anthropic {
+        ctx.dropped = ctx.wire_dropped.clone();
+    }
+    Ok(match (&ctx.head, up) {
         (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
         _ => ctx.body.clone(),
-    }
+    })
 }
 
 /// Is this error answer OpenAI's `context_length_exceeded`?
@@ -212,7 +264,7 @@ impl Pipeline {
         let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
             return Err(StartError::Refused(attempt::skipped_error(provider)));
         };
-        let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len());
+        let req = upstream_request(d.req_header(), provider, ctx, body.len());
         let target = Target::provider(provider);
         let sent = tokio::select! {
             r = self.upstream.send(&target, &req, body) => Some(r),
@@ -225,7 +277,17 @@ impl Pipeline {
                 attempt.end(&Attempt::Failed(e.error.kind));
                 Err(StartError::Failed(e))
             }
-            Some(Ok(ex)) => {
+            Some(Ok(mut ex)) => {
+                // An Anthropic provider's answer, read as OpenAI's by all
+                // but a native client.
+                if provider.conf.kind == ProviderKind::Anthropic
+                    && is_chat(d.req_header())
+                    && !ctx.native_from(provider)
+                {
+                    let include_usage = ctx.head.as_ref().is_some_and(|h| h.include_usage);
+                    let map = FromAnthropic::new(ex.header(), include_usage);
+                    ex.map_answer(Box::new(map));
+                }
                 attempt.head(ex.header(), ex.ttfb);
                 Ok(Leg {
                     provider: provider.clone(),
@@ -269,7 +331,16 @@ impl Pipeline {
                 }
             }
             ctx.provider = Some(provider.clone());
-            let body = body_for(ctx, &provider, &model);
+            let body = match body_for(ctx, &provider, &model, is_chat(d.req_header())) {
+                Ok(b) => b,
+                Err(e) => {
+                    // This provider cannot take the request as it is; another may.
+                    last_err = Some(e);
+                    next = schedule.skip(i, Instant::now());
+                    continue;
+                }
+            };
+            let native = ctx.native_from(&provider);
             let Leg {
                 mut attempt, mut ex, ..
             } = match self.start(d, ctx, route, &provider, &body).await {
@@ -293,6 +364,7 @@ impl Pipeline {
                 }
             };
             schedule.sent(i);
+            d.native_answer(native);
             let status = ex.header().status.as_u16();
             let ttfb = ex.ttfb;
             if status == 429 || status >= 500 {
@@ -320,6 +392,7 @@ impl Pipeline {
                             head,
                             body,
                             provider: provider.clone(),
+                            native,
                         };
                         if status == 429 && ra.is_some_and(|ra| ra > policy.max_retry_after.0) {
                             rate_limited = Some(answer);
@@ -371,7 +444,9 @@ impl Pipeline {
             }
             let ready = if status == 200 && ctx.head.is_some() {
                 let path = d.req_header().uri.path();
-                let chat = path.ends_with("/chat/completions") || path.ends_with("/completions");
+                // A native Anthropic stream is forwarded as it comes (weir
+                // reads OpenAI's chunks event by event, not Anthropic's).
+                let chat = (path.ends_with("/chat/completions") || path.ends_with("/completions")) && !native;
                 let stream = chat && ctx.head.as_ref().is_some_and(|h| h.stream);
                 match self.prepare(d, &mut ex, &provider, stream, strip_usage).await {
                     Ok(r) => {
@@ -418,6 +493,7 @@ impl Pipeline {
         }
         if let Some(h) = rate_limited.or(held) {
             ctx.provider = Some(h.provider);
+            d.native_answer(h.native);
             let status = h.head.status.as_u16();
             return self.send_whole(d, ctx, h.head, h.body, status).await;
         }

@@ -37,10 +37,11 @@ mod plugin;
 mod relay;
 mod retry;
 mod run;
+mod wire;
 
 pub use attempt::call_provider;
 pub use chain::{PluginInstance, Route};
-pub use context::{Identity, RequestCtx, Spent};
+pub use context::{Identity, RequestCtx, Spent, Wire};
 pub use downstream::Downstream;
 pub use factory::{no_check, no_files, BuildCtx, BuildError, PluginSpec, PluginType, Settings, Typed};
 pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Plugin};

@@ -39,6 +39,10 @@ pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx)
         let _ = resp.append_header(name.clone(), value.clone());
     }
     let _ = resp.insert_header("x-weir-provider", p.name.as_str());
+    if !ctx.dropped.is_empty() {
+        // What the provider's wire format could not carry of the request.
+        let _ = resp.insert_header("x-weir-dropped", ctx.dropped.join(", "));
+    }
     let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
     resp
 }

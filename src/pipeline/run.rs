@@ -8,9 +8,10 @@
 
 use super::attempt;
 use super::chain::Route;
-use super::context::RequestCtx;
+use super::context::{RequestCtx, Wire};
 use super::downstream::Downstream;
 use super::plugin::{Flow, LocalResponse};
+use super::wire;
 use crate::bulkhead::{Bulkhead, Permit, Ticket};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
@@ -141,6 +142,15 @@ impl Pipeline {
     /// Serve one request: `route` is the matched one (`None`: no route took
     /// it). Always ends with a response written or the connection to drop.
     pub async fn serve<D: Downstream>(&self, route: Option<Arc<Route>>, d: &mut D, ctx: &mut RequestCtx) -> Ended {
+        if wire::is_anthropic_client(d.req_header()) {
+            ctx.wire = Wire::Anthropic;
+            return self.serve_on(route, &mut wire::AnthropicClient::new(d), ctx).await;
+        }
+        self.serve_on(route, d, ctx).await
+    }
+
+    /// [`Pipeline::serve`] on a connection that speaks the client's format.
+    async fn serve_on<D: Downstream>(&self, route: Option<Arc<Route>>, d: &mut D, ctx: &mut RequestCtx) -> Ended {
         let _active = self.retry_budget.request();
         let result = match route {
             _ if has_dot_segment(d.req_header().uri.path()) => {
@@ -211,11 +221,16 @@ impl Pipeline {
 
         let method = d.req_header().method.clone();
         let path = d.req_header().uri.path();
-        let llm = method == http::Method::POST && is_llm_endpoint(path);
+        // An Anthropic client: `/messages` is a chat request (translated
+        // once the body is read), `/messages/count_tokens` is answered by an
+        // Anthropic provider or counted here.
+        let count_tokens = ctx.wire == Wire::Anthropic && path.trim_end_matches('/').ends_with("/count_tokens");
+        let messages = ctx.wire == Wire::Anthropic && !count_tokens;
+        let llm = method == http::Method::POST && (is_llm_endpoint(path) || messages);
         if method == http::Method::GET && path == "/v1/models" {
             return self.list_models(d, ctx, route).await;
         }
-        if !is_known_endpoint(&method, path) && !route.passes_through(&method, path) {
+        if ctx.wire == Wire::Openai && !is_known_endpoint(&method, path) && !route.passes_through(&method, path) {
             return Err(WeirError::new(
                 ErrorKind::NotFound,
                 format!(
@@ -236,6 +251,12 @@ impl Pipeline {
             d.write_header(head, false).await.map_err(|_| Failure::ClientGone)?;
         }
         ctx.body = read_body(d, ctx.max_request_body, ctx.request_body_timeout).await?;
+        if count_tokens {
+            return self.count_tokens(d, ctx, route).await;
+        }
+        if messages {
+            self.from_anthropic(d, ctx).await?;
+        }
         if llm {
             let head = parse_head(&ctx.body).await.map_err(head_error)?;
             ctx.head = Some(head);
@@ -290,6 +311,60 @@ impl Pipeline {
         self.attempts(d, ctx, route, strip_usage).await
     }
 
+    /// An Anthropic client's Messages request becomes the OpenAI chat
+    /// request everything inside weir reads; its own bytes are kept for an
+    /// Anthropic provider (sent as they came, but for the model's name).
+    async fn from_anthropic<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx) -> Result<(), Failure> {
+        let client_head = parse_head(&ctx.body).await.map_err(head_error)?;
+        let t = llm::anthropic::request_to_openai(&ctx.body).map_err(WeirError::invalid)?;
+        ctx.client_body = Some((std::mem::replace(&mut ctx.body, t.body), client_head));
+        ctx.wire_dropped = t.dropped;
+        let req = d.req_header_mut();
+        let path = req.uri.path().trim_end_matches('/');
+        let chat = format!("{}/chat/completions", path.strip_suffix("/messages").unwrap_or(path));
+        req.set_uri(
+            chat.parse()
+                .map_err(|_| WeirError::invalid("the request path is not valid"))?,
+        );
+        Ok(())
+    }
+
+    /// `POST /v1/messages/count_tokens`: passed through to the route's first
+    /// Anthropic provider of the model, else counted with weir's tokenizer
+    /// (`{"input_tokens": n}`; an estimate, as for budgets).
+    async fn count_tokens<D: Downstream>(
+        &self,
+        d: &mut D,
+        ctx: &mut RequestCtx,
+        route: &Arc<Route>,
+    ) -> Result<(), Failure> {
+        let head = parse_head(&ctx.body).await.map_err(head_error)?;
+        let candidates: Vec<_> = route
+            .candidates(&head.model)
+            .into_iter()
+            .filter(|p| p.conf.kind == crate::config::ProviderKind::Anthropic)
+            .collect();
+        if candidates.is_empty() {
+            if route.candidates(&head.model).is_empty() {
+                return Err(route.model_not_found(&head.model).into());
+            }
+            let t = llm::anthropic::request_to_openai(&ctx.body).map_err(WeirError::invalid)?;
+            let n = llm::tokens::reserve_prompt_tokens(&t.body).await;
+            let body = serde_json::to_vec(&serde_json::json!({ "input_tokens": n })).unwrap_or_default();
+            let mut h = ResponseHeader::build(200, Some(3)).expect("200");
+            let _ = h.insert_header("content-type", "application/json");
+            let r = LocalResponse {
+                header: h,
+                body: body.into(),
+            };
+            return self.respond_local(d, ctx, r, None).await;
+        }
+        // Native: no usage to read (`ctx.head` stays empty), the model renamed in the client's bytes.
+        ctx.client_body = Some((ctx.body.clone(), head));
+        ctx.candidates = candidates;
+        self.attempts(d, ctx, route, false).await
+    }
+
     /// `GET /v1/models`: the models this route (and this key) may use.
     async fn list_models<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx, route: &Route) -> Result<(), Failure> {
         let allowed = ctx.identity.as_ref().and_then(|i| i.models.clone());
@@ -318,6 +393,7 @@ impl Pipeline {
         r: LocalResponse,
         by: Option<usize>,
     ) -> Result<(), Failure> {
+        d.native_answer(false);
         let LocalResponse { mut header, body } = r;
         let _ = header.insert_header("content-length", body.len().to_string());
         let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
@@ -335,6 +411,7 @@ impl Pipeline {
                 d.no_keepalive();
             }
         }
+        d.native_answer(false);
         let body = e.body();
         let mut header = e.response_header(body.len(), &ctx.request_id);
         ctx.error = Some(e);
