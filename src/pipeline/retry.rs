@@ -68,6 +68,13 @@ impl<'a> Schedule<'a> {
             Outcome::Fault(Fault::Connect) => RetryOn::ConnectError,
             Outcome::Fault(Fault::Reset) => RetryOn::Reset,
             Outcome::Fault(Fault::Timeout) => RetryOn::Timeout,
+            // Anthropic's overload (529 `overloaded_error`) is a 503 by
+            // another number: the policy names it either way.
+            Outcome::Status(529, _) => {
+                return [RetryOn::Status(529), RetryOn::Status(503)]
+                    .iter()
+                    .any(|w| self.policy.on.contains(w))
+            }
             Outcome::Status(s, _) => RetryOn::Status(s),
         };
         self.policy.on.contains(&want)
@@ -260,6 +267,7 @@ mod tests {
         let mut s = Schedule::new(&p, 2, t);
         s.sent(0);
         assert_eq!(s.after(0, Outcome::Status(500, None), t), None);
+        assert!(s.retries(Outcome::Status(529, None)), "Anthropic's overload is a 503");
         assert_eq!(s.after(0, Outcome::Fault(Fault::Reset), t), None);
         // Waiting 2s would end past the deadline: that provider is out; the other is fine.
         let (i, _) = s
