@@ -469,6 +469,7 @@ impl Plugin for Cache {
             .headers
             .get("content-type")
             .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
+        let native = ctx.native_answer();
         let Some(s) = self.state(ctx) else { return };
         let Some(outcome) = s.outcome else { return };
         if resp.headers.contains_key("x-weir-cache") {
@@ -480,7 +481,9 @@ impl Plugin for Cache {
         let value = if outcome == Outcome::Miss { "miss" } else { "bypass" };
         let _ = resp.insert_header("x-weir-cache", value);
         s.is_sse = is_sse;
-        if status != 200 {
+        // Entries are OpenAI answers, served to clients of either format; an
+        // Anthropic provider's answer passed natively to an Anthropic client is not one.
+        if status != 200 || native {
             s.store = false;
         }
     }
