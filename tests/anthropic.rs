@@ -361,3 +361,41 @@ fn plugins_work_on_both_formats() {
         completion()
     );
 }
+
+#[test]
+fn a_stream_cut_mid_answer_is_continued_across_formats() {
+    // An Anthropic client's stream from an OpenAI provider dies after 8 of
+    // 20 tokens; an Anthropic provider continues it (a prefill, in its format).
+    let gpt = spawn_mock(&[
+        "--flavor",
+        "openai",
+        "--completion-tokens",
+        "20",
+        "--fault",
+        "cut:after=8",
+    ]);
+    let claude = spawn_mock(&["--flavor", "anthropic", "--completion-tokens", "20"]);
+    let providers =
+        openai_provider("gpt", &gpt) + &anthropic_provider("claude", &claude) + "    continuation: prefill\n";
+    let w = gateway(&providers, "", &[]);
+    let body = serde_json::to_vec(&serde_json::json!({
+        "model": "m", "max_tokens": 100, "stream": true,
+        "messages": [{"role": "user", "content": "count for me"}],
+    }))
+    .unwrap();
+    let r = post(&w.url("/v1/messages"), &body, &[("x-api-key", "sk-client")]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let text: String = r
+        .body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter(|v| v["type"] == "content_block_delta")
+        .map(|v| v["delta"]["text"].as_str().unwrap_or_default().to_string())
+        .collect();
+    let want: Vec<String> = (0..20).map(|i| format!("tok{i}")).collect();
+    assert_eq!(text, want.join(" "), "{}", r.body);
+    assert_eq!(r.body.matches("event: message_start").count(), 1);
+    assert_eq!(r.body.matches("event: message_stop").count(), 1, "{}", r.body);
+    assert_eq!(claude.stats()["prefills"], 1, "claude continued a prefill");
+}

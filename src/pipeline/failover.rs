@@ -150,7 +150,14 @@ fn is_anthropic_header(name: &str) -> bool {
 }
 
 /// The request header as the provider gets it.
-fn upstream_request(client: &RequestHeader, p: &Provider, ctx: &RequestCtx, body_len: usize) -> RequestHeader {
+/// `native`: the body is an Anthropic client's own, to an Anthropic provider.
+fn upstream_request(
+    client: &RequestHeader,
+    p: &Provider,
+    ctx: &RequestCtx,
+    body_len: usize,
+    native: bool,
+) -> RequestHeader {
     let anthropic = p.conf.kind == ProviderKind::Anthropic;
     let path = if anthropic && is_chat(client) {
         format!("{}/messages", p.endpoint.base_path)
@@ -158,7 +165,6 @@ fn upstream_request(client: &RequestHeader, p: &Provider, ctx: &RequestCtx, body
         p.endpoint
             .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()))
     };
-    let native = ctx.native_from(p);
     let mut req = RequestHeader::build(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
         .expect("method and path come from a valid request");
     let has_connection = client.headers.contains_key("connection");
@@ -197,7 +203,7 @@ fn upstream_request(client: &RequestHeader, p: &Provider, ctx: &RequestCtx, body
 
 /// `max_tokens` sent to an Anthropic provider (which requires it) when an
 /// OpenAI client set none.
-const ANTHROPIC_MAX_TOKENS: u64 = 4096;
+pub(super) const ANTHROPIC_MAX_TOKENS: u64 = 4096;
 
 /// The body for `provider`, in its wire format: the public `model` renamed
 /// to its upstream name. An Anthropic provider gets an Anthropic client's
@@ -255,6 +261,7 @@ impl Pipeline {
         route: &Route,
         provider: &Arc<Provider>,
         body: &Bytes,
+        native: bool,
     ) -> Result<Leg, StartError> {
         let permit = match wait(d, &provider.bulkhead, &ctx.ticket, true).await {
             Ok(p) => p,
@@ -264,7 +271,7 @@ impl Pipeline {
         let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
             return Err(StartError::Refused(attempt::skipped_error(provider)));
         };
-        let req = upstream_request(d.req_header(), provider, ctx, body.len());
+        let req = upstream_request(d.req_header(), provider, ctx, body.len(), native);
         let target = Target::provider(provider);
         let sent = tokio::select! {
             r = self.upstream.send(&target, &req, body) => Some(r),
@@ -280,10 +287,7 @@ impl Pipeline {
             Some(Ok(mut ex)) => {
                 // An Anthropic provider's answer, read as OpenAI's by all
                 // but a native client.
-                if provider.conf.kind == ProviderKind::Anthropic
-                    && is_chat(d.req_header())
-                    && !ctx.native_from(provider)
-                {
+                if provider.conf.kind == ProviderKind::Anthropic && is_chat(d.req_header()) && !native {
                     let include_usage = ctx.head.as_ref().is_some_and(|h| h.include_usage);
                     let map = FromAnthropic::new(ex.header(), include_usage);
                     ex.map_answer(Box::new(map));
@@ -343,7 +347,7 @@ impl Pipeline {
             let native = ctx.native_from(&provider);
             let Leg {
                 mut attempt, mut ex, ..
-            } = match self.start(d, ctx, route, &provider, &body).await {
+            } = match self.start(d, ctx, route, &provider, &body, native).await {
                 Ok(s) => s,
                 Err(StartError::ClientGone) => return Err(Failure::ClientGone),
                 Err(StartError::LeftAfterSend) => {

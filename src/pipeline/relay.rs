@@ -17,7 +17,7 @@ use super::downstream::Downstream;
 use super::failover::{cut, take_events, Job, Leg, PrepareError, Ready, StartError, StreamStart};
 use super::plugin::Attempt;
 use super::run::{finish_local, Failure, Pipeline};
-use crate::config::Continuation;
+use crate::config::{Continuation, ProviderKind};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::sse::{data_event, Splice, StreamWatch, UsageStripper};
 use crate::llm::usage::{usage_of_body, BodyUsage, Encoding};
@@ -439,14 +439,25 @@ impl Pipeline {
         let client_usage = !job.strip_usage && ctx.head.as_ref().is_some_and(|h| h.include_usage);
         let mut notes = Vec::new();
         for f in fallbacks {
-            let Some(body) = f
+            let Some(mut body) = f
                 .upstream_model(model)
                 .and_then(|up| llm::prefill_body(&ctx.body, up, &primary.text, primary.content_events))
             else {
                 notes.push(format!("'{}': the request has no messages to continue", f.name));
                 continue;
             };
-            let mut leg = match self.start(d, ctx, route, &f, &body).await {
+            if f.conf.kind == ProviderKind::Anthropic {
+                // Anthropic continues a final assistant message natively.
+                match llm::anthropic::request_from_openai(&body, super::failover::ANTHROPIC_MAX_TOKENS) {
+                    Ok(t) => body = t.body,
+                    Err(e) => {
+                        notes.push(format!("'{}': {e}", f.name));
+                        continue;
+                    }
+                }
+            }
+            // Never native: the stream being continued is read as OpenAI's.
+            let mut leg = match self.start(d, ctx, route, &f, &body, false).await {
                 Ok(s) => s,
                 Err(StartError::ClientGone | StartError::LeftAfterSend) => return Err(Failure::ClientGone),
                 Err(StartError::Refused(e)) => {
