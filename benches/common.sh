@@ -28,3 +28,20 @@ wait_port() {
 
 # pct FILE P: hey's "  P% in S secs" line, in microseconds.
 pct() { awk -v p="$2%" '$1==p && $2=="in" {printf "%d", $3*1000000}' "$1"; }
+
+# ticks PID: CPU clock ticks (utime+stime) of PID and its children (nginx's workers).
+ticks() {
+  local t=0 p
+  for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(sed 's/.*) //' /proc/$p/stat | awk '{print $12 + $13}'))); done
+  echo $t
+}
+
+# us TICKS N: CPU microseconds per item of TICKS clock ticks spent on N items.
+us() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN {if (n) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}'; }
+
+# hey_counts FILE: "<200s> <other answers and errors> <req/s>" from hey's report.
+hey_counts() {
+  awk '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
+    if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
+    END {printf "%d %d %.0f\n", ok, bad, r}' "$1"
+}

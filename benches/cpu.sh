@@ -30,7 +30,6 @@ if [ -z "${WEIR_BINS:-}" ]; then
   WEIR_BINS=weir=target/release/weir
 fi
 PLAIN=${PLAIN_BIN:-target/release/examples/pingora_plain}
-HZ=$(getconf CLK_TCK)
 
 UP=19700; NGINX=19701; PLAINP=19702   # weir binary i: 19710+4i .. 19713+4i
 
@@ -105,15 +104,6 @@ echo "$BODY" >"$work/body.json"
 printf 'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\nwrk.body = %s\n' "'$BODY'" >"$work/post.lua"
 sed '1a wrk.headers["Authorization"] = "Bearer sk-bench"' "$work/post.lua" >"$work/post-auth.lua"
 
-# ticks PID: CPU clock ticks (utime+stime) of PID and its children.
-ticks() {
-  local t=0 p
-  for p in $1 $(pgrep -P "$1" || true); do t=$((t + $(sed 's/.*) //' /proc/$p/stat | awk '{print $12 + $13}'))); done
-  echo $t
-}
-
-us() { awk -v t="$1" -v hz="$HZ" -v n="$2" 'BEGIN {if (n) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}'; }
-
 # ROUNDS rounds, each running every target once in turn, so that a change in
 # the machine's background load spreads over all targets instead of hitting one.
 declare -A cpu served non200 rate rounds
@@ -129,9 +119,7 @@ for r in $(seq "$ROUNDS"); do
     t0=$(ticks "$pid")
     hey -z "${DUR}s" -c 50 -q $((RATE / 50)) "${h[@]}" "$url" >"$work/hey-$name.txt"
     t1=$(ticks "$pid")
-    read -r ok bad rps < <(awk '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
-      if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
-      END {printf "%d %d %.0f\n", ok, bad, r}' "$work/hey-$name.txt")
+    read -r ok bad rps < <(hey_counts "$work/hey-$name.txt")
     cpu[$name]=$((${cpu[$name]:-0} + t1 - t0)); served[$name]=$((${served[$name]:-0} + ok))
     non200[$name]=$((${non200[$name]:-0} + bad)); rate[$name]=$((${rate[$name]:-0} + rps))
     rounds[$name]+=" $(us $((t1 - t0)) "$ok")"

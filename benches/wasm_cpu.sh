@@ -35,7 +35,6 @@ routes:
   - { name: noop, match: { path_prefix: /noop/ }, plugins: [noop], providers: [mock] }
 YAML
 printf '{"model":"bench-model","messages":[{"role":"user","content":"hello"}]}' >"$work/body.json"
-ticks() { sed 's/.*) //' /proc/$1/stat | awk '{print $12 + $13}'; }
 hz=$(getconf CLK_TCK)
 wait_port $MOCK
 printf "%-8s %-6s %6s %10s %12s\n" binary route round requests cpu_us_per_req
@@ -52,7 +51,7 @@ for round in $(seq 1 "$ROUNDS"); do
         http://127.0.0.1:$GW/$r/v1/chat/completions >"$work/hey.txt"
       t1=$(ticks $gw)
       n=$(awk '/\[200\]/ {print $2}' "$work/hey.txt")
-      us=$(awk -v t=$((t1 - t0)) -v hz=$hz -v n=${n:-1} 'BEGIN {printf "%.1f", t / hz * 1e6 / n}')
+      us=$(us $((t1 - t0)) "${n:-0}")
       printf "%-8s %-6s %6s %10s %12s\n" "$label" $r "$round" "${n:-0}" "$us"
       sum_ticks[$label.$r]=$(( ${sum_ticks[$label.$r]:-0} + t1 - t0 ))
       sum_reqs[$label.$r]=$(( ${sum_reqs[$label.$r]:-0} + ${n:-0} ))

@@ -107,7 +107,10 @@ fn burst(label: &str, mock: &Mock, gateways: &[&Weir]) {
     let threads: Vec<_> = (0..REQUESTS)
         .map(|i| {
             let (ok, refused, aborted) = (ok.clone(), refused.clone(), aborted.clone());
-            let port = ports[i % ports.len()];
+            // Pairs alternate between gateways, so each gets streams and
+            // non-streams, abandoned streams included (by `i % len` every
+            // stream, being even, went to the first).
+            let port = ports[i / 2 % ports.len()];
             std::thread::spawn(move || {
                 let (b, stream) = body(i);
                 let mut s = raw_request(port, "POST", "/v1/chat/completions", &b);

@@ -1056,6 +1056,10 @@ fn anthropic_type_for_openai_type(kind: &str) -> &'static str {
 #[derive(Debug, Clone)]
 pub struct StreamToOpenAi {
     include_usage: bool,
+    /// `data: ` and a text chunk up to its content, once `message_start` told
+    /// the id and model: a text delta (nearly every event) is written
+    /// around its text without building a JSON value.
+    text_head: Vec<u8>,
     id: String,
     model: String,
     created: u64,
@@ -1072,6 +1076,7 @@ impl StreamToOpenAi {
     pub fn new(include_usage: bool) -> Self {
         StreamToOpenAi {
             include_usage,
+            text_head: Vec::new(),
             id: String::new(),
             model: String::new(),
             created: unix_now(),
@@ -1090,6 +1095,9 @@ impl StreamToOpenAi {
     /// (no [DONE]). Returns false when the data is not valid JSON / not a known event shape
     /// (the caller treats that as a malformed stream); unknown event *types* are ignored (true).
     pub fn event(&mut self, name: &str, data: &[u8], out: &mut BytesMut) -> bool {
+        if matches!(name, "content_block_delta" | "") && !self.text_head.is_empty() && self.fast_text(data, out) {
+            return true;
+        }
         let Some(data) = parse_object_opt(data).map(Value::Object) else {
             return false;
         };
@@ -1108,6 +1116,24 @@ impl StreamToOpenAi {
             // ping, content_block_stop, and event types added later.
             _ => true,
         }
+    }
+
+    /// The common event, a `text_delta`, read into a borrowed struct and
+    /// written around the stream's text prefix. `false`: not one (or not
+    /// readable so): the general path decides.
+    fn fast_text(&self, data: &[u8], out: &mut BytesMut) -> bool {
+        let Ok(e) = serde_json::from_slice::<fast::AnthropicDelta>(data) else {
+            return false;
+        };
+        if e.kind.as_deref().is_some_and(|k| k != "content_block_delta") || e.delta.kind != "text_delta" {
+            return false;
+        }
+        if !e.delta.text.is_empty() {
+            out.put_slice(&self.text_head);
+            fast::put_json_str(out, &e.delta.text);
+            out.put_slice(b"},\"finish_reason\":null}]}\n\n");
+        }
+        true
     }
 
     /// A chunk with the stream's id/created/model around `choices`.
@@ -1149,6 +1175,7 @@ impl StreamToOpenAi {
         };
         self.id = str_field(message, "id").to_string();
         self.model = str_field(message, "model").to_string();
+        self.text_head = fast::openai_text_head(&self.id, self.created, &self.model);
         if let Some(usage) = message.get("usage") {
             self.take_usage(usage);
         }
@@ -1295,6 +1322,11 @@ impl StreamFromOpenAi {
     /// SSE events, each exactly `event: <type>\ndata: <json>\n\n`, to `out`.
     /// Returns false for data that is neither [DONE] nor a JSON object.
     pub fn event(&mut self, data: &[u8], out: &mut BytesMut) -> bool {
+        if let (false, Some((index, OpenBlock::Text))) = (self.finished, &self.open) {
+            if fast::anthropic_text(*index, data, out) {
+                return true;
+            }
+        }
         if data.trim_ascii() == b"[DONE]" {
             self.done(out);
             return true;
@@ -1482,6 +1514,105 @@ fn first_choice(value: &Value) -> Option<&Value> {
         .as_array()?
         .iter()
         .find(|c| c.is_object() && c.get("index").is_none_or(|i| i.as_u64() == Some(0)))
+}
+
+/// The stream translators' fast path: a text delta, by far the most common
+/// event, read into borrowed structs (no `Value` tree) and written around
+/// fixed text (no `Value` serialised). Anything else takes the general path.
+mod fast {
+    use bytes::{BufMut, BytesMut};
+    use serde::de::IgnoredAny;
+    use serde::Deserialize;
+    use std::borrow::Cow;
+
+    /// An Anthropic `content_block_delta` (its `index` ignored: one text block at a time).
+    #[derive(Deserialize)]
+    pub(super) struct AnthropicDelta<'a> {
+        #[serde(rename = "type", borrow, default)]
+        pub kind: Option<Cow<'a, str>>,
+        #[serde(borrow)]
+        pub delta: TextDelta<'a>,
+    }
+
+    #[derive(Deserialize)]
+    pub(super) struct TextDelta<'a> {
+        #[serde(rename = "type", borrow)]
+        pub kind: Cow<'a, str>,
+        #[serde(borrow, default)]
+        pub text: Cow<'a, str>,
+    }
+
+    /// An OpenAI chunk, as far as deciding it is plain text for choice 0.
+    #[derive(Deserialize)]
+    struct OpenAiChunk<'a> {
+        #[serde(borrow)]
+        choices: Vec<OpenAiChoice<'a>>,
+        #[serde(default)]
+        usage: Option<IgnoredAny>,
+        #[serde(default)]
+        error: Option<IgnoredAny>,
+    }
+
+    #[derive(Deserialize)]
+    struct OpenAiChoice<'a> {
+        #[serde(default)]
+        index: u64,
+        #[serde(borrow)]
+        delta: OpenAiDelta<'a>,
+        #[serde(default)]
+        finish_reason: Option<IgnoredAny>,
+    }
+
+    #[derive(Deserialize)]
+    struct OpenAiDelta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+        #[serde(default)]
+        refusal: Option<IgnoredAny>,
+        #[serde(default)]
+        tool_calls: Option<IgnoredAny>,
+    }
+
+    /// `s` as a JSON string literal.
+    pub(super) fn put_json_str(out: &mut BytesMut, s: &str) {
+        // Writing to memory cannot fail.
+        let _ = serde_json::to_writer(out.writer(), s);
+    }
+
+    /// `data: ` and an OpenAI text chunk up to its content's value.
+    pub(super) fn openai_text_head(id: &str, created: u64, model: &str) -> Vec<u8> {
+        let mut head = BytesMut::from(&b"data: {\"id\":"[..]);
+        put_json_str(&mut head, id);
+        head.put_slice(format!(",\"object\":\"chat.completion.chunk\",\"created\":{created},\"model\":").as_bytes());
+        put_json_str(&mut head, model);
+        head.put_slice(b",\"choices\":[{\"index\":0,\"delta\":{\"content\":");
+        head.to_vec()
+    }
+
+    /// An OpenAI chunk that is only text for choice 0 (no finish, usage,
+    /// tool call or error), written as Anthropic's `text_delta` into the
+    /// open text block `index`. `false`: it is something else.
+    pub(super) fn anthropic_text(index: u64, data: &[u8], out: &mut BytesMut) -> bool {
+        let Ok(c) = serde_json::from_slice::<OpenAiChunk>(data) else {
+            return false;
+        };
+        let [choice] = c.choices.as_slice() else { return false };
+        let plain = c.usage.is_none()
+            && c.error.is_none()
+            && choice.index == 0
+            && choice.finish_reason.is_none()
+            && choice.delta.refusal.is_none()
+            && choice.delta.tool_calls.is_none();
+        let Some(text) = choice.delta.content.as_deref().filter(|t| plain && !t.is_empty()) else {
+            return false;
+        };
+        out.put_slice(b"event: content_block_delta\ndata: {\"type\":\"content_block_delta\",\"index\":");
+        out.put_slice(index.to_string().as_bytes());
+        out.put_slice(b",\"delta\":{\"type\":\"text_delta\",\"text\":");
+        put_json_str(out, text);
+        out.put_slice(b"}}\n\n");
+        true
+    }
 }
 
 #[cfg(test)]
@@ -2981,6 +3112,58 @@ mod tests {
             b"{\"error\":null}",
         ] {
             run_all(odd);
+        }
+    }
+
+    #[test]
+    fn fast_text_paths_write_what_the_general_paths_write() {
+        let text = "h\u{e9}llo \"quoted\" back\\slash\nline \u{1f600}";
+        let data_of = |out: &BytesMut| -> Vec<Value> {
+            String::from_utf8_lossy(out)
+                .lines()
+                .filter_map(|l| l.strip_prefix("data: "))
+                .map(|d| serde_json::from_str(d).unwrap())
+                .collect()
+        };
+        // Anthropic -> OpenAI.
+        let mut t = StreamToOpenAi::new(false);
+        let mut out = BytesMut::new();
+        let start = br#"{"type":"message_start","message":{"id":"msg_\"1","model":"c","usage":{"input_tokens":3}}}"#;
+        assert!(t.event("message_start", start, &mut out));
+        let delta = json!({"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}});
+        let (mut fast, mut slow) = (BytesMut::new(), BytesMut::new());
+        assert!(t.fast_text(&serde_json::to_vec(&delta).unwrap(), &mut fast));
+        assert!(t.block_delta(&delta, &mut slow));
+        assert_eq!(data_of(&fast), data_of(&slow));
+        assert_eq!(data_of(&fast)[0]["id"], "msg_\"1");
+        // A tool's JSON delta is not text: the general path takes it.
+        let tool =
+            br#"{"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{"}}"#;
+        assert!(!t.fast_text(tool, &mut BytesMut::new()));
+
+        // OpenAI -> Anthropic, into an open text block.
+        let mut f = StreamFromOpenAi::new();
+        let mut out = BytesMut::new();
+        let first = br#"{"id":"c1","model":"m","choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"finish_reason":null}]}"#;
+        assert!(f.event(first, &mut out));
+        let chunk = json!({"id": "c1", "model": "m", "choices": [{"index": 0, "delta": {"content": text}, "finish_reason": null}]});
+        let (mut fast, mut slow) = (BytesMut::new(), BytesMut::new());
+        assert!(fast::anthropic_text(0, &serde_json::to_vec(&chunk).unwrap(), &mut fast));
+        f.text(text, &mut slow);
+        assert!(fast.starts_with(b"event: content_block_delta\n"));
+        assert_eq!(data_of(&fast), data_of(&slow));
+        // A finish, usage, a tool call or a second choice are not plain text.
+        for other in [
+            r#"{"choices":[{"index":0,"delta":{"content":"x"},"finish_reason":"stop"}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"x"}}],"usage":{"prompt_tokens":1}}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"x","tool_calls":[]}}]}"#,
+            r#"{"choices":[{"index":1,"delta":{"content":"x"}}]}"#,
+            r#"{"choices":[]}"#,
+        ] {
+            assert!(
+                !fast::anthropic_text(0, other.as_bytes(), &mut BytesMut::new()),
+                "{other}"
+            );
         }
     }
 }

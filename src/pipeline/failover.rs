@@ -154,7 +154,7 @@ fn is_anthropic_header(name: &str) -> bool {
 fn upstream_request(
     client: &RequestHeader,
     p: &Provider,
-    ctx: &RequestCtx,
+    request_id: &str,
     body_len: usize,
     native: bool,
 ) -> RequestHeader {
@@ -181,7 +181,7 @@ fn upstream_request(
         let _ = req.append_header(name.clone(), value.clone());
     }
     let _ = req.insert_header("host", p.endpoint.authority());
-    let _ = req.insert_header("x-request-id", ctx.request_id.as_str());
+    let _ = req.insert_header("x-request-id", request_id);
     for (name, value) in &p.auth {
         // A native client's own API version (and betas) stand.
         if native && *name == "anthropic-version" && req.headers.contains_key(*name) {
@@ -271,7 +271,7 @@ impl Pipeline {
         let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
             return Err(StartError::Refused(attempt::skipped_error(provider)));
         };
-        let req = upstream_request(d.req_header(), provider, ctx, body.len(), native);
+        let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len(), native);
         let target = Target::provider(provider);
         let sent = tokio::select! {
             r = self.upstream.send(&target, &req, body) => Some(r),
