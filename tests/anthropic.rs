@@ -416,7 +416,11 @@ fn an_openai_wasm_filter_guards_anthropic_clients_unchanged() {
     assert_eq!(r.status, 400, "{}", r.body);
     assert_eq!(r.json()["type"], "error");
     assert_eq!(r.json()["error"]["type"], "invalid_request_error");
-    assert!(r.json()["error"]["message"].as_str().unwrap().contains("prompt guard"), "{}", r.body);
+    assert!(
+        r.json()["error"]["message"].as_str().unwrap().contains("prompt guard"),
+        "{}",
+        r.body
+    );
     assert_eq!(claude.requests(), 0);
     // A benign request passes, natively: the provider gets the client's bytes.
     let benign = br#"{"model":"m","max_tokens":5,"messages":[{"role":"user","content":[{"type":"text","text":"what is a weir?"}]}]}"#;

@@ -255,7 +255,7 @@ impl Pipeline {
             return self.count_tokens(d, ctx, route).await;
         }
         if messages {
-            self.from_anthropic(d, ctx).await?;
+            self.anthropic_request(d, ctx).await?;
         }
         if llm {
             let head = parse_head(&ctx.body).await.map_err(head_error)?;
@@ -314,7 +314,7 @@ impl Pipeline {
     /// An Anthropic client's Messages request becomes the OpenAI chat
     /// request everything inside weir reads; its own bytes are kept for an
     /// Anthropic provider (sent as they came, but for the model's name).
-    async fn from_anthropic<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx) -> Result<(), Failure> {
+    async fn anthropic_request<D: Downstream>(&self, d: &mut D, ctx: &mut RequestCtx) -> Result<(), Failure> {
         let client_head = parse_head(&ctx.body).await.map_err(head_error)?;
         let t = llm::anthropic::request_to_openai(&ctx.body).map_err(WeirError::invalid)?;
         ctx.client_body = Some((std::mem::replace(&mut ctx.body, t.body), client_head));

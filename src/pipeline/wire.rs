@@ -248,11 +248,13 @@ impl<D: Downstream> Downstream for AnthropicClient<'_, D> {
                 splitter.push(&b);
                 // An OpenAI chunk the translator cannot read is dropped: the
                 // stream's own end (or its absence) still tells the client.
-                let _ = each_event(&mut splitter, |_, data| tr.event(data, &mut out) || true);
+                let mut translate = |_: &str, data: &[u8]| {
+                    let _ = tr.event(data, &mut out);
+                    true
+                };
+                let _ = each_event(&mut splitter, &mut translate);
                 if end {
-                    let _ = each_event(&mut last_event(&mut splitter), |_, data| {
-                        tr.event(data, &mut out) || true
-                    });
+                    let _ = each_event(&mut last_event(&mut splitter), &mut translate);
                 }
                 self.out = Outbound::Stream(splitter, tr);
                 if out.is_empty() && !end {
