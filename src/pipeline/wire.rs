@@ -285,3 +285,189 @@ impl<D: Downstream> Downstream for AnthropicClient<'_, D> {
         self.native = native;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    /// A client connection that records what is written to it.
+    struct Recorder {
+        req: RequestHeader,
+        head: Option<ResponseHeader>,
+        body: Vec<u8>,
+    }
+
+    impl Recorder {
+        fn new() -> Recorder {
+            Recorder {
+                req: RequestHeader::build("POST", b"/v1/messages", None).unwrap(),
+                head: None,
+                body: Vec::new(),
+            }
+        }
+    }
+
+    impl Downstream for Recorder {
+        fn req_header(&self) -> &RequestHeader {
+            &self.req
+        }
+        fn req_header_mut(&mut self) -> &mut RequestHeader {
+            &mut self.req
+        }
+        fn body_empty(&mut self) -> bool {
+            true
+        }
+        fn body_done(&mut self) -> bool {
+            true
+        }
+        async fn read_body(&mut self) -> Result<Option<Bytes>, ()> {
+            Ok(None)
+        }
+        async fn gone(&mut self) {
+            std::future::pending::<()>().await
+        }
+        async fn write_header(&mut self, h: ResponseHeader, _end: bool) -> Result<(), ()> {
+            self.head = Some(h);
+            Ok(())
+        }
+        async fn write_body(&mut self, b: Bytes, _end: bool) -> Result<(), ()> {
+            self.body.extend_from_slice(&b);
+            Ok(())
+        }
+        fn no_keepalive(&mut self) {}
+        fn response_started(&self) -> bool {
+            self.head.is_some()
+        }
+    }
+
+    fn head(status: u16, content_type: &str) -> ResponseHeader {
+        let mut h = ResponseHeader::build(status, None).unwrap();
+        h.insert_header("content-type", content_type).unwrap();
+        h.insert_header("content-length", "123").unwrap();
+        h
+    }
+
+    /// The JSON data of each event in an SSE body.
+    fn data(body: &[u8]) -> Vec<Value> {
+        String::from_utf8_lossy(body)
+            .lines()
+            .filter_map(|l| l.strip_prefix("data: "))
+            .filter(|d| *d != "[DONE]")
+            .map(|d| serde_json::from_str(d).unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn an_anthropic_overload_reads_as_a_503_with_its_headers() {
+        let mut h = head(529, "application/json");
+        h.insert_header("retry-after", "7").unwrap();
+        h.insert_header("anthropic-ratelimit-requests-remaining", "3").unwrap();
+        let mut map = FromAnthropic::new(&h, false);
+        map.head(&mut h);
+        assert_eq!(h.status.as_u16(), 503);
+        assert_eq!(h.headers.get("retry-after").unwrap(), "7");
+        assert_eq!(h.headers.get("x-ratelimit-remaining-requests").unwrap(), "3");
+        assert!(h.headers.get("content-length").is_none(), "the length changes");
+        let mut out = BytesMut::new();
+        map.chunk(br#"{"type":"error","error":{"type":"overloaded_error","#, &mut out)
+            .unwrap();
+        map.chunk(br#""message":"Overloaded"}}"#, &mut out).unwrap();
+        assert!(out.is_empty(), "an error is translated whole");
+        map.end(&mut out).unwrap();
+        let v: Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["error"]["message"], "Overloaded");
+        assert_eq!(v["error"]["code"], "overloaded");
+    }
+
+    #[test]
+    fn an_anthropic_stream_reads_as_openai_chunks_across_any_split() {
+        let stream = b"event: message_start\r\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"model\":\"c\",\"usage\":{\"input_tokens\":4}}}\r\n\r\nevent: ping\r\ndata: {\"type\":\"ping\"}\r\n\r\nevent: content_block_start\r\ndata: {\"type\":\"content_block_start\",\"index\":0,\"content_block\":{\"type\":\"text\",\"text\":\"\"}}\r\n\r\nevent: content_block_delta\r\ndata: {\"type\":\"content_block_delta\",\"index\":0,\"delta\":{\"type\":\"text_delta\",\"text\":\"Hi\"}}\r\n\r\nevent: message_delta\r\ndata: {\"type\":\"message_delta\",\"delta\":{\"stop_reason\":\"end_turn\"},\"usage\":{\"output_tokens\":1}}\r\n\r\nevent: message_stop\r\ndata: {\"type\":\"message_stop\"}";
+        for split in [1, 7, 64, stream.len()] {
+            let h = head(200, "text/event-stream");
+            let mut map = FromAnthropic::new(&h, true);
+            let mut out = BytesMut::new();
+            for piece in stream.chunks(split) {
+                map.chunk(piece, &mut out).unwrap();
+            }
+            // The last event lacks its blank line: the end still reads it.
+            map.end(&mut out).unwrap();
+            let text = String::from_utf8_lossy(&out);
+            assert!(text.ends_with("data: [DONE]\n\n"), "split {split}: {text}");
+            let chunks = data(&out);
+            assert_eq!(chunks[1]["choices"][0]["delta"]["content"], "Hi", "split {split}");
+            assert_eq!(chunks.last().unwrap()["usage"]["prompt_tokens"], 4);
+            assert_eq!(chunks.last().unwrap()["usage"]["completion_tokens"], 1);
+        }
+        let h = head(200, "text/event-stream");
+        let mut map = FromAnthropic::new(&h, false);
+        assert!(map.chunk(b"data: {not json\n\n", &mut BytesMut::new()).is_err());
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn an_anthropic_client_gets_anthropic_answers_unless_native() {
+        block_on(async {
+            // weir's own queue_full: 503 -> 529 overloaded_error, headers kept.
+            let mut rec = Recorder::new();
+            let mut c = AnthropicClient::new(&mut rec);
+            let mut h = head(503, "application/json");
+            h.insert_header("retry-after", "2").unwrap();
+            c.write_header(h, false).await.unwrap();
+            assert!(c.response_started(), "the head is held, the response has begun");
+            let body = br#"{"error":{"message":"queue 'provider:p' is full","type":"queue_full","code":"queue_full","param":null}}"#;
+            c.write_body(Bytes::from_static(body), true).await.unwrap();
+            let h = rec.head.unwrap();
+            assert_eq!(h.status.as_u16(), 529);
+            assert_eq!(h.headers.get("retry-after").unwrap(), "2");
+            assert_eq!(
+                h.headers.get("content-length").unwrap().to_str().unwrap(),
+                rec.body.len().to_string()
+            );
+            let v: Value = serde_json::from_slice(&rec.body).unwrap();
+            assert_eq!(v["error"]["type"], "overloaded_error");
+
+            // An OpenAI stream, event by event (an event split across writes).
+            let mut rec = Recorder::new();
+            let mut c = AnthropicClient::new(&mut rec);
+            c.write_header(head(200, "text/event-stream"), false).await.unwrap();
+            let role = b"data: {\"id\":\"c\",\"model\":\"m\",\"choices\":[{\"index\":0,\"delta\":{\"role\":\"assistant\",\"content\":\"\"}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hel";
+            c.write_body(Bytes::from_static(role), false).await.unwrap();
+            let rest = b"lo\"}}]}\n\ndata: {\"id\":\"c\",\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"stop\"}]}\n\ndata: [DONE]\n\n";
+            c.write_body(Bytes::from_static(rest), true).await.unwrap();
+            assert!(rec.head.unwrap().headers.get("content-length").is_none());
+            let events = data(&rec.body);
+            let kinds: Vec<&str> = events.iter().map(|e| e["type"].as_str().unwrap()).collect();
+            assert_eq!(
+                kinds,
+                [
+                    "message_start",
+                    "content_block_start",
+                    "content_block_delta",
+                    "content_block_stop",
+                    "message_delta",
+                    "message_stop"
+                ]
+            );
+            assert_eq!(events[2]["delta"]["text"], "Hello");
+            assert_eq!(events[4]["delta"]["stop_reason"], "end_turn");
+
+            // Native: the bytes as they are.
+            let mut rec = Recorder::new();
+            let mut c = AnthropicClient::new(&mut rec);
+            c.native_answer(true);
+            c.write_header(head(529, "application/json"), false).await.unwrap();
+            c.write_body(Bytes::from_static(b"{\"type\":\"error\"}"), true)
+                .await
+                .unwrap();
+            assert_eq!(rec.head.unwrap().status.as_u16(), 529);
+            assert_eq!(rec.body, b"{\"type\":\"error\"}");
+        });
+    }
+}
