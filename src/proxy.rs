@@ -205,7 +205,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
 /// Weir's `ProxyHttp`.
 pub struct WeirProxy {
     pub gateway: Arc<Gateway>,
-    pipeline: Pipeline,
+    pipeline: Arc<Pipeline>,
 }
 
 fn request_id(req: &RequestHeader) -> String {
@@ -219,7 +219,65 @@ impl WeirProxy {
     pub fn new(gateway: Arc<Gateway>) -> Self {
         WeirProxy {
             gateway,
-            pipeline: Pipeline::default(),
+            pipeline: Arc::new(Pipeline::default()),
+        }
+    }
+
+    /// The service that ends the process once a graceful termination has
+    /// drained this proxy's requests (at most `grace` after it began).
+    pub fn drain(&self, grace: std::time::Duration) -> Drain {
+        Drain {
+            pipeline: self.pipeline.clone(),
+            grace,
+        }
+    }
+}
+
+/// Graceful termination (SIGTERM): Pingora closes the listeners and keeps
+/// serving what is in flight for its grace period (`server.shutdown_grace`);
+/// this ends the process as soon as nothing is, instead of sleeping the
+/// whole grace period out.
+pub struct Drain {
+    pipeline: Arc<Pipeline>,
+    grace: std::time::Duration,
+}
+
+#[async_trait]
+impl pingora_core::services::background::BackgroundService for Drain {
+    async fn start(&self, mut shutdown: pingora_core::server::ShutdownWatch) {
+        while !*shutdown.borrow() {
+            if shutdown.changed().await.is_err() {
+                return;
+            }
+        }
+        let started = std::time::Instant::now();
+        log::info!(
+            "draining: {} requests in flight get up to {}",
+            self.pipeline.in_flight(),
+            humantime::format_duration(self.grace)
+        );
+        // Idle a moment at zero first: a request's log phase (a budget's
+        // settlement) runs just after its last byte.
+        let mut idle_since: Option<std::time::Instant> = None;
+        loop {
+            if self.pipeline.in_flight() == 0 {
+                let since = *idle_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() >= std::time::Duration::from_millis(250) {
+                    log::info!("drained in {:?}; exiting", started.elapsed());
+                    log::logger().flush();
+                    std::process::exit(0);
+                }
+            } else {
+                idle_since = None;
+            }
+            if started.elapsed() > self.grace {
+                log::warn!(
+                    "grace period over with {} requests in flight",
+                    self.pipeline.in_flight()
+                );
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
     }
 }

@@ -27,8 +27,11 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
         threads: server_conf.threads,
         pid_file: format!("/tmp/weir_{tag}.pid"),
         upgrade_sock: format!("/tmp/weir_upgrade_{tag}.sock"),
-        grace_period_seconds: Some(1),
-        graceful_shutdown_timeout_seconds: Some(10),
+        // SIGTERM: listeners close, in-flight requests get the grace period
+        // (the `Drain` service exits sooner once none is left), then the
+        // runtimes get a second to stop.
+        grace_period_seconds: Some(server_conf.shutdown_grace.0.as_secs_f64().ceil() as u64),
+        graceful_shutdown_timeout_seconds: Some(1),
         ..ServerConf::default()
     };
     let opt = Opt {
@@ -38,7 +41,9 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let mut app = pingora_proxy::HttpProxy::new(WeirProxy::new(gateway.clone()), server.configuration.clone());
+    let weir_proxy = WeirProxy::new(gateway.clone());
+    let drain = weir_proxy.drain(server_conf.shutdown_grace.0);
+    let mut app = pingora_proxy::HttpProxy::new(weir_proxy, server.configuration.clone());
     app.handle_init_modules();
     let app = ConnectionCap::new(HeaderDeadline::new(app, gateway.clone()), gateway.clone());
     let mut proxy = Service::new("weir proxy".to_string(), app);
@@ -63,6 +68,10 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
         crate::health::HealthChecks {
             gateway: gateway.clone(),
         },
+    ));
+    server.add_service(pingora_core::services::background::background_service(
+        "weir drain",
+        drain,
     ));
     server.add_service(pingora_core::services::background::background_service(
         "weir reload",

@@ -38,10 +38,18 @@ pub struct ServerConf {
     /// connection gets 503 and is closed.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// On SIGTERM: listeners close at once, requests in flight (streams
+    /// included) get this long to finish; weir exits as soon as they have.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
 }
 
 fn default_max_connections() -> usize {
     10_000
+}
+
+fn default_shutdown_grace() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
 }
 
 /// How long weir waits on a client. A client that stalls past these loses

@@ -39,6 +39,13 @@ impl Default for Pipeline {
     }
 }
 
+impl Pipeline {
+    /// Requests being served now (from the route's match to the last byte).
+    pub fn in_flight(&self) -> usize {
+        self.retry_budget.active()
+    }
+}
+
 /// How a request ended, for the Pingora glue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Ended {

@@ -23,6 +23,11 @@ impl RetryBudget {
     }
 
     /// Count a request in progress until the guard drops.
+    /// Requests in progress.
+    pub fn active(&self) -> usize {
+        self.active.load(Ordering::Relaxed)
+    }
+
     pub fn request(&self) -> ActiveGuard<'_> {
         self.active.fetch_add(1, Ordering::Relaxed);
         ActiveGuard { b: self }
