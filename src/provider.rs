@@ -146,6 +146,11 @@ impl AdaptiveLimit {
         .map(|(signal, kind)| metrics::CONCURRENCY_LATENCY.with_label_values(&[provider, signal, kind]));
         let limit = metrics::CONCURRENCY_LIMIT.with_label_values(&[provider]);
         limit.set(controller.limit() as i64);
+        // Every reason's series from the start (at 0), so a rate of the
+        // first decision is not lost and dashboards have a series to show.
+        for reason in ["increase", "rate_limited", "error", "latency", "remaining"] {
+            metrics::CONCURRENCY_DECISIONS.with_label_values(&[provider, reason]);
+        }
         Arc::new(AdaptiveLimit {
             conf,
             provider: provider.to_string(),

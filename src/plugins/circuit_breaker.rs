@@ -254,6 +254,14 @@ impl Breakers {
                     passes_at_open: p.health.passes(),
                 };
                 map.insert(p.name.clone(), entry);
+                // The state from the breaker's first use, not its first
+                // change; each transition's count from 0.
+                metrics::CIRCUIT_STATE
+                    .with_label_values(&[p.name.as_str()])
+                    .set(State::Closed as i64);
+                for to in [State::Closed, State::HalfOpen, State::Open] {
+                    metrics::CIRCUIT_TRANSITIONS.with_label_values(&[p.name.as_str(), to.name()]);
+                }
             }
             let e = map.get_mut(&p.name).expect("inserted above");
             let (out, moved) = f(e, now);

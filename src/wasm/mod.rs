@@ -198,6 +198,11 @@ impl WasmPlugin {
 
     fn from_path(name: &str, c: &WasmConf, path: &Path) -> Result<WasmPlugin, BuildError> {
         let module = vm::load(path).map_err(|e| ("module", e))?;
+        // Fault counters from 0, so the first fault is a visible increase.
+        metrics::WASM_VM_RESTARTS.with_label_values(&[name]);
+        for kind in ["trap", "timeout", "error"] {
+            metrics::PLUGIN_ERRORS.with_label_values(&[name, kind]);
+        }
         let plugin_config = config_bytes(&c.config).map_err(|e| ("config", e))?;
         let vm_config = config_bytes(&c.vm_config).map_err(|e| ("vm_config", e))?;
         let http_call_allow =

@@ -293,6 +293,10 @@ pub struct Budget {
 
 impl Budget {
     pub fn new(name: &str, conf: &BudgetConf) -> Result<Budget, String> {
+        // Refusals per budget from 0, so the first one is a visible increase.
+        for l in &conf.limits {
+            metrics::BUDGET_REFUSED.with_label_values(&[name, l.name.as_str()]);
+        }
         let store = match conf.store.as_str() {
             "memory" => Store::Memory(MemoryStore::shared(name, conf.max_keys)),
             url => Store::Redis(Arc::new(RedisStore::new(
