@@ -15,8 +15,10 @@
 //! - `runtime`   config -> one built generation (all I/O), swapped whole; reload
 //! - `proxy`     the Pingora glue; `server` wires `weir serve`
 //! - `reload`, `health`, `admin`  reload triggers, health checks, admin API
+//! - `access_log` one JSON line per request, written off the request path
 //! - `mock/`, `demo`  the mock provider and `weir demo`
 
+pub mod access_log;
 pub mod admin;
 pub mod bulkhead;
 pub mod config;

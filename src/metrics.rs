@@ -4,7 +4,7 @@
 
 use once_cell::sync::Lazy;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The registry every weir metric lives in.
@@ -221,6 +221,13 @@ pub static PLUGIN_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
         &["plugin", "kind"],
     )
 });
+pub static ACCESS_LOG_DROPPED: Lazy<IntCounter> = Lazy::new(|| {
+    reg(IntCounter::new(
+        "weir_access_log_dropped_total",
+        "Access log lines dropped because the writer fell behind (its queue of 16,384 lines was full).",
+    )
+    .unwrap())
+});
 pub static CONFIG_RELOADS: Lazy<IntCounterVec> =
     Lazy::new(|| counter("weir_config_reloads_total", "Config reloads, by result.", &["result"]));
 pub static CONFIG_GENERATION: Lazy<IntGauge> =
@@ -394,6 +401,7 @@ pub fn init() {
     Lazy::force(&CONCURRENCY_DECISIONS);
     Lazy::force(&LLM_TOKENS);
     Lazy::force(&TOKENS);
+    Lazy::force(&ACCESS_LOG_DROPPED);
     Lazy::force(&COST);
     Lazy::force(&BUDGET_REFUSED);
     Lazy::force(&BUDGET_STORE_ERRORS);

@@ -390,7 +390,7 @@ impl ProxyHttp for WeirProxy {
         true
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         if ctx.providers.is_none() {
             return; // never reached request_filter
         }
@@ -418,6 +418,10 @@ impl ProxyHttp for WeirProxy {
                 .inc_by(u.completion_tokens);
         }
         record_spent(ctx);
+        if let Some(log) = &self.gateway.current().access_log {
+            let req = session.req_header();
+            log.record(ctx, req.method.as_str(), req.uri.path());
+        }
         log::debug!(
             "{} route={route_name} provider={provider} status={} ms={}",
             ctx.request_id,

@@ -6,6 +6,7 @@
 //! holds the current generation behind an atomic pointer; a request keeps
 //! the generation it started with.
 
+use crate::access_log::AccessLog;
 use crate::config::locate::LineIndex;
 use crate::config::{self, Checker, Config, ConfigErrors, PluginConf};
 use crate::pipeline::{PluginInstance, Route, Settings};
@@ -29,6 +30,8 @@ pub struct Runtime {
     pub client_timeouts: config::ClientTimeouts,
     /// `server.max_connections`.
     pub max_connections: usize,
+    /// `access_log:`, kept across reloads while its settings are unchanged.
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// HTTP methods as config names them (checked already).
@@ -142,6 +145,19 @@ impl Runtime {
                 plugins.insert(name.clone(), p);
             }
         }
+        let access_log = match &config.access_log {
+            None => None,
+            Some(c) => match previous.and_then(|p| p.access_log.clone()).filter(|l| l.is_for(c)) {
+                Some(kept) => Some(kept),
+                None => match AccessLog::open(c) {
+                    Ok(l) => Some(Arc::new(l)),
+                    Err(e) => {
+                        ck.error("access_log.to", e);
+                        None
+                    }
+                },
+            },
+        };
         if !ck.errors.is_empty() {
             return Err(ConfigErrors(ck.errors));
         }
@@ -186,6 +202,7 @@ impl Runtime {
             max_request_body: config.server.max_request_body.0 as usize,
             client_timeouts: config.server.timeouts,
             max_connections: config.server.max_connections,
+            access_log,
             config: Arc::new(config),
             routes,
             providers,

@@ -212,7 +212,7 @@ impl Bulkhead {
         let started = Instant::now();
         let arrival = self.state.lock().arrive(ticket, started);
         let (id, rx, timeout, wait) = match arrival {
-            Arrival::Admitted => return Ok(Permit::new(self, ticket)),
+            Arrival::Admitted => return Ok(Permit::new(self, ticket, Duration::ZERO)),
             Arrival::Refused(r) => return Err(r),
             Arrival::Queued { id, rx, timeout, wait } => (id, rx, timeout, wait),
         };
@@ -244,7 +244,7 @@ impl Bulkhead {
         };
         wait.observe(waited.as_secs_f64());
         self.wait.observe(waited.as_secs_f64());
-        outcome.map(|()| Permit::new(self, ticket))
+        outcome.map(|()| Permit::new(self, ticket, waited))
     }
 
     /// Set the live limit (within 1 ..= `max_concurrent`). A higher one
@@ -312,15 +312,28 @@ pub struct Permit {
     bulkhead: Arc<Bulkhead>,
     ticket: Ticket,
     since: Instant,
+    /// Time spent in the queue before the slot (zero when one was free).
+    waited: Duration,
 }
 
 impl Permit {
-    fn new(bulkhead: &Arc<Bulkhead>, ticket: &Ticket) -> Permit {
+    fn new(bulkhead: &Arc<Bulkhead>, ticket: &Ticket, waited: Duration) -> Permit {
         Permit {
             bulkhead: bulkhead.clone(),
             ticket: ticket.clone(),
             since: Instant::now(),
+            waited,
         }
+    }
+
+    /// How long the request queued for this slot (zero: one was free).
+    pub fn waited(&self) -> Duration {
+        self.waited
+    }
+
+    /// The bulkhead it is a slot of.
+    pub fn bulkhead(&self) -> &Arc<Bulkhead> {
+        &self.bulkhead
     }
 }
 

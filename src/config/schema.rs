@@ -18,9 +18,29 @@ pub struct Config {
     #[serde(default)]
     pub plugins: IndexMap<String, PluginConf>,
     pub routes: Vec<RouteConf>,
+    /// One JSON line per request (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log: Option<AccessLogConf>,
     /// Where the config was read from (not a field of the file).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+/// The access log: where its lines go, and whether they carry prompts.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AccessLogConf {
+    /// `stdout`, or a file appended to (made if missing).
+    #[serde(default = "default_access_log_to")]
+    pub to: String,
+    /// Add the request body as the client sent it (up to 64 KiB). Off by
+    /// default: a prompt is the client's data, not weir's to keep.
+    #[serde(default)]
+    pub prompts: bool,
+}
+
+fn default_access_log_to() -> String {
+    "stdout".into()
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]

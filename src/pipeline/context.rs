@@ -9,6 +9,7 @@ use crate::error::{ErrorKind, WeirError};
 use crate::llm::{self, RequestHead, Usage};
 use crate::provider::{Provider, Providers};
 use bytes::Bytes;
+use smallvec::SmallVec;
 use std::any::Any;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -113,6 +114,12 @@ pub struct RequestCtx {
     /// Fields of an Anthropic client's request that its OpenAI translation
     /// could not carry (dropped unless an Anthropic provider answers).
     pub wire_dropped: Vec<String>,
+    /// The providers sent this request, in order (the access log's `providers`).
+    pub tried: SmallVec<[Arc<Provider>; 2]>,
+    /// Bulkheads this request queued in, and how long (only waits, not free slots).
+    pub waits: SmallVec<[(Arc<crate::bulkhead::Bulkhead>, Duration); 2]>,
+    /// What a cache plugin made of the request: `hit`, `miss` or `bypass`.
+    pub cache: Option<&'static str>,
     /// Providers that may serve this request, in the order they will be tried.
     pub candidates: Vec<Arc<Provider>>,
     /// The provider that answered (or was last tried).
@@ -181,6 +188,9 @@ impl Default for RequestCtx {
             client_body: None,
             dropped: Vec::new(),
             wire_dropped: Vec::new(),
+            tried: SmallVec::new(),
+            waits: SmallVec::new(),
+            cache: None,
             candidates: Vec::new(),
             provider: None,
             served_model: None,
@@ -218,6 +228,13 @@ impl RequestCtx {
     /// The matched route's name ("" before a route matched).
     pub fn route_name(&self) -> &str {
         self.route.as_ref().map_or("", |r| r.name.as_str())
+    }
+
+    /// Note a bulkhead slot the request took: its queue wait, if it waited.
+    pub fn note_slot(&mut self, permit: &crate::bulkhead::Permit) {
+        if !permit.waited().is_zero() {
+            self.waits.push((permit.bulkhead().clone(), permit.waited()));
+        }
     }
 
     /// Whether an answer from `p` reaches this client untranslated: an

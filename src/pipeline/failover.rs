@@ -257,7 +257,7 @@ impl Pipeline {
     pub(super) async fn start<D: Downstream>(
         &self,
         d: &mut D,
-        ctx: &RequestCtx,
+        ctx: &mut RequestCtx,
         route: &Route,
         provider: &Arc<Provider>,
         body: &Bytes,
@@ -268,9 +268,11 @@ impl Pipeline {
             Err(Failure::Refuse(e, _)) => return Err(StartError::Refused(e)),
             Err(_) => return Err(StartError::ClientGone),
         };
+        ctx.note_slot(&permit);
         let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
             return Err(StartError::Refused(attempt::skipped_error(provider)));
         };
+        ctx.tried.push(provider.clone());
         let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len(), native);
         let target = Target::provider(provider);
         let sent = tokio::select! {

@@ -217,6 +217,7 @@ impl Pipeline {
         let no_body = d.body_empty();
         for (i, p) in route.plugins.iter().enumerate() {
             let _slot = wait(d, &p.bulkhead, &ctx.ticket, no_body).await?;
+            ctx.note_slot(&_slot);
             ctx.enter(i);
             ctx.entered = ctx.entered.max(i + 1);
             match p.plugin.request_headers(d.req_header_mut(), ctx).await {
@@ -287,6 +288,7 @@ impl Pipeline {
         // Phase 2: request body.
         for (i, p) in route.plugins.iter().enumerate() {
             let _slot = wait(d, &p.bulkhead, &ctx.ticket, true).await?;
+            ctx.note_slot(&_slot);
             ctx.enter(i);
             match p.plugin.request_body(ctx).await {
                 Ok(Flow::Continue) => {

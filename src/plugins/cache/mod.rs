@@ -414,6 +414,7 @@ impl Plugin for Cache {
             if let Some(stored) = self.get_first(&keys).await {
                 if let Some(r) = self.hit_response(&stored, ctx) {
                     self.counters.hit.inc();
+                    ctx.cache = Some("hit");
                     return Ok(Flow::Respond(Box::new(r)));
                 }
             }
@@ -430,6 +431,7 @@ impl Plugin for Cache {
                         if let Some(stored) = self.get_first(&keys).await {
                             if let Some(r) = self.hit_response(&stored, ctx) {
                                 self.counters.hit.inc();
+                                ctx.cache = Some("hit");
                                 return Ok(Flow::Respond(Box::new(r)));
                             }
                         }
@@ -486,6 +488,7 @@ impl Plugin for Cache {
         if status != 200 || native {
             s.store = false;
         }
+        ctx.cache = Some(value);
     }
 
     fn response_body(&self, chunk: &mut Bytes, end: bool, ctx: &mut RequestCtx) {
