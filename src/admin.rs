@@ -175,17 +175,32 @@ impl Admin {
             .req_header()
             .headers
             .get("authorization")
-            .and_then(|v| bearer(v.as_bytes()))
-            .unwrap_or(b"");
-        token_matches(presented, token.as_bytes())
+            .and_then(|v| credentials(v.as_bytes()))
+            .unwrap_or_default();
+        token_matches(&presented, token.as_bytes())
     }
 }
 
-/// The credentials of `Bearer <token>` (the scheme is case-insensitive).
-fn bearer(v: &[u8]) -> Option<&[u8]> {
+/// The token an `Authorization` header presents: `Bearer <token>`, or
+/// `Basic` with the token as password (any user name) — what a browser
+/// sends for `/ui` and its `/status` polls once the user typed it in.
+/// Schemes are case-insensitive.
+fn credentials(v: &[u8]) -> Option<Vec<u8>> {
+    use base64::Engine;
+    let (scheme, rest) = v.split_at_checked(6)?;
+    if scheme.eq_ignore_ascii_case(b"basic ") {
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(rest.trim_ascii())
+            .ok()?;
+        let colon = decoded.iter().position(|b| *b == b':')?;
+        return Some(decoded[colon + 1..].to_vec());
+    }
     let (scheme, rest) = v.split_at_checked(7)?;
-    scheme.eq_ignore_ascii_case(b"bearer ").then_some(rest)
+    scheme.eq_ignore_ascii_case(b"bearer ").then(|| rest.to_vec())
 }
+
+/// The status page (`GET /ui`): one self-contained HTML file polling `/status`.
+const UI: &[u8] = include_bytes!("admin_ui.html");
 
 /// Constant-time comparison: both sides are hashed first, so neither the
 /// content nor the length of the token shows in the time taken.
@@ -203,9 +218,15 @@ impl ServeHttp for Admin {
         let path = session.req_header().uri.path().to_string();
         if !self.authorized(session, &path) {
             let mut r = json_reply(401, json!({"error": "admin token required"}));
+            // Two challenges, as two headers: API clients use Bearer; a
+            // browser asks the user for the token only on a Basic one.
             r.headers_mut().insert(
                 "www-authenticate",
                 http::HeaderValue::from_static("Bearer realm=\"weir admin\""),
+            );
+            r.headers_mut().append(
+                "www-authenticate",
+                http::HeaderValue::from_static("Basic realm=\"weir admin\", charset=\"UTF-8\""),
             );
             return r;
         }
@@ -221,6 +242,7 @@ impl ServeHttp for Admin {
                 }
             }
             ("GET", "/status") => json_reply(200, self.status().await),
+            ("GET", "/ui") => reply(200, "text/html; charset=utf-8", UI.to_vec()),
             ("GET", "/config") => {
                 let rt = self.gateway.current();
                 json_reply(200, redact::redacted(&rt.config))
@@ -247,11 +269,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bearer_scheme_and_token_comparison() {
-        assert_eq!(bearer(b"Bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer(b"bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(bearer(b"Basic abc"), None);
-        assert_eq!(bearer(b"Bear"), None);
+    fn bearer_or_basic_credentials_and_token_comparison() {
+        let got = |v: &[u8]| credentials(v).map(|c| String::from_utf8(c).unwrap());
+        assert_eq!(got(b"Bearer abc").as_deref(), Some("abc"));
+        assert_eq!(got(b"bearer abc").as_deref(), Some("abc"));
+        // Basic: the password is the token, whatever the user name.
+        assert_eq!(got(b"Basic YWRtaW46czNjcmV0").as_deref(), Some("s3cret")); // admin:s3cret
+        assert_eq!(got(b"basic OnMzY3JldA==").as_deref(), Some("s3cret")); // :s3cret
+        assert_eq!(got(b"Basic bm9jb2xvbg=="), None); // no colon
+        assert_eq!(got(b"Basic !!!"), None);
+        assert_eq!(got(b"Bear"), None);
+        assert_eq!(got(b"Digest abc"), None);
         assert!(token_matches(b"s3cret", b"s3cret"));
         assert!(!token_matches(b"s3cre", b"s3cret"));
         assert!(!token_matches(b"", b"s3cret"));

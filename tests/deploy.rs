@@ -170,13 +170,13 @@ routes:
     let mut i = 0u32;
     while std::time::Instant::now() < load_until {
         let body = serde_json::to_vec(&serde_json::json!({
-            "model": "m", "stream": i % 2 == 0,
+            "model": "m", "stream": i.is_multiple_of(2),
             "messages": [{"role": "user", "content": format!("question {}", i % 5)}],
         }))
         .unwrap();
         let r = post(&weir.url("/v1/chat/completions"), &body, &auth);
         assert_eq!(r.status, 200, "{}", r.body);
-        if i % 10 == 0 {
+        if i.is_multiple_of(10) {
             assert_eq!(post(&weir.url("/v1/chat/completions"), &body, &[]).status, 401);
         }
         i += 1;
