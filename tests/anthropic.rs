@@ -10,7 +10,6 @@
 mod support;
 
 use sha2::{Digest, Sha256};
-use std::process::Command;
 use support::*;
 
 /// A gateway with `providers` (YAML, indented 2) serving model `m`, behind
@@ -60,26 +59,9 @@ fn anthropic_provider(name: &str, mock: &Mock) -> String {
 
 const LIMIT: &str = "  limit: { type: rate_limit, key: api_key, requests: { per_second: 1, burst: 1 } }\n";
 
-/// Run `tests/sdk/<script>` with the venv's python; its JSON output.
+/// Run the SDK script against the open and the rate-limited gateway.
 fn sdk(script: &str, open: &Weir, limited: &Weir) -> serde_json::Value {
-    let python = repo().join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run ./dev test, which installs the official SDKs (tests/sdk/requirements.txt)",
-        python.display()
-    );
-    let out = Command::new(python)
-        .arg(repo().join("tests/sdk").join(script))
-        .args([open.url(""), limited.url(""), "sk-client".into()])
-        .output()
-        .expect("run python");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{script} failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+    run_py(script, &[open.url(""), limited.url(""), "sk-client".into()])
 }
 
 #[test]

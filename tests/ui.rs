@@ -7,7 +7,6 @@
 mod support;
 
 use std::io::Read;
-use std::process::Command;
 use std::time::Duration;
 use support::*;
 
@@ -29,12 +28,6 @@ routes:
 
 #[test]
 fn the_status_page_shows_a_saturated_queue_as_full_in_a_real_browser() {
-    let python = repo().join("target/py/bin/python");
-    assert!(
-        python.exists(),
-        "{} is missing: run ./dev test, which installs the test SDKs and selenium (tests/sdk/requirements.txt)",
-        python.display()
-    );
     assert!(
         std::path::Path::new("/usr/bin/chromedriver").exists(),
         "chromium-driver is missing: run ./dev test, which installs chromium and chromium-driver"
@@ -56,18 +49,7 @@ fn the_status_page_shows_a_saturated_queue_as_full_in_a_real_browser() {
         "the queue filled: {}",
         get(&w.admin("/status"), &[]).body
     );
-    let out = Command::new(python)
-        .arg(repo().join("tests/sdk/ui_check.py"))
-        .args([w.admin("/ui"), "provider:slow".into()])
-        .output()
-        .expect("run ui_check.py");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "ui_check.py failed: {}\n{stdout}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let page: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{e}: {stdout}"));
+    let page = run_py("ui_check.py", &[w.admin("/ui"), "provider:slow".into()]);
     println!("{page:#}");
     assert_eq!(page["full"], true, "{page}");
     assert!(page["oldest_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{page}");

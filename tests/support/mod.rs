@@ -512,3 +512,27 @@ pub fn ask_as(weir: &Weir, key: &str, stream: bool, extra: &[(&str, &str)]) -> R
     headers.extend_from_slice(extra);
     post(&weir.url("/v1/chat/completions"), &chat("m", stream), &headers)
 }
+
+/// Run `tests/sdk/<script>` with `args` on the test venv's python (the
+/// official SDKs, selenium); what it printed, as JSON. Fails loudly when the
+/// venv is missing (`./dev test` makes it) or the script fails.
+pub fn run_py(script: &str, args: &[String]) -> serde_json::Value {
+    let python = repo().join("target/py/bin/python");
+    assert!(
+        python.exists(),
+        "{} is missing: run ./dev test, which installs the test SDKs (tests/sdk/requirements.txt)",
+        python.display()
+    );
+    let out = Command::new(python)
+        .arg(repo().join("tests/sdk").join(script))
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("run {script}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{script} failed: {}\n{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+}
