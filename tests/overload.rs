@@ -26,6 +26,16 @@ fn queued(weir: &Weir) -> u64 {
     s["providers"]["llm"]["queued"].as_u64().unwrap()
 }
 
+/// Wait until `n` requests hold the provider's slots.
+fn wait_in_flight(weir: &Weir, n: u64) {
+    let in_flight = || get(&weir.admin("/status"), &[]).json()["providers"]["llm"]["in_flight"].clone();
+    assert!(
+        eventually(Duration::from_secs(5), || in_flight() == n),
+        "expected {n} in flight, /status says {}",
+        in_flight()
+    );
+}
+
 fn wait_queued(weir: &Weir, n: u64) {
     assert!(
         eventually(Duration::from_secs(5), || queued(weir) == n),
@@ -59,8 +69,7 @@ fn a_critical_arrival_evicts_the_newest_batch_waiter_and_is_served_first() {
     };
     // One batch request in progress, three waiting (in this order).
     let running = send("running", "batchy", vec![]);
-    wait_queued(&weir, 0);
-    std::thread::sleep(Duration::from_millis(50));
+    wait_in_flight(&weir, 1);
     let b1 = send("b1", "batchy", vec![]);
     wait_queued(&weir, 1);
     let b2 = send("b2", "batchy", vec![]);
@@ -326,15 +335,19 @@ fn queue_age_is_shown_per_class_and_sheds_old_queues() {
     let mock = spawn_mock(&["--ttft", "3s"]);
     let keys = keys(&[("bulk", "batch", 1, false), ("std", "standard", 1, false)]);
     let weir = Arc::new(gateway(&mock, "{ max_concurrent: 1, queue: 10, queue_timeout: 10s, classes: { batch: { max_queue_age: 300ms } }, shed: { target: 400ms, interval: 200ms } }", &keys));
-    let bg: Vec<_> = (0..3)
-        .map(|i| {
-            let weir = weir.clone();
-            let key = if i == 0 { "std" } else { "bulk" };
-            let h = std::thread::spawn(move || ask(&weir, key, &[]));
-            std::thread::sleep(Duration::from_millis(50));
-            h
-        })
-        .collect();
+    // The standard request holds the one slot; two batch requests queue
+    // behind it, in this order (each waited for, not timed: on a loaded
+    // runner 50 ms between them was not always enough).
+    let start = |key: &'static str| {
+        let weir = weir.clone();
+        std::thread::spawn(move || ask(&weir, key, &[]))
+    };
+    let first = start("std");
+    wait_in_flight(&weir, 1);
+    let older = start("bulk");
+    wait_queued(&weir, 1);
+    let newer = start("bulk");
+    let bg = [first, older, newer];
     wait_queued(&weir, 2);
     std::thread::sleep(Duration::from_millis(250));
     // /status shows each class, its queue and the age of its oldest waiter.
