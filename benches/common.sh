@@ -45,3 +45,19 @@ hey_counts() {
     if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
     END {printf "%d %d %.0f\n", ok, bad, r}' "$1"
 }
+
+# run_measured NAME PID QPS URL HEY_ARGS...: one fixed-rate hey run (DUR
+# seconds, 50 clients, QPS in all) against URL; PID's CPU ticks and hey's
+# counts are added to the caller's cpu, served, non200, rate and rounds
+# arrays (declare -A) under NAME, the run's own µs/request to rounds.
+run_measured() {
+  local name=$1 pid=$2 q=$3 url=$4 t0 t1 ok bad rps
+  shift 4
+  t0=$(ticks "$pid")
+  hey -z "${DUR}s" -c 50 -q $((q / 50)) "$@" "$url" >"$work/hey-$name.txt"
+  t1=$(ticks "$pid")
+  read -r ok bad rps < <(hey_counts "$work/hey-$name.txt")
+  cpu[$name]=$((${cpu[$name]:-0} + t1 - t0)); served[$name]=$((${served[$name]:-0} + ok))
+  non200[$name]=$((${non200[$name]:-0} + bad)); rate[$name]=$((${rate[$name]:-0} + rps))
+  rounds[$name]+=" $(us $((t1 - t0)) "$ok")"
+}

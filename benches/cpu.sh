@@ -116,13 +116,7 @@ for r in $(seq "$ROUNDS"); do
     echo "round $r/$ROUNDS: $name" >&2
     # warm-up: connection pools, lazy initialisation
     if [ "$r" = 1 ]; then hey -n 2000 -c 10 "${h[@]}" "$url" >/dev/null; fi
-    t0=$(ticks "$pid")
-    hey -z "${DUR}s" -c 50 -q $((RATE / 50)) "${h[@]}" "$url" >"$work/hey-$name.txt"
-    t1=$(ticks "$pid")
-    read -r ok bad rps < <(hey_counts "$work/hey-$name.txt")
-    cpu[$name]=$((${cpu[$name]:-0} + t1 - t0)); served[$name]=$((${served[$name]:-0} + ok))
-    non200[$name]=$((${non200[$name]:-0} + bad)); rate[$name]=$((${rate[$name]:-0} + rps))
-    rounds[$name]+=" $(us $((t1 - t0)) "$ok")"
+    run_measured "$name" "$pid" "$RATE" "$url" "${h[@]}"
   done
 done
 

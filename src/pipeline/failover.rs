@@ -45,8 +45,6 @@ struct Held {
     head: ResponseHeader,
     body: Bytes,
     provider: Arc<Provider>,
-    /// In an Anthropic client's format already.
-    native: bool,
 }
 
 /// An attempt under way: the provider, the attempt's guard, and the
@@ -217,22 +215,26 @@ fn body_for(ctx: &mut RequestCtx, provider: &Provider, model: &str, chat: bool) 
             return Ok(up.map_or_else(|| bytes.clone(), |up| llm::rewrite_model(bytes, head, up)));
         }
         if chat {
-            let t = llm::anthropic::request_from_openai(&ctx.body, ANTHROPIC_MAX_TOKENS)
+            // Renamed in the OpenAI request (its head is parsed already), then
+            // translated: no second parse of the translation.
+            let t = llm::anthropic::request_from_openai(&renamed(ctx, up), ANTHROPIC_MAX_TOKENS)
                 .map_err(|m| WeirError::invalid(format!("provider '{}' speaks Anthropic's API: {m}", provider.name)))?;
             ctx.dropped = t.dropped;
-            return Ok(match (up, llm::parse_head(&t.body)) {
-                (Some(up), Ok(h)) => llm::rewrite_model(&t.body, &h, up),
-                _ => t.body,
-            });
+            return Ok(t.body);
         }
     }
     if ctx.wire == Wire::Anthropic {
         ctx.dropped = ctx.wire_dropped.clone();
     }
-    Ok(match (&ctx.head, up) {
+    Ok(renamed(ctx, up))
+}
+
+/// The request body with the model renamed to `up` (unchanged without one).
+fn renamed(ctx: &RequestCtx, up: Option<&str>) -> Bytes {
+    match (&ctx.head, up) {
         (Some(h), Some(up)) => llm::rewrite_model(&ctx.body, h, up),
         _ => ctx.body.clone(),
-    })
+    }
 }
 
 /// Is this error answer OpenAI's `context_length_exceeded`?
@@ -398,7 +400,6 @@ impl Pipeline {
                             head,
                             body,
                             provider: provider.clone(),
-                            native,
                         };
                         if status == 429 && ra.is_some_and(|ra| ra > policy.max_retry_after.0) {
                             rate_limited = Some(answer);
@@ -498,8 +499,8 @@ impl Pipeline {
                 .await;
         }
         if let Some(h) = rate_limited.or(held) {
+            d.native_answer(ctx.native_from(&h.provider));
             ctx.provider = Some(h.provider);
-            d.native_answer(h.native);
             let status = h.head.status.as_u16();
             return self.send_whole(d, ctx, h.head, h.body, status).await;
         }

@@ -348,15 +348,15 @@ impl Pipeline {
         route: &Arc<Route>,
     ) -> Result<(), Failure> {
         let head = parse_head(&ctx.body).await.map_err(head_error)?;
-        let candidates: Vec<_> = route
-            .candidates(&head.model)
+        let all = route.candidates(&head.model);
+        if all.is_empty() {
+            return Err(route.model_not_found(&head.model).into());
+        }
+        let candidates: Vec<_> = all
             .into_iter()
             .filter(|p| p.conf.kind == crate::config::ProviderKind::Anthropic)
             .collect();
         if candidates.is_empty() {
-            if route.candidates(&head.model).is_empty() {
-                return Err(route.model_not_found(&head.model).into());
-            }
             let t = llm::anthropic::request_to_openai(&ctx.body).map_err(WeirError::invalid)?;
             let n = llm::tokens::reserve_prompt_tokens(&t.body).await;
             let body = serde_json::to_vec(&serde_json::json!({ "input_tokens": n })).unwrap_or_default();
