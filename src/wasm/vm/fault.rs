@@ -84,7 +84,10 @@ pub(super) fn classify(e: &wasmtime::Error, host: Option<&Host>) -> Fault {
         _ => FaultKind::Trap,
     };
     let mut message = match (kind, e.downcast_ref::<Trap>()) {
-        (FaultKind::Timeout, _) => "callback ran past limits.callback_time".to_string(),
+        (FaultKind::Timeout, _) => host.map_or_else(
+            || "callback ran past limits.callback_time".to_string(),
+            |h| h.budget.overrun(),
+        ),
         (_, Some(t)) => t.to_string(),
         _ => format!("{e:#}"),
     };
