@@ -79,7 +79,8 @@ impl ErrorKind {
         }
     }
 
-    fn code(self) -> &'static str {
+    /// The envelope's `code`.
+    pub fn code(self) -> &'static str {
         match self {
             ErrorKind::PayloadTooLarge => "request_too_large",
             ErrorKind::RequestTimeout => "request_timeout",

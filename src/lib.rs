@@ -35,6 +35,7 @@ pub mod proxy;
 pub mod reload;
 pub mod runtime;
 pub mod server;
+pub mod trace;
 pub mod traffic;
 pub mod upstream;
 pub mod wasm;

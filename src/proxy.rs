@@ -228,6 +228,7 @@ impl WeirProxy {
     pub fn drain(&self, grace: std::time::Duration) -> Drain {
         Drain {
             pipeline: self.pipeline.clone(),
+            gateway: self.gateway.clone(),
             grace,
         }
     }
@@ -239,7 +240,18 @@ impl WeirProxy {
 /// whole grace period out.
 pub struct Drain {
     pipeline: Arc<Pipeline>,
+    gateway: Arc<Gateway>,
     grace: std::time::Duration,
+}
+
+impl Drain {
+    /// Send the spans of the requests that finished (bounded by the
+    /// exporter's timeout), off the async workers.
+    async fn flush_traces(&self) {
+        if let Some(t) = self.gateway.current().tracing.clone() {
+            let _ = tokio::task::spawn_blocking(move || t.flush()).await;
+        }
+    }
 }
 
 #[async_trait]
@@ -264,6 +276,7 @@ impl pingora_core::services::background::BackgroundService for Drain {
                 let since = *idle_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= std::time::Duration::from_millis(250) {
                     log::info!("drained in {:?}; exiting", started.elapsed());
+                    self.flush_traces().await;
                     log::logger().flush();
                     std::process::exit(0);
                 }
@@ -275,6 +288,7 @@ impl pingora_core::services::background::BackgroundService for Drain {
                     "grace period over with {} requests in flight",
                     self.pipeline.in_flight()
                 );
+                self.flush_traces().await;
                 return;
             }
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -365,6 +379,9 @@ impl ProxyHttp for WeirProxy {
             ctx.tls = true;
             ctx.mtls = !tls.cert_digest.is_empty();
         }
+        if let Some(t) = &rt.tracing {
+            ctx.trace = t.begin(session.req_header(), ctx.started);
+        }
         let route = rt.route_for(session.req_header());
         match self.pipeline.serve(route, session, ctx).await {
             Ended::Answered => Ok(true),
@@ -428,6 +445,7 @@ impl ProxyHttp for WeirProxy {
             ctx.status,
             ctx.started.elapsed().as_millis()
         );
+        ctx.finish_trace();
     }
 }
 

@@ -7,6 +7,7 @@
 //! the generation it started with.
 
 use crate::access_log::AccessLog;
+use crate::trace::Tracing;
 use crate::config::locate::LineIndex;
 use crate::config::{self, Checker, Config, ConfigErrors, PluginConf};
 use crate::pipeline::{PluginInstance, Route, Settings};
@@ -32,6 +33,8 @@ pub struct Runtime {
     pub max_connections: usize,
     /// `access_log:`, kept across reloads while its settings are unchanged.
     pub access_log: Option<Arc<AccessLog>>,
+    /// `tracing:`, kept across reloads while its settings are unchanged.
+    pub tracing: Option<Arc<Tracing>>,
 }
 
 /// HTTP methods as config names them (checked already).
@@ -158,6 +161,19 @@ impl Runtime {
                 },
             },
         };
+        let tracing = match &config.tracing {
+            None => None,
+            Some(c) => match previous.and_then(|p| p.tracing.clone()).filter(|t| t.is_for(c)) {
+                Some(kept) => Some(kept),
+                None => match crate::trace::export::start(c) {
+                    Ok(t) => Some(Arc::new(t)),
+                    Err(e) => {
+                        ck.error("tracing.endpoint", e);
+                        None
+                    }
+                },
+            },
+        };
         if !ck.errors.is_empty() {
             return Err(ConfigErrors(ck.errors));
         }
@@ -203,6 +219,7 @@ impl Runtime {
             client_timeouts: config.server.timeouts,
             max_connections: config.server.max_connections,
             access_log,
+            tracing,
             config: Arc::new(config),
             routes,
             providers,

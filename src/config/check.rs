@@ -2,7 +2,7 @@
 //! sections, addresses, limits.
 
 use super::errors::Checker;
-use super::schema::{AdaptiveConf, AdminConf, BulkheadConf, Config, ProviderConf, RouteConf};
+use super::schema::{AdaptiveConf, AdminConf, BulkheadConf, Config, ProviderConf, RouteConf, TracingConf};
 
 /// Semantic checks: references, addresses, limits. Nothing here reads a
 /// file or builds anything: the runtime build does (and reports) that.
@@ -35,6 +35,9 @@ pub(super) fn check(c: &Config, ck: &mut Checker) {
     }
     if c.server.timeouts.client_write.0.is_zero() {
         ck.error("server.timeouts.client_write", "must be above zero");
+    }
+    if let Some(t) = &c.tracing {
+        check_tracing(ck, t);
     }
     if let Some(a) = &c.admin {
         check_admin(ck, a);
@@ -263,6 +266,35 @@ fn check_adaptive(ck: &mut Checker, at: &str, a: &AdaptiveConf, ceiling: usize) 
     }
     if !(a.tolerance > 1.0 && a.tolerance.is_finite()) {
         ck.error(format!("{at}.tolerance"), "must be above 1");
+    }
+}
+
+/// Traces go to an OTLP/HTTP collector over plain HTTP: weir carries no TLS
+/// client for them (run a collector on loopback or in the cluster).
+fn check_tracing(ck: &mut Checker, t: &TracingConf) {
+    let uri = t.endpoint.parse::<http::Uri>().ok();
+    match uri.as_ref().map(|u| (u.scheme_str(), u.authority().is_some())) {
+        Some((Some("http"), true)) => {}
+        Some((Some("https"), _)) => ck.error(
+            "tracing.endpoint",
+            format!(
+                "'{}': weir exports traces over plain HTTP only; send them to a collector on loopback or in the cluster (http://host:4318)",
+                t.endpoint
+            ),
+        ),
+        _ => ck.error(
+            "tracing.endpoint",
+            format!("'{}' is not an OTLP/HTTP endpoint like http://127.0.0.1:4318", t.endpoint),
+        ),
+    }
+    if !(0.0..=1.0).contains(&t.sample) {
+        ck.error("tracing.sample", format!("{} is not a share between 0.0 and 1.0", t.sample));
+    }
+    if t.interval.0.is_zero() || t.timeout.0.is_zero() {
+        ck.error("tracing", "interval and timeout must be above zero");
+    }
+    if t.queue == 0 {
+        ck.error("tracing.queue", "must be at least 1");
     }
 }
 

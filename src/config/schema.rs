@@ -21,6 +21,9 @@ pub struct Config {
     /// One JSON line per request (off when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_log: Option<AccessLogConf>,
+    /// OpenTelemetry traces over OTLP/HTTP (off when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tracing: Option<TracingConf>,
     /// Where the config was read from (not a field of the file).
     #[serde(skip)]
     pub source: PathBuf,
@@ -37,6 +40,50 @@ pub struct AccessLogConf {
     /// default: a prompt is the client's data, not weir's to keep.
     #[serde(default)]
     pub prompts: bool,
+}
+
+/// Traces: where they go, and how many requests are traced.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConf {
+    /// The collector's OTLP/HTTP endpoint, `http://host:4318` (`/v1/traces`
+    /// is added unless the path already ends with it).
+    pub endpoint: String,
+    /// Share of requests traced when the client sent no sampled
+    /// `traceparent` (0.0 to 1.0). A client's sampling decision is followed.
+    #[serde(default = "default_sample")]
+    pub sample: f64,
+    /// `service.name` of the resource.
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    /// Headers sent with each export (a vendor's API key, say).
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// How long an export may take.
+    #[serde(default = "default_export_timeout")]
+    pub timeout: Dur,
+    /// How often finished spans are sent.
+    #[serde(default = "default_export_interval")]
+    pub interval: Dur,
+    /// Finished spans held for export at most; past it spans are dropped.
+    #[serde(default = "default_trace_queue")]
+    pub queue: usize,
+}
+
+fn default_sample() -> f64 {
+    1.0
+}
+fn default_service_name() -> String {
+    "weir".into()
+}
+fn default_export_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn default_export_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(5))
+}
+fn default_trace_queue() -> usize {
+    4096
 }
 
 fn default_access_log_to() -> String {

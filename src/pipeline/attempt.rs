@@ -91,6 +91,9 @@ pub(super) fn skipped_error(p: &Provider) -> WeirError {
 /// without one tells every hold [`Attempt::Aborted`].
 pub struct AttemptGuard {
     holds: Holds,
+    /// The attempt's span, when the request is traced: it ends as the
+    /// guard drops, when the attempt gives back what it held.
+    pub(super) span: Option<crate::trace::Span>,
     /// What the provider's adaptive limit learns from this attempt, if it has one.
     feedback: Option<Feedback>,
     _in_flight: InFlight,
@@ -188,6 +191,7 @@ impl AttemptGuard {
         });
         Some(AttemptGuard {
             holds,
+            span: None,
             feedback,
             _in_flight: provider.in_flight(),
             _permit: permit,
@@ -196,6 +200,9 @@ impl AttemptGuard {
 
     /// How the attempt went (once; later calls are ignored).
     pub fn end(&mut self, attempt: &Attempt) {
+        if let (Some(s), Attempt::Failed(kind)) = (self.span.as_mut(), attempt) {
+            crate::trace::fail(s, kind.code());
+        }
         if let Some(f) = self.feedback.as_mut().filter(|f| f.ended.is_none() && !f.failed) {
             match attempt {
                 Attempt::Answered { .. } => f.ended = Some(Instant::now()),
@@ -209,6 +216,7 @@ impl AttemptGuard {
     /// The provider's response head arrived `ttfb` after sending: its
     /// status and its `x-ratelimit-remaining-requests` and `Retry-After`.
     pub fn head(&mut self, head: &ResponseHeader, ttfb: Duration) {
+        super::traced::attempt_status(&mut self.span, head.status.as_u16());
         let Some(f) = self.feedback.as_mut() else { return };
         let text = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let remaining = text("x-ratelimit-remaining-requests").and_then(|v| v.parse().ok());

@@ -137,6 +137,8 @@ pub struct RequestCtx {
     pub spent: Spent,
     /// Time the provider took to send its response header.
     pub upstream_ttfb: Option<Duration>,
+    /// This request's trace, when tracing is on and it was sampled.
+    pub trace: Option<Box<crate::trace::RequestTrace>>,
     /// Per-plugin state, indexed like the route's plugin list.
     plugin_state: Vec<Option<Box<dyn Any + Send + Sync>>>,
     /// Which plugin's hook runs now (index into the route's plugins).
@@ -198,6 +200,7 @@ impl Default for RequestCtx {
             error: None,
             usage: None,
             spent: Spent::default(),
+            trace: None,
             upstream_ttfb: None,
             plugin_state: Vec::new(),
             plugin_index: 0,

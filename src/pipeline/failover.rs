@@ -265,17 +265,18 @@ impl Pipeline {
         body: &Bytes,
         native: bool,
     ) -> Result<Leg, StartError> {
-        let permit = match wait(d, &provider.bulkhead, &ctx.ticket, true).await {
+        let permit = match wait(d, &provider.bulkhead, ctx, true).await {
             Ok(p) => p,
             Err(Failure::Refuse(e, _)) => return Err(StartError::Refused(e)),
             Err(_) => return Err(StartError::ClientGone),
         };
-        ctx.note_slot(&permit);
         let Some(mut attempt) = AttemptGuard::admit(&route.plugins, provider, permit) else {
             return Err(StartError::Refused(attempt::skipped_error(provider)));
         };
         ctx.tried.push(provider.clone());
-        let req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len(), native);
+        let mut req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len(), native);
+        let model = ctx.served_model().unwrap_or_default().to_string();
+        attempt.span = ctx.trace_attempt(provider, &model, ctx.tried.len(), &mut req);
         let target = Target::provider(provider);
         let sent = tokio::select! {
             r = self.upstream.send(&target, &req, body) => Some(r),

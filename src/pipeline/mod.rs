@@ -37,6 +37,7 @@ mod plugin;
 mod relay;
 mod retry;
 mod run;
+mod traced;
 mod wire;
 
 pub use attempt::call_provider;

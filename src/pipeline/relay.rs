@@ -146,7 +146,9 @@ impl Pipeline {
     ) -> Result<(), Failure> {
         for i in (0..ctx.entered).rev() {
             ctx.enter(i);
+            let clock = ctx.trace_clock();
             route.plugins[i].plugin.response_headers_held(&mut resp, ctx).await;
+            ctx.trace_plugin(&route.plugins[i].name, "response_headers", clock, None);
         }
         if let Some(e) = ctx.failed.take() {
             return Err(Failure::Refuse(e, None));
@@ -184,6 +186,7 @@ impl Pipeline {
             ex.abort().await;
             return Err(f);
         }
+        let _stream = ctx.trace_stream(sse);
         attempt.end(&Attempt::Answered { status, ttfb });
         // Until the answer is read to its end, the provider's work is unseen.
         let spent = ctx.spent;
@@ -319,6 +322,7 @@ impl Pipeline {
             ctx.spent.unknown();
             return Err(f);
         }
+        let _stream = ctx.trace_stream(true);
         let died = match self.forward(d, ctx, job, &p, &mut ex, &mut s).await {
             Err(f) => {
                 ex.abort().await;

@@ -12,7 +12,7 @@ use super::context::{RequestCtx, Wire};
 use super::downstream::Downstream;
 use super::plugin::{Flow, LocalResponse};
 use super::wire;
-use crate::bulkhead::{Bulkhead, Permit, Ticket};
+use crate::bulkhead::{Bulkhead, Permit};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm;
 use crate::traffic::retry_budget::RetryBudget;
@@ -123,19 +123,34 @@ fn has_dot_segment(path: &str) -> bool {
 
 /// Wait for a bulkhead slot, leaving the queue at once if the client goes
 /// away. `watch_client` only when the request body has been read completely.
+/// The slot (or the refusal) is noted on the request: its queue wait, its span.
 pub(super) async fn wait<D: Downstream>(
     d: &mut D,
     b: &Arc<Bulkhead>,
-    ticket: &Ticket,
+    ctx: &mut RequestCtx,
     watch_client: bool,
 ) -> Result<Permit, Failure> {
-    if !watch_client {
-        return attempt::acquire(b, ticket).await.map_err(Failure::from);
+    let clock = ctx.trace_clock();
+    let r = if !watch_client {
+        attempt::acquire(b, &ctx.ticket).await.map_err(Failure::from)
+    } else {
+        tokio::select! {
+            r = attempt::acquire(b, &ctx.ticket) => r.map_err(Failure::from),
+            _ = d.gone() => Err(Failure::ClientGone),
+        }
+    };
+    match &r {
+        Ok(permit) => {
+            ctx.note_slot(permit);
+            ctx.trace_queue(b, clock, permit.waited(), None);
+        }
+        Err(Failure::Refuse(e, _)) => {
+            let waited = clock.map(|c| c.elapsed()).unwrap_or_default();
+            ctx.trace_queue(b, clock, waited, Some(e));
+        }
+        Err(_) => {}
     }
-    tokio::select! {
-        r = attempt::acquire(b, ticket) => r.map_err(Failure::from),
-        _ = d.gone() => Err(Failure::ClientGone),
-    }
+    r
 }
 
 /// The client sent `Expect: 100-continue`.
@@ -216,11 +231,13 @@ impl Pipeline {
         // while it works on the request (not while the body is read).
         let no_body = d.body_empty();
         for (i, p) in route.plugins.iter().enumerate() {
-            let _slot = wait(d, &p.bulkhead, &ctx.ticket, no_body).await?;
-            ctx.note_slot(&_slot);
+            let _slot = wait(d, &p.bulkhead, ctx, no_body).await?;
             ctx.enter(i);
             ctx.entered = ctx.entered.max(i + 1);
-            match p.plugin.request_headers(d.req_header_mut(), ctx).await {
+            let clock = ctx.trace_clock();
+            let r = p.plugin.request_headers(d.req_header_mut(), ctx).await;
+            ctx.trace_plugin(&p.name, "request_headers", clock, r.as_ref().err());
+            match r {
                 Ok(Flow::Continue) => {}
                 Ok(Flow::Respond(r)) => return self.respond_local(d, ctx, *r, Some(i)).await,
                 Err(e) => return Err(Failure::Refuse(e, Some(i))),
@@ -286,11 +303,14 @@ impl Pipeline {
         }
 
         // Phase 2: request body.
+        ctx.trace_request(d.req_header().uri.path());
         for (i, p) in route.plugins.iter().enumerate() {
-            let _slot = wait(d, &p.bulkhead, &ctx.ticket, true).await?;
-            ctx.note_slot(&_slot);
+            let _slot = wait(d, &p.bulkhead, ctx, true).await?;
             ctx.enter(i);
-            match p.plugin.request_body(ctx).await {
+            let clock = ctx.trace_clock();
+            let r = p.plugin.request_body(ctx).await;
+            ctx.trace_plugin(&p.name, "request_body", clock, r.as_ref().err());
+            match r {
                 Ok(Flow::Continue) => {
                     if let Some(edit) = ctx.take_header_edit() {
                         edit(d.req_header_mut());
@@ -446,7 +466,9 @@ pub(super) async fn finish_local(
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);
         for i in order() {
             ctx.enter(i);
+            let clock = ctx.trace_clock();
             route.plugins[i].plugin.response_headers_held(header, ctx).await;
+            ctx.trace_plugin(&route.plugins[i].name, "response_headers", clock, None);
         }
         ctx.status = header.status.as_u16();
         let len = body.len();
