@@ -60,6 +60,8 @@ struct Echo {
     anthropic: bool,
     api_key: HeaderValue,
     anthropic_version: HeaderValue,
+    /// The W3C `traceparent` received, if any.
+    traceparent: Option<HeaderValue>,
 }
 
 impl Echo {
@@ -82,6 +84,7 @@ impl Echo {
             anthropic: false,
             api_key: header("x-api-key"),
             anthropic_version: header("anthropic-version"),
+            traceparent: request.headers.get("traceparent").cloned(),
         }
     }
 
@@ -535,6 +538,9 @@ impl MockApp {
             header.insert_header("x-mock-authorization", echo.authorization.clone())?;
             header.insert_header("x-mock-request-id", echo.request_id.clone())?;
             header.insert_header("x-mock-model", echo.model.clone())?;
+            if let Some(tp) = &echo.traceparent {
+                header.insert_header("x-mock-traceparent", tp.clone())?;
+            }
             if echo.anthropic {
                 header.insert_header("x-mock-api-key", echo.api_key.clone())?;
                 header.insert_header("x-mock-anthropic-version", echo.anthropic_version.clone())?;
