@@ -1,5 +1,5 @@
 //! What a request's trace records, read from the pipeline's own state: the
-//! route and model, each bulkhead admission, each plugin phase, each
+//! route and model, each wait in a bulkhead's queue, each plugin phase, each
 //! attempt (with the `traceparent` the provider gets), the stream, and at
 //! the end the answer (GenAI semantic conventions: `gen_ai.*`).
 //!
@@ -63,9 +63,13 @@ impl RequestCtx {
         t.set(attrs);
     }
 
-    /// A bulkhead admission: the wait from `start`, refused with `refused`.
+    /// A bulkhead admission that queued (a free slot is no span): the wait
+    /// from `start`, refused with `refused`.
     pub(super) fn trace_queue(&self, b: &Bulkhead, start: Option<Instant>, waited: Duration, refused: Option<&WeirError>) {
         let (Some(t), Some(start)) = (&self.trace, start) else { return };
+        if waited.is_zero() && refused.is_none() {
+            return;
+        }
         let attrs = vec![
             kv("weir.bulkhead", b.name().to_string()),
             kv("weir.priority", self.ticket.class.to_string()),

@@ -1,5 +1,5 @@
 //! OpenTelemetry traces: one span per request, with a child span for each
-//! bulkhead admission (its queue wait), each plugin phase, each attempt at
+//! wait in a bulkhead's queue, each plugin phase, each attempt at
 //! a provider and the stream to the client; W3C `traceparent` read from the
 //! client and sent to providers; head sampling; OTLP/HTTP export
 //! (`trace::export`).
@@ -66,19 +66,21 @@ impl Tracing {
         let parent = TraceContextPropagator::new().extract(&Headers(req));
         let now = SystemTime::now();
         let t0 = now.checked_sub(started.elapsed()).unwrap_or(now);
-        let span = self
+        // Named and attributed once sampled: a request left out allocates nothing.
+        let mut span = self
             .tracer
-            .span_builder(format!("{} {}", req.method, req.uri.path()))
+            .span_builder("request")
             .with_kind(SpanKind::Server)
             .with_start_time(t0)
-            .with_attributes([
-                KeyValue::new("http.request.method", req.method.as_str().to_string()),
-                KeyValue::new("url.path", req.uri.path().to_string()),
-            ])
             .start_with_context(&self.tracer, &parent);
         if !span.span_context().is_sampled() {
             return None;
         }
+        span.update_name(format!("{} {}", req.method, req.uri.path()));
+        span.set_attributes([
+            KeyValue::new("http.request.method", req.method.as_str().to_string()),
+            KeyValue::new("url.path", req.uri.path().to_string()),
+        ]);
         Some(Box::new(RequestTrace {
             tracing: self.clone(),
             root: Context::new().with_span(span),
