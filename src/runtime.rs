@@ -7,12 +7,12 @@
 //! the generation it started with.
 
 use crate::access_log::AccessLog;
-use crate::trace::Tracing;
 use crate::config::locate::LineIndex;
 use crate::config::{self, Checker, Config, ConfigErrors, PluginConf};
 use crate::pipeline::{PluginInstance, Route, Settings};
 use crate::plugins;
 use crate::provider::{self, Provider, Providers};
+use crate::trace::Tracing;
 use arc_swap::ArcSwap;
 use parking_lot::Mutex;
 use pingora_http::RequestHeader;

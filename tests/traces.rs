@@ -64,10 +64,9 @@ impl Receiver {
                         let _ = req.respond(tiny_http::Response::from_data(Vec::new()));
                     }
                     (url, protobuf, decoded) => {
-                        b.lock().unwrap().push(format!(
-                            "{url} protobuf={protobuf} decoded={:?}",
-                            decoded.err()
-                        ));
+                        b.lock()
+                            .unwrap()
+                            .push(format!("{url} protobuf={protobuf} decoded={:?}", decoded.err()));
                         let _ = req.respond(tiny_http::Response::empty(400));
                     }
                 }
@@ -211,7 +210,10 @@ fn a_streamed_request_with_a_failover_is_one_trace() {
         ("00", TRACE, "01"),
         "the client's trace, sampled: {sent}"
     );
-    assert_ne!(parts[2], CLIENT_SPAN, "weir's own span is the provider's parent: {sent}");
+    assert_ne!(
+        parts[2], CLIENT_SPAN,
+        "weir's own span is the provider's parent: {sent}"
+    );
 
     // request + plugin ×3 + attempt a + queue provider:b + attempt b + stream
     let spans = rx.trace(TRACE, 8);
@@ -220,7 +222,11 @@ fn a_streamed_request_with_a_failover_is_one_trace() {
         .iter()
         .find(|s| s.kind == SpanKind::Server as i32)
         .unwrap_or_else(|| panic!("no server span: {names:?}"));
-    assert_eq!(hex(&root.parent_span_id), CLIENT_SPAN, "the client's span is the parent");
+    assert_eq!(
+        hex(&root.parent_span_id),
+        CLIENT_SPAN,
+        "the client's span is the parent"
+    );
     assert_eq!(root.name, "chat m");
     assert_eq!(text(root, "gen_ai.operation.name"), "chat");
     assert_eq!(text(root, "gen_ai.request.model"), "m");
@@ -230,7 +236,14 @@ fn a_streamed_request_with_a_failover_is_one_trace() {
     assert!(int(root, "gen_ai.usage.input_tokens") > 0);
     assert_eq!(int(root, "http.response.status_code"), 200);
     assert_eq!(int(root, "weir.attempts"), 2);
-    assert_eq!((text(root, "weir.route"), text(root, "weir.provider"), text(root, "weir.key")), ("chat", "b", "alice"));
+    assert_eq!(
+        (
+            text(root, "weir.route"),
+            text(root, "weir.provider"),
+            text(root, "weir.key")
+        ),
+        ("chat", "b", "alice")
+    );
     for s in &spans {
         if s.span_id != root.span_id {
             assert_eq!(s.parent_span_id, root.span_id, "'{}' is a child of the request", s.name);
@@ -241,7 +254,15 @@ fn a_streamed_request_with_a_failover_is_one_trace() {
             );
         }
     }
-    let service = rx.spans.lock().unwrap().iter().find(|(_, s)| s.span_id == root.span_id).unwrap().0.clone();
+    let service = rx
+        .spans
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|(_, s)| s.span_id == root.span_id)
+        .unwrap()
+        .0
+        .clone();
     assert_eq!(service, "weir-under-test");
 
     // Two attempts: a's 503, then b's answer, whose span b got as parent.
@@ -266,16 +287,26 @@ fn a_streamed_request_with_a_failover_is_one_trace() {
     assert_eq!(text(second, "server.address"), "127.0.0.1");
     assert_eq!(int(second, "server.port"), b.port as i64);
     assert_eq!(hex(&second.span_id), parts[2], "b's traceparent names its attempt");
-    assert!(first.end_time_unix_nano <= second.start_time_unix_nano, "one after the other");
+    assert!(
+        first.end_time_unix_nano <= second.start_time_unix_nano,
+        "one after the other"
+    );
 
     // Queue waits: b's, a real one; the free slots of auth and a are no span.
-    assert_eq!(spans.iter().filter(|s| s.name.starts_with("queue ")).count(), 1, "{names:?}");
+    assert_eq!(
+        spans.iter().filter(|s| s.name.starts_with("queue ")).count(),
+        1,
+        "{names:?}"
+    );
     let qb = named(&spans, "queue provider:b");
     assert_eq!(qb.len(), 1, "{names:?}");
     let waited = float(qb[0], "weir.queue.waited_ms");
     assert!(waited > 50.0, "b's queue wait: {waited} ms");
     let span_ms = (qb[0].end_time_unix_nano - qb[0].start_time_unix_nano) as f64 / 1e6;
-    assert!((span_ms - waited).abs() < 5.0, "the span is the wait: {span_ms} vs {waited}");
+    assert!(
+        (span_ms - waited).abs() < 5.0,
+        "the span is the wait: {span_ms} vs {waited}"
+    );
     assert!(qb[0].end_time_unix_nano <= second.start_time_unix_nano);
     assert_eq!(text(qb[0], "weir.priority"), "standard");
 
@@ -320,10 +351,15 @@ fn sampling_follows_the_client_then_the_ratio() {
     let r = post(&url, &body, &[auth, ("traceparent", &sampled)]);
     assert_eq!(r.status, 200, "{}", r.body);
     let sent = r.header("x-mock-traceparent").unwrap();
-    assert!(sent.starts_with(&format!("00-{TRACE}-")) && sent.ends_with("-01"), "{sent}");
+    assert!(
+        sent.starts_with(&format!("00-{TRACE}-")) && sent.ends_with("-01"),
+        "{sent}"
+    );
     // request + plugin ×3 + attempt a
     let spans = rx.trace(TRACE, 5);
-    assert!(spans.iter().any(|s| s.kind == SpanKind::Server as i32 && s.name == "chat m"));
+    assert!(spans
+        .iter()
+        .any(|s| s.kind == SpanKind::Server as i32 && s.name == "chat m"));
     // The sampled request's spans came after the others': nothing else was sent.
     let all = rx.spans.lock().unwrap();
     assert!(

@@ -288,7 +288,10 @@ fn check_tracing(ck: &mut Checker, t: &TracingConf) {
         ),
     }
     if !(0.0..=1.0).contains(&t.sample) {
-        ck.error("tracing.sample", format!("{} is not a share between 0.0 and 1.0", t.sample));
+        ck.error(
+            "tracing.sample",
+            format!("{} is not a share between 0.0 and 1.0", t.sample),
+        );
     }
     if t.interval.0.is_zero() || t.timeout.0.is_zero() {
         ck.error("tracing", "interval and timeout must be above zero");

@@ -66,6 +66,21 @@ routes:
     }
 
     #[test]
+    fn tracing_is_checked_where_it_is_written() {
+        let with = |t: &str| GOOD.replacen("\nproviders:", &format!("\ntracing: {t}\nproviders:"), 1);
+        let e = err(&with("{ endpoint: \"https://otlp.example\" }"));
+        assert_eq!((e.field.as_str(), e.line), ("tracing.endpoint", Some(4)), "{e}");
+        assert!(e.message.contains("plain HTTP only"), "{e}");
+        let e = err(&with("{ endpoint: \"http://127.0.0.1:4318\", sample: 1.5 }"));
+        assert!(e.to_string().contains("tracing.sample: 1.5 is not a share"), "{e}");
+        let e = err(&with("{ endpoint: \"127.0.0.1:4318\" }"));
+        assert!(e.message.contains("is not an OTLP/HTTP endpoint"), "{e}");
+        let (c, _) = parse(&with("{ endpoint: \"http://c:4318\" }"), Path::new("t.yaml")).unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!((t.sample, t.service_name.as_str(), t.queue), (1.0, "weir", 4096));
+    }
+
+    #[test]
     fn unknown_field_named_with_line() {
         let e = err(&GOOD.replace("    models:", "    colour: red\n    models:"));
         assert_eq!(e.line, Some(7), "{e}");

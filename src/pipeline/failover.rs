@@ -275,8 +275,7 @@ impl Pipeline {
         };
         ctx.tried.push(provider.clone());
         let mut req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len(), native);
-        let model = ctx.served_model().unwrap_or_default().to_string();
-        attempt.span = ctx.trace_attempt(provider, &model, ctx.tried.len(), &mut req);
+        attempt.span = ctx.trace_attempt(provider, &mut req);
         let target = Target::provider(provider);
         let sent = tokio::select! {
             r = self.upstream.send(&target, &req, body) => Some(r),

@@ -45,7 +45,10 @@ impl RequestCtx {
         let Some(t) = &self.trace else { return };
         let route = self.route_name().to_string();
         let op = operation(path);
-        let mut attrs = vec![kv("weir.route", route.clone()), kv("weir.request_id", self.request_id.clone())];
+        let mut attrs = vec![
+            kv("weir.route", route.clone()),
+            kv("weir.request_id", self.request_id.clone()),
+        ];
         if let Some(h) = &self.head {
             t.rename(format!("{op} {}", h.model));
             attrs.push(kv("gen_ai.operation.name", op));
@@ -65,8 +68,16 @@ impl RequestCtx {
 
     /// A bulkhead admission that queued (a free slot is no span): the wait
     /// from `start`, refused with `refused`.
-    pub(super) fn trace_queue(&self, b: &Bulkhead, start: Option<Instant>, waited: Duration, refused: Option<&WeirError>) {
-        let (Some(t), Some(start)) = (&self.trace, start) else { return };
+    pub(super) fn trace_queue(
+        &self,
+        b: &Bulkhead,
+        start: Option<Instant>,
+        waited: Duration,
+        refused: Option<&WeirError>,
+    ) {
+        let (Some(t), Some(start)) = (&self.trace, start) else {
+            return;
+        };
         if waited.is_zero() && refused.is_none() {
             return;
         }
@@ -84,17 +95,31 @@ impl RequestCtx {
     }
 
     /// Plugin `i` of the route ran `phase` from `start`.
-    pub(super) fn trace_plugin(&self, name: &str, phase: &'static str, start: Option<Instant>, error: Option<&WeirError>) {
-        let (Some(t), Some(start)) = (&self.trace, start) else { return };
+    pub(super) fn trace_plugin(
+        &self,
+        name: &str,
+        phase: &'static str,
+        start: Option<Instant>,
+        error: Option<&WeirError>,
+    ) {
+        let (Some(t), Some(start)) = (&self.trace, start) else {
+            return;
+        };
         let attrs = vec![kv("weir.plugin", name.to_string()), kv("weir.phase", phase)];
-        t.done(format!("plugin {name} {phase}"), start, attrs, error.map(|e| e.kind.code()));
+        t.done(
+            format!("plugin {name} {phase}"),
+            start,
+            attrs,
+            error.map(|e| e.kind.code()),
+        );
     }
 
-    /// An attempt at `p` for `model` starts: its span (a client span, named
-    /// and attributed as a GenAI inference call), whose context the
-    /// provider gets as its `traceparent`.
-    pub(super) fn trace_attempt(&self, p: &Provider, model: &str, n: usize, req: &mut RequestHeader) -> Option<Span> {
+    /// An attempt at `p` (the latest in `tried`) starts: its span (a client
+    /// span, named and attributed as a GenAI inference call), whose context
+    /// the provider gets as its `traceparent`.
+    pub(super) fn trace_attempt(&self, p: &Provider, req: &mut RequestHeader) -> Option<Span> {
         let t = self.trace.as_ref()?;
+        let (model, n) = (self.served_model().unwrap_or_default(), self.tried.len());
         let op = operation(req.uri.path());
         let up = p.upstream_model(model).unwrap_or(model).to_string();
         let attrs = vec![

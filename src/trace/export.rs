@@ -36,7 +36,12 @@ pub fn start(conf: &TracingConf) -> Result<Tracing, String> {
         .with_http_client(Ureq::new(conf.timeout.0))
         .with_endpoint(traces_url(&conf.endpoint))
         .with_timeout(conf.timeout.0)
-        .with_headers(conf.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect::<HashMap<_, _>>())
+        .with_headers(
+            conf.headers
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>(),
+        )
         .build()
         .map_err(|e| format!("tracing: {e}"))?;
     let batch = BatchConfigBuilder::default()
@@ -51,7 +56,10 @@ pub fn start(conf: &TracingConf) -> Result<Tracing, String> {
         .with_resource(
             Resource::builder_empty()
                 .with_service_name(conf.service_name.clone())
-                .with_attribute(opentelemetry::KeyValue::new("service.version", env!("CARGO_PKG_VERSION")))
+                .with_attribute(opentelemetry::KeyValue::new(
+                    "service.version",
+                    env!("CARGO_PKG_VERSION"),
+                ))
                 .build(),
         )
         .build();

@@ -42,7 +42,9 @@ pub struct Tracing {
 
 impl std::fmt::Debug for Tracing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tracing").field("endpoint", &self.conf.endpoint).finish()
+        f.debug_struct("Tracing")
+            .field("endpoint", &self.conf.endpoint)
+            .finish()
     }
 }
 
@@ -254,7 +256,9 @@ mod tests {
         let (t, mem) = tracing(0.0);
         let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
         // Sampled by the client: traced although the ratio is 0.
-        let rt = t.begin(&request(Some(tp)), Instant::now()).expect("the client's decision is followed");
+        let rt = t
+            .begin(&request(Some(tp)), Instant::now())
+            .expect("the client's decision is followed");
         let mut attempt = rt.child("chat m", SpanKind::Client, Instant::now(), vec![]);
         let mut up = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
         up.insert_header("traceparent", tp).unwrap();
@@ -280,7 +284,9 @@ mod tests {
         let (all, _) = tracing(1.0);
         assert!(all.begin(&request(None), Instant::now()).is_some());
         let (some, _) = tracing(0.25);
-        let n = (0..4000).filter(|_| some.begin(&request(None), Instant::now()).is_some()).count();
+        let n = (0..4000)
+            .filter(|_| some.begin(&request(None), Instant::now()).is_some())
+            .count();
         assert!((700..1300).contains(&n), "{n} of 4000 at 25%");
     }
 
@@ -289,7 +295,12 @@ mod tests {
         let (t, mem) = tracing(1.0);
         let started = Instant::now() - Duration::from_millis(50);
         let rt = t.begin(&request(None), started).unwrap();
-        rt.done("queue p", since(Duration::from_millis(30)), vec![kv("weir.bulkhead", "p")], Some("queue_full"));
+        rt.done(
+            "queue p",
+            since(Duration::from_millis(30)),
+            vec![kv("weir.bulkhead", "p")],
+            Some("queue_full"),
+        );
         rt.end(None);
         let spans = mem.get_finished_spans().unwrap();
         let q = spans.iter().find(|s| s.name == "queue p").unwrap();

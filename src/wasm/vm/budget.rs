@@ -143,7 +143,11 @@ mod tests {
             std::hint::black_box(0u64);
         }
         assert!(matches!(on_deadline(&mut b), UpdateDeadline::Interrupt));
-        assert!(b.overrun().contains("of CPU, past limits.callback_time (50 ms)"), "{}", b.overrun());
+        assert!(
+            b.overrun().contains("of CPU, past limits.callback_time (50 ms)"),
+            "{}",
+            b.overrun()
+        );
         let mut old = Budget {
             wall_start: Instant::now() - Duration::from_secs(2),
             cpu_start: thread_cpu_time(),
@@ -151,7 +155,11 @@ mod tests {
             ..b
         };
         assert!(matches!(on_deadline(&mut old), UpdateDeadline::Interrupt));
-        assert!(old.overrun().contains("past the wall-clock bound of 1000 ms"), "{}", old.overrun());
+        assert!(
+            old.overrun().contains("past the wall-clock bound of 1000 ms"),
+            "{}",
+            old.overrun()
+        );
     }
 
     #[test]
