@@ -61,3 +61,46 @@ run_measured() {
   non200[$name]=$((${non200[$name]:-0} + bad)); rate[$name]=$((${rate[$name]:-0} + rps))
   rounds[$name]+=" $(us $((t1 - t0)) "$ok")"
 }
+
+# The CPU benchmarks' upstream: an nginx (one worker) answering this static
+# chat completion on every path.
+BENCH_ANSWER='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"hello hello hello hello hello hello hello hello"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":16,"total_tokens":25}}'
+# upstream_conf PORT: that nginx's config.
+upstream_conf() {
+  cat <<NGX
+worker_processes 1;
+pid nginx.pid; error_log error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  server { listen 127.0.0.1:$1; keepalive_requests 1000000;
+           location / { default_type application/json; return 200 '$BENCH_ANSWER'; } }
+}
+NGX
+}
+
+# bench_keys: $work/keys.yaml, an api_key keys file with the key sk-bench.
+bench_keys() {
+  printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
+}
+
+# bench_routes UPSTREAM_URL CHAIN(0|1): weir's providers, plugins and route
+# as YAML: one provider and no plugins, or two providers behind the traffic
+# chain api_key, rate_limit, circuit_breaker, least_connections (limits never
+# bind; the key is sk-bench, see bench_keys).
+bench_routes() {
+  local bh='bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s }'
+  echo "providers:"
+  echo "  up: { url: \"$1\", models: [bench-model], $bh }"
+  [ "$2" = 0 ] && { echo "routes: [ { name: chat, providers: [up] } ]"; return; }
+  echo "  up2: { url: \"$1\", models: [bench-model], $bh }"
+  cat <<YAML
+plugins:
+  keys: { type: api_key, keys_file: $work/keys.yaml }
+  limits: { type: rate_limit, key: api_key, requests: { per_second: 1000000, burst: 1000000 },
+            tokens: { per_minute: 1000000000, burst: 1000000000 } }
+  breaker: { type: circuit_breaker }
+  balance: { type: least_connections }
+routes: [ { name: chat, plugins: [keys, limits, breaker, balance], providers: [up, up2] } ]
+YAML
+}

@@ -36,17 +36,7 @@ UP=19700; NGINX=19701; PLAINP=19702   # weir binary i: 19710+4i .. 19713+4i
 # nginx NAME: runs $work/NAME.conf in the foreground, so its pid (the master's)
 # is cleaned up on exit like the others.
 nginx_run() { mkdir -p "$work/$1"; nginx -p "$work/$1" -c "$work/$1.conf" -g 'daemon off;' & pids+=($!); }
-ANSWER='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"hello hello hello hello hello hello hello hello"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":16,"total_tokens":25}}'
-cat >"$work/upstream.conf" <<NGX
-worker_processes 1;
-pid nginx.pid; error_log error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UP; keepalive_requests 1000000;
-           location / { default_type application/json; return 200 '$ANSWER'; } }
-}
-NGX
+upstream_conf $UP >"$work/upstream.conf"
 cat >"$work/proxy.conf" <<NGX
 worker_processes 2;
 pid nginx.pid; error_log error.log;
@@ -63,25 +53,12 @@ nginx_run upstream; uppid=$!
 nginx_run proxy; nginxpid=$!
 $PLAIN 127.0.0.1:$PLAINP 127.0.0.1:$UP 2 >"$work/plain.log" 2>&1 & plainpid=$!; pids+=($!)
 
-printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
+bench_keys
 # weir_conf PORT CHAIN(0|1): one provider (two for the chain) on the upstream, one route.
 weir_conf() {
-  local bh='bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s }'
   echo "server: { listen: [\"127.0.0.1:$1\"], threads: 2 }"
   echo "admin: { listen: \"127.0.0.1:$(($1 + 1))\" }"
-  echo "providers:"
-  echo "  up: { url: \"http://127.0.0.1:$UP/v1\", models: [bench-model], $bh }"
-  [ "$2" = 0 ] && { echo "routes: [ { name: chat, providers: [up] } ]"; return; }
-  echo "  up2: { url: \"http://127.0.0.1:$UP/v1\", models: [bench-model], $bh }"
-  cat <<YAML
-plugins:
-  keys: { type: api_key, keys_file: $work/keys.yaml }
-  limits: { type: rate_limit, key: api_key, requests: { per_second: 1000000, burst: 1000000 },
-            tokens: { per_minute: 1000000000, burst: 1000000000 } }
-  breaker: { type: circuit_breaker }
-  balance: { type: least_connections }
-routes: [ { name: chat, plugins: [keys, limits, breaker, balance], providers: [up, up2] } ]
-YAML
+  bench_routes "http://127.0.0.1:$UP/v1" "$2"
 }
 # targets: "name port pid api-key" rows, in table order.
 plain_rows=(); chain_rows=(); notes=(); i=0

@@ -28,25 +28,14 @@ fi
 SINK_BIN=${SINK_BIN:-target/release/examples/otlp_sink}
 
 UP=19900; SINK=19901   # weir target i: 19910+2i (admin +1)
-ANSWER='{"id":"chatcmpl-bench","object":"chat.completion","created":1700000000,"model":"bench-model","choices":[{"index":0,"message":{"role":"assistant","content":"hello hello hello hello hello hello hello hello"},"logprobs":null,"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":16,"total_tokens":25}}'
 mkdir -p "$work/up"
-cat >"$work/up.conf" <<NGX
-worker_processes 1;
-pid nginx.pid; error_log error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  server { listen 127.0.0.1:$UP; keepalive_requests 1000000;
-           location / { default_type application/json; return 200 '$ANSWER'; } }
-}
-NGX
+upstream_conf $UP >"$work/up.conf"
 nginx -p "$work/up" -c "$work/up.conf" -g 'daemon off;' & pids+=($!)
 $SINK_BIN 127.0.0.1:$SINK >"$work/sink.log" 2>&1 & pids+=($!)
-printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
+bench_keys
 
 # weir_conf PORT CHAIN(0|1) MODE(off|trace-100|trace-1|access-log)
 weir_conf() {
-  local bh='bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s }'
   echo "server: { listen: [\"127.0.0.1:$1\"], threads: 2 }"
   echo "admin: { listen: \"127.0.0.1:$(($1 + 1))\" }"
   case $3 in
@@ -54,19 +43,7 @@ weir_conf() {
     trace-1) echo "tracing: { endpoint: \"http://127.0.0.1:$SINK\", sample: 0.01, interval: 1s, queue: 65536 }" ;;
     access-log) echo "access_log: { to: \"$work/access-$1.log\" }" ;;
   esac
-  echo "providers:"
-  echo "  up: { url: \"http://127.0.0.1:$UP/v1\", models: [bench-model], $bh }"
-  [ "$2" = 0 ] && { echo "routes: [ { name: chat, providers: [up] } ]"; return; }
-  echo "  up2: { url: \"http://127.0.0.1:$UP/v1\", models: [bench-model], $bh }"
-  cat <<YAML
-plugins:
-  keys: { type: api_key, keys_file: $work/keys.yaml }
-  limits: { type: rate_limit, key: api_key, requests: { per_second: 1000000, burst: 1000000 },
-            tokens: { per_minute: 1000000000, burst: 1000000000 } }
-  breaker: { type: circuit_breaker }
-  balance: { type: least_connections }
-routes: [ { name: chat, plugins: [keys, limits, breaker, balance], providers: [up, up2] } ]
-YAML
+  bench_routes "http://127.0.0.1:$UP/v1" "$2"
 }
 rows=(); i=0
 for chain in 0 1; do
