@@ -4,6 +4,12 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+/// mimalloc, not glibc's malloc: measured in `benches/cpu.sh` (see README,
+/// Benchmarks). glibc's arenas cost ~15% of weir's samples at load, and lock
+/// contention whenever one thread frees what another allocated.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "weir", version, about = "A programmable edge proxy for LLM providers")]
 struct Cli {
