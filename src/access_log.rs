@@ -140,12 +140,18 @@ impl AccessLog {
     }
 }
 
-/// The writer: each line as it comes, flushed whenever the queue is empty.
+/// How long the writer gathers lines after the first before writing them.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(5);
+
+/// The writer: idle, it waits for a line; then it gathers what arrives for
+/// [`LINGER`] and writes it all at once, so that under load one write (and
+/// one wake-up of this thread) carries many lines rather than one each.
 fn write_lines(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
     let mut out = std::io::BufWriter::with_capacity(64 << 10, out);
     let mut failed = false;
     while let Ok(line) = rx.recv() {
         let mut r = out.write_all(&line);
+        std::thread::sleep(LINGER);
         while let Ok(more) = rx.try_recv() {
             r = r.and_then(|()| out.write_all(&more));
         }
