@@ -39,10 +39,11 @@ ticks() {
 # us TICKS N: CPU microseconds per item of TICKS clock ticks spent on N items.
 us() { awk -v t="$1" -v hz="$(getconf CLK_TCK)" -v n="$2" 'BEGIN {if (n) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}'; }
 
-# hey_counts FILE: "<200s> <other answers and errors> <req/s>" from hey's report.
+# hey_counts FILE [STATUS]: "<answers with STATUS (default 200)> <other
+# answers and errors> <req/s>" from hey's report.
 hey_counts() {
-  awk '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
-    if ($3 == "responses") { if (n == 200) ok = $2; else bad += $2 } else bad += n }
+  awk -v want="${2:-200}" '/Requests\/sec/ {r = $2} /^ *\[[0-9]+\]/ {n = $1; gsub(/[][]/, "", n)
+    if ($3 == "responses") { if (n == want) ok = $2; else bad += $2 } else bad += n }
     END {printf "%d %d %.0f\n", ok, bad, r}' "$1"
 }
 
@@ -50,13 +51,14 @@ hey_counts() {
 # seconds, 50 clients, QPS in all) against URL; PID's CPU ticks and hey's
 # counts are added to the caller's cpu, served, non200, rate and rounds
 # arrays (declare -A) under NAME, the run's own µs/request to rounds.
+# Served answers have status $OK (default 200; 503 for a refusal's cost).
 run_measured() {
   local name=$1 pid=$2 q=$3 url=$4 t0 t1 ok bad rps
   shift 4
   t0=$(ticks "$pid")
   hey -z "${DUR}s" -c 50 -q $((q / 50)) "$@" "$url" >"$work/hey-$name.txt"
   t1=$(ticks "$pid")
-  read -r ok bad rps < <(hey_counts "$work/hey-$name.txt")
+  read -r ok bad rps < <(hey_counts "$work/hey-$name.txt" "${OK:-200}")
   cpu[$name]=$((${cpu[$name]:-0} + t1 - t0)); served[$name]=$((${served[$name]:-0} + ok))
   non200[$name]=$((${non200[$name]:-0} + bad)); rate[$name]=$((${rate[$name]:-0} + rps))
   rounds[$name]+=" $(us $((t1 - t0)) "$ok")"

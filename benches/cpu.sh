@@ -4,8 +4,11 @@
 # (2 workers), each in front of the same nginx upstream answering a static chat
 # completion. Each target gets a fixed-rate run (hey -q); the CPU it used over
 # the run (utime+stime from /proc, master and workers for nginx) divided by the
-# 200s it served is the figure. Each weir runs twice: no plugins, and the chain
-# api_key, rate_limit, circuit_breaker, least_connections (limits never bind).
+# 200s it served is the figure. Each weir runs four times: no plugins; the
+# chain api_key, rate_limit, circuit_breaker, least_connections (limits never
+# bind); a cache hit (a cache plugin answering every request but the first);
+# and a refusal (a provider whose one slot a held request keeps, no queue:
+# every request is refused 503 queue_full, and its 503s are what it served).
 #
 # Usage: benches/cpu.sh [seconds per target (default 10)]
 #   WEIR_BINS="before=/path/to/weir after=target/release/weir"  labelled binaries
@@ -24,14 +27,15 @@ source benches/common.sh
 # Pingora (weir, pingora_plain) takes SIGINT as fast shutdown; on SIGTERM it
 # drains for up to 5 minutes (so no SIGTERM until SIGINT had time to act).
 trap 'kill -INT "${pids[@]}" 2>/dev/null; sleep 1; cleanup' EXIT
-need hey wrk nginx
+need hey wrk nginx curl
 if [ -z "${WEIR_BINS:-}" ]; then
   cargo build --release --bin weir --example pingora_plain >&2
   WEIR_BINS=weir=target/release/weir
 fi
 PLAIN=${PLAIN_BIN:-target/release/examples/pingora_plain}
 
-UP=19700; NGINX=19701; PLAINP=19702   # weir binary i: 19710+4i .. 19713+4i
+UP=19700; NGINX=19701; PLAINP=19702; MOCKP=19703   # weir binary i: 19710+4i .. 19713+4i,
+                                                   # and 19760+4i .. 19763+4i
 
 # nginx NAME: runs $work/NAME.conf in the foreground, so its pid (the master's)
 # is cleaned up on exit like the others.
@@ -54,16 +58,58 @@ nginx_run proxy; nginxpid=$!
 $PLAIN 127.0.0.1:$PLAINP 127.0.0.1:$UP 2 >"$work/plain.log" 2>&1 & plainpid=$!; pids+=($!)
 
 bench_keys
-# weir_conf PORT CHAIN(0|1): one provider (two for the chain) on the upstream, one route.
+# weir_conf PORT MODE: MODE 0 or 1 (no plugins, the chain: see bench_routes),
+# cache (a cache plugin before the upstream) or refusal (one slot, no queue,
+# on a `weir mock` that holds a request whose header asks it to).
 weir_conf() {
   echo "server: { listen: [\"127.0.0.1:$1\"], threads: 2 }"
   echo "admin: { listen: \"127.0.0.1:$(($1 + 1))\" }"
-  bench_routes "http://127.0.0.1:$UP/v1" "$2"
+  case $2 in
+    cache) cat <<YAML
+providers:
+  up: { url: "http://127.0.0.1:$UP/v1", models: [bench-model] }
+plugins:
+  cache: { type: cache, ttl: 1h }
+routes: [ { name: chat, plugins: [cache], providers: [up] } ]
+YAML
+    ;;
+    refusal) cat <<YAML
+providers:
+  held: { url: "http://127.0.0.1:$MOCKP/v1", models: [bench-model],
+          bulkhead: { max_concurrent: 1, queue: 0 }, timeouts: { first_token: 1h, idle: 1h } }
+routes: [ { name: chat, providers: [held] } ]
+YAML
+    ;;
+    *) bench_routes "http://127.0.0.1:$UP/v1" "$2" ;;
+  esac
 }
-# targets: "name port pid api-key" rows, in table order.
-plain_rows=(); chain_rows=(); notes=(); i=0
+# targets: "name port pid api-key [status]" rows, in table order.
+plain_rows=(); chain_rows=(); local_rows=(); notes=(); i=0
+first_bin=${WEIR_BINS%% *}; first_bin=${first_bin#*=}
+$first_bin mock --listen 127.0.0.1:$MOCKP --fault-header x-hold >"$work/mock.log" 2>&1 & pids+=($!)
+wait_port $MOCKP
+echo '{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}' >"$work/body.json"
 for lb in $WEIR_BINS; do
   label=${lb%%=*}; bin=${lb#*=}; port=$((19710 + 4 * i)); i=$((i + 1))
+  for mode in cache refusal; do
+    p=$((port + 50)); [ $mode = refusal ] && p=$((port + 52))
+    weir_conf $p $mode >"$work/$label-$mode.yaml"
+    RUST_LOG=error $bin serve -c "$work/$label-$mode.yaml" >"$work/$label-$mode.log" 2>&1 & wpid=$!; pids+=($!)
+    wait_port $p
+    if [ $mode = refusal ]; then
+      # One request holds the only slot for the whole run; every other is refused.
+      curl -s -m 3600 -H 'x-hold: hang' -H 'content-type: application/json' -d @"$work/body.json" \
+        "http://127.0.0.1:$p/v1/chat/completions" >/dev/null & pids+=($!)
+      for _ in $(seq 100); do
+        [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -d @"$work/body.json" \
+          "http://127.0.0.1:$p/v1/chat/completions")" = 503 ] && break
+        sleep 0.05
+      done
+      local_rows+=("$label+refusal $p $wpid - 503")
+    else
+      local_rows+=("$label+cache-hit $p $wpid -")
+    fi
+  done
   for chain in 0 1; do
     p=$((port + 2 * chain)); weir_conf $p $chain >"$work/$label-$chain.yaml"
     RUST_LOG=error $bin serve -c "$work/$label-$chain.yaml" >"$work/$label-$chain.log" 2>&1 & wpid=$!; pids+=($!)
@@ -73,8 +119,8 @@ for lb in $WEIR_BINS; do
   done
 done
 wait_port $UP; wait_port $NGINX; wait_port $PLAINP
-rows=("${plain_rows[@]}" "${chain_rows[@]}" "pingora_plain $PLAINP $plainpid -" "nginx $NGINX $nginxpid -"
-      "upstream-direct $UP $uppid -")
+rows=("${plain_rows[@]}" "${chain_rows[@]}" "${local_rows[@]}" "pingora_plain $PLAINP $plainpid -"
+      "nginx $NGINX $nginxpid -" "upstream-direct $UP $uppid -")
 
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
 echo "$BODY" >"$work/body.json"
@@ -86,22 +132,22 @@ sed '1a wrk.headers["Authorization"] = "Bearer sk-bench"' "$work/post.lua" >"$wo
 declare -A cpu served non200 rate rounds
 for r in $(seq "$ROUNDS"); do
   for row in "${rows[@]}"; do
-    read -r name port pid key <<<"$row"
+    read -r name port pid key want <<<"$row"
     [ "$key" = - ] && key=
     url=http://127.0.0.1:$port/v1/chat/completions
     h=(-m POST -T application/json -D "$work/body.json" ${key:+-H "Authorization: Bearer $key"})
     echo "round $r/$ROUNDS: $name" >&2
     # warm-up: connection pools, lazy initialisation
     if [ "$r" = 1 ]; then hey -n 2000 -c 10 "${h[@]}" "$url" >/dev/null; fi
-    run_measured "$name" "$pid" "$RATE" "$url" "${h[@]}"
+    OK=${want:-200} run_measured "$name" "$pid" "$RATE" "$url" "${h[@]}"
   done
 done
 
-table="| target | req/s | non-200 | CPU µs/request |${MAX:+ max req/s (wrk) |}"
+table="| target | req/s | other answers | CPU µs/request |${MAX:+ max req/s (wrk) |}"
 table+=$'\n'"|---|---:|---:|---:|${MAX:+---:|}"
 failed=()
 for row in "${rows[@]}"; do
-  read -r name port pid key <<<"$row"
+  read -r name port pid key _ <<<"$row"
   [ "$key" = - ] && key=
   ok=${served[$name]}; bad=${non200[$name]}
   [ $((2 * ok)) -gt $((ok + bad)) ] || failed+=("$name: $ok x 200, $bad non-200; in hey's last run:")
