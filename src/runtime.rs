@@ -37,6 +37,29 @@ pub struct Runtime {
     pub tracing: Option<Arc<Tracing>>,
 }
 
+/// A section that opens something (a file and its writer, an exporter):
+/// the previous generation's, kept while its settings are unchanged, or a
+/// new one (a failure is a config error at `field`).
+fn kept_or_opened<C, T>(
+    conf: Option<&C>,
+    previous: Option<Arc<T>>,
+    is_for: impl Fn(&T, &C) -> bool,
+    open: impl Fn(&C) -> Result<T, String>,
+    (field, ck): (&str, &mut Checker),
+) -> Option<Arc<T>> {
+    let c = conf?;
+    if let Some(kept) = previous.filter(|t| is_for(t, c)) {
+        return Some(kept);
+    }
+    match open(c) {
+        Ok(t) => Some(Arc::new(t)),
+        Err(e) => {
+            ck.error(field, e);
+            None
+        }
+    }
+}
+
 /// HTTP methods as config names them (checked already).
 fn methods(names: &[String]) -> Vec<http::Method> {
     names
@@ -148,32 +171,20 @@ impl Runtime {
                 plugins.insert(name.clone(), p);
             }
         }
-        let access_log = match &config.access_log {
-            None => None,
-            Some(c) => match previous.and_then(|p| p.access_log.clone()).filter(|l| l.is_for(c)) {
-                Some(kept) => Some(kept),
-                None => match AccessLog::open(c) {
-                    Ok(l) => Some(Arc::new(l)),
-                    Err(e) => {
-                        ck.error("access_log.to", e);
-                        None
-                    }
-                },
-            },
-        };
-        let tracing = match &config.tracing {
-            None => None,
-            Some(c) => match previous.and_then(|p| p.tracing.clone()).filter(|t| t.is_for(c)) {
-                Some(kept) => Some(kept),
-                None => match crate::trace::export::start(c) {
-                    Ok(t) => Some(Arc::new(t)),
-                    Err(e) => {
-                        ck.error("tracing.endpoint", e);
-                        None
-                    }
-                },
-            },
-        };
+        let access_log = kept_or_opened(
+            config.access_log.as_ref(),
+            previous.and_then(|p| p.access_log.clone()),
+            AccessLog::is_for,
+            AccessLog::open,
+            ("access_log.to", &mut ck),
+        );
+        let tracing = kept_or_opened(
+            config.tracing.as_ref(),
+            previous.and_then(|p| p.tracing.clone()),
+            Tracing::is_for,
+            crate::trace::export::start,
+            ("tracing.endpoint", &mut ck),
+        );
         if !ck.errors.is_empty() {
             return Err(ConfigErrors(ck.errors));
         }

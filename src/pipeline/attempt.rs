@@ -216,7 +216,9 @@ impl AttemptGuard {
     /// The provider's response head arrived `ttfb` after sending: its
     /// status and its `x-ratelimit-remaining-requests` and `Retry-After`.
     pub fn head(&mut self, head: &ResponseHeader, ttfb: Duration) {
-        super::traced::attempt_status(&mut self.span, head.status.as_u16());
+        if let Some(s) = self.span.as_mut() {
+            crate::trace::answered(s, head.status.as_u16());
+        }
         let Some(f) = self.feedback.as_mut() else { return };
         let text = |name: &str| head.headers.get(name).and_then(|v| v.to_str().ok()).map(str::trim);
         let remaining = text("x-ratelimit-remaining-requests").and_then(|v| v.parse().ok());

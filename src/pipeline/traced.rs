@@ -175,17 +175,6 @@ impl RequestCtx {
     }
 }
 
-/// An attempt's span learns how the provider answered.
-pub(super) fn attempt_status(span: &mut Option<Span>, status: u16) {
-    if let Some(s) = span {
-        use opentelemetry::trace::Span as _;
-        s.set_attribute(kv("http.response.status_code", status as i64));
-        if status >= 400 {
-            trace::fail(s, &status.to_string());
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::operation;

@@ -24,10 +24,10 @@ use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider};
 use pingora_http::RequestHeader;
 use std::borrow::Cow;
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 pub use opentelemetry::trace::SpanKind;
-pub use opentelemetry::Value;
+use opentelemetry::Value;
 pub use opentelemetry_sdk::trace::Span;
 
 /// Traces as configured: the SDK's provider (its batch exporter thread)
@@ -193,10 +193,12 @@ pub fn inject(span: &Span, req: &mut RequestHeader) {
     TraceContextPropagator::new().inject_context(&cx, &mut HeadersMut(req));
 }
 
-/// How long ago `d` was, as an instant (a queue wait's start).
-pub fn since(d: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_sub(d).unwrap_or(now)
+/// An attempt's span learns the provider's status (4xx and 5xx fail it).
+pub fn answered(span: &mut Span, status: u16) {
+    span.set_attribute(kv("http.response.status_code", status as i64));
+    if status >= 400 {
+        fail(span, &status.to_string());
+    }
 }
 
 struct Headers<'a>(&'a RequestHeader);
@@ -223,6 +225,7 @@ impl Injector for HeadersMut<'_> {
 mod tests {
     use super::*;
     use opentelemetry_sdk::trace::{InMemorySpanExporter, SimpleSpanProcessor};
+    use std::time::Duration;
 
     fn tracing(sample: f64) -> (Arc<Tracing>, InMemorySpanExporter) {
         let mem = InMemorySpanExporter::default();
@@ -288,6 +291,12 @@ mod tests {
             .filter(|_| some.begin(&request(None), Instant::now()).is_some())
             .count();
         assert!((700..1300).contains(&n), "{n} of 4000 at 25%");
+    }
+
+    /// How long ago `d` was, as an instant.
+    fn since(d: Duration) -> Instant {
+        let now = Instant::now();
+        now.checked_sub(d).unwrap_or(now)
     }
 
     #[test]
