@@ -25,9 +25,12 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
+use pingora_timeout::fast_timeout::{fast_sleep, fast_timeout};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::future::Future;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -68,15 +71,23 @@ impl HttpServerApp for HeaderDeadline {
         let read = Arc::new(AtomicBool::new(false));
         let serve = HEADER_READ.scope(read.clone(), self.inner.process_new_http(session, shutdown));
         tokio::pin!(serve);
-        let reused = tokio::select! {
-            r = &mut serve => r,
-            _ = tokio::time::sleep(limit) => {
-                if !read.load(Ordering::Relaxed) {
-                    log::debug!("request header not complete within {limit:?}: connection closed");
-                    return None; // dropping the session closes the connection
+        // The first poll parses what has arrived, usually the whole header
+        // (a kept-alive connection's next request is waited for below): a
+        // deadline is armed only for a header still incomplete after it.
+        let first = std::future::poll_fn(|cx| Poll::Ready(serve.as_mut().poll(cx))).await;
+        let reused = match first {
+            Poll::Ready(r) => r,
+            Poll::Pending if read.load(Ordering::Relaxed) => serve.await,
+            Poll::Pending => tokio::select! {
+                r = &mut serve => r,
+                _ = fast_sleep(limit) => {
+                    if !read.load(Ordering::Relaxed) {
+                        log::debug!("request header not complete within {limit:?}: connection closed");
+                        return None; // dropping the session closes the connection
+                    }
+                    serve.await
                 }
-                serve.await
-            }
+            },
         };
         // Wait here for the next request's first byte, so that its deadline
         // starts there and the keep-alive idle time is not counted in it.
@@ -108,7 +119,7 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     let mut shutdown = shutdown.clone();
     let mut byte = [0u8; 1];
     tokio::select! {
-        r = tokio::time::timeout(idle, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(_))).then_some(()),
+        r = fast_timeout(idle, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(_))).then_some(()),
         _ = shutdown.wait_for(|down| *down) => None,
     }
 }

@@ -5,16 +5,20 @@
 //! Driving the upstream side here (instead of Pingora's proxy loop) is what
 //! lets weir inspect and rewrite bodies of any size and replay them on failover.
 //! The proxy's attempts and a wasm filter's `http_call` both use this code.
+//! Its deadlines use Pingora's coarse timers (10 ms ticks, shared by every
+//! deadline in the same tick, armed only once a read has to wait): a timer
+//! per read costs no lock on the runtime's timer wheel.
 
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::Provider;
 use bytes::Bytes;
-use pingora_core::connectors::http::Connector;
+use pingora_core::connectors::http::v1::Connector;
 use pingora_core::connectors::ConnectorOptions;
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_timeout::fast_timeout::fast_timeout;
 use std::time::{Duration, Instant};
 
 /// Connection pools to every provider; shared by all config generations.
@@ -227,11 +231,7 @@ impl Upstream {
         let mut fresh_tried = false;
         let sent_at = Instant::now();
         loop {
-            let (mut s, reused) = self
-                .connector
-                .get_http_session(p.peer)
-                .await
-                .map_err(|e| classify(&e, p.name, "could not be reached"))?;
+            let (mut s, reused) = self.session(p, fresh_tried).await?;
             match self.exchange(&mut s, p, req, body).await {
                 Ok(ttfb) => {
                     return Ok(Exchange {
@@ -249,6 +249,22 @@ impl Upstream {
                 Err((e, _)) => return Err(e),
             }
         }
+    }
+
+    /// A pooled connection to the provider, else a new one (unless
+    /// `fresh` asks for a new one). Making a connection (TCP, perhaps TLS)
+    /// is a large future and rare once pools are warm: it is boxed, so that
+    /// every request's future does not carry its size.
+    async fn session(&self, p: &Target<'_>, fresh: bool) -> Result<(HttpSession, bool), SendError> {
+        if !fresh {
+            if let Some(h1) = self.connector.reused_http_session(p.peer).await {
+                return Ok((HttpSession::H1(h1), true));
+            }
+        }
+        let (h1, reused) = Box::pin(self.connector.get_http_session(p.peer))
+            .await
+            .map_err(|e| classify(&e, p.name, "could not be reached"))?;
+        Ok((HttpSession::H1(h1), reused))
     }
 
     async fn exchange(
@@ -272,7 +288,7 @@ impl Upstream {
         send_body
             .await
             .map_err(|e| (classify(&e, p.name, "failed while sending"), Sent::Some))?;
-        match tokio::time::timeout(p.first_byte, final_header(s, p.name)).await {
+        match fast_timeout(p.first_byte, final_header(s, p.name)).await {
             Ok(Ok(())) => Ok(started.elapsed()),
             Ok(Err(e)) => Err((e, Sent::Some)),
             Err(_) => Err((timed_out(p.name, "sent no response", p.first_byte), Sent::Some)),
@@ -302,12 +318,13 @@ impl Upstream {
 
     /// Return a finished exchange's connection to the pool, or close it.
     pub async fn finish(&self, mut ex: Exchange, peer: &HttpPeer) {
-        if ex.session.response_done() {
+        if !ex.session.response_done() {
+            return ex.session.shutdown().await;
+        }
+        if let HttpSession::H1(h1) = ex.session {
             self.connector
-                .release_http_session(ex.session, peer, peer.options.idle_timeout)
+                .release_http_session(h1, peer, peer.options.idle_timeout)
                 .await;
-        } else {
-            ex.session.shutdown().await;
         }
     }
 }
@@ -341,7 +358,7 @@ impl Exchange {
     /// within the same `limit`.
     pub async fn chunk_within(&mut self, provider: &str, limit: Duration) -> Result<Option<Bytes>, SendError> {
         let Some(m) = self.mapped.as_mut() else {
-            return match tokio::time::timeout(limit, self.session.read_response_body()).await {
+            return match fast_timeout(limit, self.session.read_response_body()).await {
                 Ok(Ok(c)) => Ok(c),
                 Ok(Err(e)) => Err(classify(&e, provider, "failed mid-response")),
                 Err(_) => Err(timed_out(provider, "sent nothing more", limit)),
@@ -351,7 +368,7 @@ impl Exchange {
         let mut out = bytes::BytesMut::new();
         while !m.ended {
             let left = deadline.saturating_duration_since(Instant::now());
-            let read = match tokio::time::timeout(left, self.session.read_response_body()).await {
+            let read = match fast_timeout(left, self.session.read_response_body()).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return Err(classify(&e, provider, "failed mid-response")),
                 Err(_) => return Err(timed_out(provider, "sent nothing more", limit)),

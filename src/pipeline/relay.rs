@@ -93,8 +93,10 @@ impl Pipeline {
                 self.upstream.finish(ex, &p.peer).await;
                 self.relay_whole(d, ctx, attempt, head, body, status).await
             }
-            Ready::Pass(prefix) => self.relay_pass(d, ctx, job, leg, prefix).await,
-            Ready::Stream(s) => self.relay_stream(d, ctx, job, leg, *s).await,
+            // Boxed: a pass-through or a stream is a large future, and the
+            // whole answer (the common non-stream case) should not carry it.
+            Ready::Pass(prefix) => Box::pin(self.relay_pass(d, ctx, job, leg, prefix)).await,
+            Ready::Stream(s) => Box::pin(self.relay_stream(d, ctx, job, leg, *s)).await,
         }
     }
 

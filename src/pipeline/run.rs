@@ -516,7 +516,7 @@ async fn parse_head(body: &Bytes) -> Result<llm::RequestHead, llm::HeadError> {
 /// Read the whole request body within `limit`: a client trickling its body
 /// gets a 408 and loses the connection, whatever each read's own timeout.
 async fn read_body<D: Downstream>(d: &mut D, max: usize, limit: Duration) -> Result<Bytes, Failure> {
-    match tokio::time::timeout(limit, read_body_bounded(d, max)).await {
+    match pingora_timeout::fast_timeout::fast_timeout(limit, read_body_bounded(d, max)).await {
         Ok(r) => r,
         Err(_) => {
             d.no_keepalive();
