@@ -31,7 +31,8 @@ use std::sync::Arc;
 
 /// The client's response header from the provider's.
 pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
-    let mut resp = ResponseHeader::build(up.status, Some(up.headers.len() + 3)).expect("valid status");
+    // Names in lowercase (no map of the provider's spellings), as an HTTP/2 client sees them.
+    let mut resp = ResponseHeader::build_no_case(up.status, Some(up.headers.len() + 3)).expect("valid status");
     for (name, value) in up.headers.iter() {
         if matches!(name.as_str(), "connection" | "keep-alive") {
             continue;
