@@ -12,9 +12,10 @@
 use crate::error::{ErrorKind, WeirError};
 use crate::provider::Provider;
 use bytes::Bytes;
-use pingora_core::connectors::http::v1::Connector;
-use pingora_core::connectors::ConnectorOptions;
+use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::client::HttpSession;
+use pingora_core::protocols::http::v1::client::HttpSession as H1Session;
+use pingora_core::upstreams::peer::Peer;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -23,7 +24,7 @@ use std::time::{Duration, Instant};
 
 /// Connection pools to every provider; shared by all config generations.
 pub struct Upstream {
-    connector: Connector,
+    transport: TransportConnector,
 }
 
 impl Default for Upstream {
@@ -78,7 +79,8 @@ struct Mapped {
 /// A response being read from a provider.
 pub struct Exchange {
     session: HttpSession,
-    mapped: Option<Mapped>,
+    /// Boxed: rare (a provider in another wire format), and an exchange is moved along a request's path.
+    mapped: Option<Box<Mapped>>,
     idle: Duration,
     /// When sending began: a stream's first-token deadline counts from here.
     pub sent_at: Instant,
@@ -214,7 +216,7 @@ impl Upstream {
     /// belongs to the tokio runtime its connections were made on.
     pub fn new(idle_per_pool: usize) -> Self {
         Upstream {
-            connector: Connector::new(Some(ConnectorOptions::new(idle_per_pool))),
+            transport: TransportConnector::new(Some(ConnectorOptions::new(idle_per_pool))),
         }
     }
 
@@ -257,14 +259,14 @@ impl Upstream {
     /// every request's future does not carry its size.
     async fn session(&self, p: &Target<'_>, fresh: bool) -> Result<(HttpSession, bool), SendError> {
         if !fresh {
-            if let Some(h1) = self.connector.reused_http_session(p.peer).await {
-                return Ok((HttpSession::H1(h1), true));
+            if let Some(stream) = self.transport.reused_stream(p.peer).await {
+                return Ok((HttpSession::H1(H1Session::new_with_options(stream, p.peer)), true));
             }
         }
-        let (h1, reused) = Box::pin(self.connector.get_http_session(p.peer))
+        let stream = Box::pin(self.transport.new_stream(p.peer))
             .await
             .map_err(|e| classify(&e, p.name, "could not be reached"))?;
-        Ok((HttpSession::H1(h1), reused))
+        Ok((HttpSession::H1(H1Session::new_with_options(stream, p.peer)), false))
     }
 
     async fn exchange(
@@ -317,14 +319,21 @@ impl Upstream {
     }
 
     /// Return a finished exchange's connection to the pool, or close it.
-    pub async fn finish(&self, mut ex: Exchange, peer: &HttpPeer) {
-        if !ex.session.response_done() {
-            return ex.session.shutdown().await;
-        }
-        if let HttpSession::H1(h1) = ex.session {
-            self.connector
-                .release_http_session(h1, peer, peer.options.idle_timeout)
-                .await;
+    /// Pooling is synchronous (what Pingora's `reuse` does but for its
+    /// close): the common case adds nothing to the caller's future.
+    pub async fn finish(&self, ex: Exchange, peer: &HttpPeer) {
+        if let HttpSession::H1(mut h1) = ex.session {
+            if h1.is_body_done() {
+                // Off for a `Connection: close`, an HTTP/1.0 or close-delimited
+                // answer, or bytes past the body's end.
+                h1.respect_keepalive();
+                if h1.will_keepalive() {
+                    let idle = peer.options.idle_timeout;
+                    self.transport.release_stream(h1.into_inner(), peer.reuse_hash(), idle);
+                    return;
+                }
+            }
+            h1.shutdown().await;
         }
     }
 }
@@ -341,11 +350,11 @@ impl Exchange {
     pub fn map_answer(&mut self, mut map: Box<dyn AnswerMap>) {
         let mut head = self.header().clone();
         map.head(&mut head);
-        self.mapped = Some(Mapped {
+        self.mapped = Some(Box::new(Mapped {
             map,
             head,
             ended: false,
-        });
+        }));
     }
 
     /// The next body chunk, `None` at the end; at most `idle` away.

@@ -93,9 +93,10 @@ pub struct AttemptGuard {
     holds: Holds,
     /// The attempt's span, when the request is traced: it ends as the
     /// guard drops, when the attempt gives back what it held.
-    pub(super) span: Option<crate::trace::Span>,
+    /// (Boxed, like `feedback`: a guard is moved along a request's path.)
+    pub(super) span: Option<Box<crate::trace::Span>>,
     /// What the provider's adaptive limit learns from this attempt, if it has one.
-    feedback: Option<Feedback>,
+    feedback: Option<Box<Feedback>>,
     _in_flight: InFlight,
     _permit: Permit,
 }
@@ -180,7 +181,7 @@ impl AttemptGuard {
                 Admission::Skip => return None,
             }
         }
-        let feedback = provider.adaptive.as_ref().map(|a| Feedback {
+        let feedback = provider.adaptive.as_ref().map(|a| Box::new(Feedback {
             adaptive: a.clone(),
             admitted: Instant::now(),
             head: None,
@@ -188,7 +189,7 @@ impl AttemptGuard {
             ended: None,
             output_tokens: None,
             failed: false,
-        });
+        }));
         Some(AttemptGuard {
             holds,
             span: None,

@@ -278,7 +278,7 @@ impl Pipeline {
         };
         ctx.tried.push(provider.clone());
         let mut req = upstream_request(d.req_header(), provider, &ctx.request_id, body.len(), native);
-        attempt.span = ctx.trace_attempt(provider, &mut req);
+        attempt.span = ctx.trace_attempt(provider, &mut req).map(Box::new);
         let target = Target::provider(provider);
         let sent = tokio::select! {
             r = self.upstream.send(&target, &req, body) => Some(r),
