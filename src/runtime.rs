@@ -128,6 +128,7 @@ fn build_plugin(
         name: name.to_string(),
         conf: conf.clone(),
         capabilities: plugin.capabilities(),
+        phases: plugin.phases(),
         plugin,
         bulkhead,
         files,

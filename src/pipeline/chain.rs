@@ -1,7 +1,7 @@
 //! A route as it serves: its plugin chain and its providers, built once per
 //! config generation by the runtime.
 
-use super::plugin::{Capabilities, Plugin};
+use super::plugin::{Capabilities, Phases, Plugin};
 use crate::bulkhead::Bulkhead;
 use crate::config::{MatchConf, PluginConf, RetryConf};
 use crate::error::{ErrorKind, WeirError};
@@ -19,6 +19,8 @@ pub struct PluginInstance {
     pub plugin: Arc<dyn Plugin>,
     pub bulkhead: Arc<Bulkhead>,
     pub capabilities: Capabilities,
+    /// The phases it works in ([`Plugin::phases`]).
+    pub phases: Phases,
     /// The files it was built from, with their SHA-256 at build time
     /// (`None`: unreadable).
     pub files: Vec<(PathBuf, Option<[u8; 32]>)>,

@@ -45,5 +45,5 @@ pub use chain::{PluginInstance, Route};
 pub use context::{Identity, RequestCtx, Spent, Wire};
 pub use downstream::Downstream;
 pub use factory::{no_check, no_files, BuildCtx, BuildError, PluginSpec, PluginType, Settings, Typed};
-pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Plugin};
+pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Phases, Plugin};
 pub use run::{Ended, Pipeline};

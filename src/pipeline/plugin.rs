@@ -63,6 +63,31 @@ pub struct Capabilities {
     pub stream_usage: bool,
 }
 
+/// Which of the phases that cost the pipeline something a plugin works in
+/// (declared once, at build time). A phase a plugin does not work in is
+/// skipped for it: no slot of its bulkhead taken, no call made. The
+/// default is every phase, so a plugin that declares nothing loses nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Phases {
+    pub request_headers: bool,
+    pub request_body: bool,
+    pub response_headers: bool,
+}
+
+impl Phases {
+    pub const ALL: Phases = Phases {
+        request_headers: true,
+        request_body: true,
+        response_headers: true,
+    };
+    /// A plugin that only chooses among providers and admits attempts.
+    pub const NONE: Phases = Phases {
+        request_headers: false,
+        request_body: false,
+        response_headers: false,
+    };
+}
+
 /// A pipeline stage. Every method has a default that does nothing, so a
 /// plugin implements only the phases it cares about. Request phases run in
 /// route order; response phases in reverse route order (the first plugin
@@ -72,6 +97,13 @@ pub trait Plugin: Send + Sync {
     /// What this plugin needs of the pipeline (asked once, when built).
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()
+    }
+
+    /// The request and response-header phases this plugin works in: one
+    /// that implements [`Plugin::request_headers`], [`Plugin::request_body`]
+    /// or a response-header phase must say so here (the default says all).
+    fn phases(&self) -> Phases {
+        Phases::ALL
     }
 
     /// 1. Request headers, before the body is read. May change the header

@@ -231,6 +231,11 @@ impl Pipeline {
         // while it works on the request (not while the body is read).
         let no_body = d.body_empty();
         for (i, p) in route.plugins.iter().enumerate() {
+            if !p.phases.request_headers {
+                // Nothing to do here: it has entered all the same.
+                ctx.entered = ctx.entered.max(i + 1);
+                continue;
+            }
             let _slot = wait(d, &p.bulkhead, ctx, no_body).await?;
             ctx.enter(i);
             ctx.entered = ctx.entered.max(i + 1);
@@ -305,6 +310,9 @@ impl Pipeline {
         // Phase 2: request body.
         ctx.trace_request(d.req_header().uri.path());
         for (i, p) in route.plugins.iter().enumerate() {
+            if !p.phases.request_body {
+                continue;
+            }
             let _slot = wait(d, &p.bulkhead, ctx, true).await?;
             ctx.enter(i);
             let clock = ctx.trace_clock();
@@ -464,7 +472,7 @@ pub(super) async fn finish_local(
     if let Some(route) = ctx.route.clone() {
         let entered = ctx.entered;
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);
-        for i in order() {
+        for i in order().filter(|i| route.plugins[*i].phases.response_headers) {
             ctx.enter(i);
             let clock = ctx.trace_clock();
             route.plugins[i].plugin.response_headers_held(header, ctx).await;

@@ -8,7 +8,7 @@
 use crate::bulkhead::Ticket;
 use crate::config::Priority;
 use crate::error::{ErrorKind, WeirError};
-use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Plugin, RequestCtx, Typed};
+use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Phases, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use pingora_http::RequestHeader;
 use serde::{Deserialize, Serialize};
@@ -176,6 +176,13 @@ fn presented_key(req: &RequestHeader) -> Option<&str> {
 
 #[async_trait]
 impl Plugin for ApiKeys {
+    fn phases(&self) -> Phases {
+        Phases {
+            response_headers: false,
+            ..Phases::ALL
+        }
+    }
+
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
         let Some(presented) = presented_key(req) else {
             return Err(WeirError::new(

@@ -11,7 +11,7 @@
 use crate::config::{Checker, Dur};
 use crate::error::{ErrorKind, WeirError};
 use crate::metrics;
-use crate::pipeline::{Admission, Attempt, AttemptHold, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Admission, Attempt, AttemptHold, Phases, Plugin, RequestCtx, Typed};
 use crate::provider::Provider;
 use crate::traffic::breaker::{Admit, Breaker, BreakerConf, State};
 use async_trait::async_trait;
@@ -296,6 +296,10 @@ impl AttemptHold for Hold {
 
 #[async_trait]
 impl Plugin for CircuitBreaker {
+    fn phases(&self) -> Phases {
+        Phases::NONE
+    }
+
     fn upstream_choice(&self, ctx: &mut RequestCtx) -> Result<(), WeirError> {
         let now = Instant::now();
         let map = self.shared.by_provider.lock();

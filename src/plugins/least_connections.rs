@@ -2,7 +2,7 @@
 //! to weight (ties rotate), healthy providers with room first.
 
 use crate::error::WeirError;
-use crate::pipeline::{Plugin, RequestCtx, Typed};
+use crate::pipeline::{Phases, Plugin, RequestCtx, Typed};
 use crate::traffic::least_conn::{order, Load};
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -29,6 +29,10 @@ pub struct LeastConnections {
 
 #[async_trait]
 impl Plugin for LeastConnections {
+    fn phases(&self) -> Phases {
+        Phases::NONE
+    }
+
     fn upstream_choice(&self, ctx: &mut RequestCtx) -> Result<(), WeirError> {
         if ctx.candidates.len() < 2 {
             return Ok(());
