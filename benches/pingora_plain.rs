@@ -22,8 +22,11 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     let (listen, upstream) = (&args[1], args[2].parse().expect("upstream address"));
     let threads = args.get(3).and_then(|t| t.parse().ok()).unwrap_or(2);
+    // PINGORA_NO_STEAL=1: one single-threaded runtime per thread (what
+    // issue 17 asked to look into), else Pingora's default work stealing.
     let conf = ServerConf {
         threads,
+        work_stealing: std::env::var("PINGORA_NO_STEAL").map_or(true, |v| v != "1"),
         ..ServerConf::default()
     };
     let mut server = Server::new_with_opt_and_conf(Opt::default(), conf);

@@ -91,7 +91,42 @@ pub async fn reserve_prompt_tokens(body: &Bytes) -> u64 {
     counted.unwrap_or_else(|_| (body.len() as u64).saturating_mul(2).saturating_add(3))
 }
 
+/// A chat body whose messages' `content` and `name` are plain strings (or
+/// null), read without building a JSON tree: the common case, counted
+/// without an allocation per value. Any other shape fails to parse here and
+/// is counted through [`Value`] instead, with the same result.
+#[derive(serde::Deserialize)]
+struct PlainChat<'a> {
+    #[serde(borrow)]
+    messages: Vec<PlainMessage<'a>>,
+}
+
+#[derive(serde::Deserialize)]
+struct PlainMessage<'a> {
+    #[serde(borrow, default)]
+    content: Option<std::borrow::Cow<'a, str>>,
+    #[serde(borrow, default)]
+    name: Option<std::borrow::Cow<'a, str>>,
+}
+
 fn count(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
+    if let Ok(chat) = serde_json::from_slice::<PlainChat>(body) {
+        return chat
+            .messages
+            .iter()
+            .map(|m| {
+                let content = m.content.as_deref().map_or(0, count_text);
+                let name = m.name.as_deref().map_or(0, count_text);
+                4u64.saturating_add(content).saturating_add(name)
+            })
+            .fold(0, u64::saturating_add)
+            .saturating_add(3);
+    }
+    count_tree(body, count_text)
+}
+
+/// [`count`] over the whole JSON tree: any shape.
+fn count_tree(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
     let Ok(v) = serde_json::from_slice::<Value>(body) else {
         return 0;
     };
@@ -130,6 +165,30 @@ mod tests {
         let body = br#"{"model":"m","messages":[{"role":"user","content":"hello world"}]}"#;
         // "hello world" is 2 tokens in o200k_base; + 4 per message + 3.
         assert_eq!(prompt_tokens(body), 9);
+    }
+
+    #[test]
+    fn plain_chats_count_as_the_tree_does() {
+        for body in [
+            &br#"{"model":"m","messages":[{"role":"user","content":"hello world"}]}"#[..],
+            br#"{"messages":[{"role":"user","content":"caf\u00e9 \"quoted\"\n","name":"bob"},{"role":"assistant","content":null}]}"#,
+            br#"{"messages":[],"prompt":"ignored"}"#,
+            br#"{"model":"m","temperature":0.2,"messages":[{"content":"a","extra":{"x":[1,2]}}],"tools":[{"a":1}]}"#,
+        ] {
+            assert!(serde_json::from_slice::<PlainChat>(body).is_ok(), "{}", String::from_utf8_lossy(body));
+            assert_eq!(count(body, bpe), count_tree(body, bpe), "{}", String::from_utf8_lossy(body));
+        }
+        // Shapes the plain reading refuses go through the tree, with the same result.
+        for body in [
+            &br#"{"messages":[{"content":[{"type":"text","text":"hello"},{"type":"image_url"}]}]}"#[..],
+            br#"{"messages":[{"content":"a"},"not an object"]}"#,
+            br#"{"messages":"not a list","prompt":"hello world"}"#,
+            br#"{"messages":[{"content":"a","content":"b"}]}"#,
+        ] {
+            assert!(serde_json::from_slice::<PlainChat>(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert_eq!(count(body, bpe), count_tree(body, bpe));
+        }
+        assert_eq!(count(br#"{"messages":"not a list","prompt":"hello world"}"#, bpe), 2);
     }
 
     #[test]
