@@ -18,11 +18,13 @@
 #   ROUNDS     runs every target this many times, interleaved (default 1);
 #              the figure is over all rounds, each round's in parentheses
 #   MAX=1      adds a max-throughput pass (wrk -t2 -c64) per target
+#   RESULT=F   also writes the table to F and its chart to F's name with
+#              .png (benches/plot_cpu.py; matplotlib in target/py-bench)
 # Exits 1 when a target answers mostly non-200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}; RATE=${RATE:-5000}; ROUNDS=${ROUNDS:-1}
-cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BIN=${PLAIN_BIN:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-} benches/cpu.sh $DUR"
+cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BIN=${PLAIN_BIN:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-} RESULT=${RESULT:-} benches/cpu.sh $DUR"
 source benches/common.sh
 # Pingora (weir, pingora_plain) takes SIGINT as fast shutdown; on SIGTERM it
 # drains for up to 5 minutes (so no SIGTERM until SIGINT had time to act).
@@ -161,13 +163,25 @@ for row in "${rows[@]}"; do
   fi
 done
 
-echo
-echo "CPU per proxied request: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc)," \
-  "$ROUNDS x ${DUR}s per target at $RATE req/s (hey -c 50 -q $((RATE / 50)))"
-echo "command: $cmdline"
-echo
-echo "$table"
-for n in "${notes[@]}"; do echo "note: $n"; done
+report() {
+  echo
+  echo "CPU per proxied request: $(date -u '+%Y-%m-%d %H:%M UTC'), nproc $(nproc)," \
+    "$ROUNDS x ${DUR}s per target at $RATE req/s (hey -c 50 -q $((RATE / 50)))"
+  echo "command: $cmdline"
+  echo
+  echo "$table"
+  for n in "${notes[@]}"; do echo "note: $n"; done
+}
+report
+if [ -n "${RESULT:-}" ]; then
+  report >"$RESULT"
+  venv=target/py-bench
+  if [ ! -x "$venv/bin/python" ] || ! "$venv/bin/python" -c 'import matplotlib' 2>/dev/null; then
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check -r benches/requirements.txt
+  fi
+  "$venv/bin/python" benches/plot_cpu.py "$RESULT" "${RESULT%.md}.png"
+fi
 [ ${#failed[@]} = 0 ] && exit 0
 for f in "${failed[@]}"; do echo "FAILED $f" >&2; sed -n '/Status code distribution/,$p' "$work/hey-${f%%:*}.txt" >&2; done
 exit 1
