@@ -15,8 +15,8 @@ use bytes::Bytes;
 use pingora_core::connectors::{ConnectorOptions, TransportConnector};
 use pingora_core::protocols::http::client::HttpSession;
 use pingora_core::protocols::http::v1::client::HttpSession as H1Session;
-use pingora_core::upstreams::peer::Peer;
 use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::upstreams::peer::Peer;
 use pingora_error::ErrorType;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::fast_timeout::fast_timeout;
@@ -325,7 +325,10 @@ impl Upstream {
         if let HttpSession::H1(mut h1) = ex.session {
             if h1.is_body_done() {
                 // Off for a `Connection: close`, an HTTP/1.0 or close-delimited
-                // answer, or bytes past the body's end.
+                // answer, or bytes past the body's end. (A body cut by the
+                // provider's close is an error, whose exchange is aborted,
+                // not finished; Pingora drops a pooled connection found
+                // closed before handing it out anyway.)
                 h1.respect_keepalive();
                 if h1.will_keepalive() {
                     let idle = peer.options.idle_timeout;

@@ -185,7 +185,11 @@ mod tests {
             br#"{"messages":"not a list","prompt":"hello world"}"#,
             br#"{"messages":[{"content":"a","content":"b"}]}"#,
         ] {
-            assert!(serde_json::from_slice::<PlainChat>(body).is_err(), "{}", String::from_utf8_lossy(body));
+            assert!(
+                serde_json::from_slice::<PlainChat>(body).is_err(),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
             assert_eq!(count(body, bpe), count_tree(body, bpe));
         }
         assert_eq!(count(br#"{"messages":"not a list","prompt":"hello world"}"#, bpe), 2);

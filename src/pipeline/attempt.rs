@@ -181,15 +181,17 @@ impl AttemptGuard {
                 Admission::Skip => return None,
             }
         }
-        let feedback = provider.adaptive.as_ref().map(|a| Box::new(Feedback {
-            adaptive: a.clone(),
-            admitted: Instant::now(),
-            head: None,
-            first_token: None,
-            ended: None,
-            output_tokens: None,
-            failed: false,
-        }));
+        let feedback = provider.adaptive.as_ref().map(|a| {
+            Box::new(Feedback {
+                adaptive: a.clone(),
+                admitted: Instant::now(),
+                head: None,
+                first_token: None,
+                ended: None,
+                output_tokens: None,
+                failed: false,
+            })
+        });
         Some(AttemptGuard {
             holds,
             span: None,

@@ -147,7 +147,10 @@ impl Pipeline {
         route: &Route,
         mut resp: ResponseHeader,
     ) -> Result<(), Failure> {
-        for i in (0..ctx.entered).rev().filter(|i| route.plugins[*i].phases.response_headers) {
+        for i in (0..ctx.entered)
+            .rev()
+            .filter(|i| route.plugins[*i].phases.response_headers)
+        {
             ctx.enter(i);
             let clock = ctx.trace_clock();
             route.plugins[i].plugin.response_headers_held(&mut resp, ctx).await;
