@@ -109,18 +109,19 @@ struct PlainMessage<'a> {
     name: Option<std::borrow::Cow<'a, str>>,
 }
 
+/// OpenAI's count for chat messages, from each one's (content, name) tokens:
+/// 4 per message plus both, and 3 for the reply's priming.
+fn chat_tokens(messages: impl Iterator<Item = (u64, u64)>) -> u64 {
+    messages
+        .map(|(content, name)| 4u64.saturating_add(content).saturating_add(name))
+        .fold(0, u64::saturating_add)
+        .saturating_add(3)
+}
+
 fn count(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
     if let Ok(chat) = serde_json::from_slice::<PlainChat>(body) {
-        return chat
-            .messages
-            .iter()
-            .map(|m| {
-                let content = m.content.as_deref().map_or(0, count_text);
-                let name = m.name.as_deref().map_or(0, count_text);
-                4u64.saturating_add(content).saturating_add(name)
-            })
-            .fold(0, u64::saturating_add)
-            .saturating_add(3);
+        let text = |t: &Option<std::borrow::Cow<str>>| t.as_deref().map_or(0, count_text);
+        return chat_tokens(chat.messages.iter().map(|m| (text(&m.content), text(&m.name))));
     }
     count_tree(body, count_text)
 }
@@ -131,15 +132,8 @@ fn count_tree(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
         return 0;
     };
     if let Some(Value::Array(messages)) = v.get("messages") {
-        let per_message = messages
-            .iter()
-            .map(|m| {
-                let content = m.get("content").map_or(0, |c| count_content(c, count_text));
-                let name = m.get("name").map_or(0, |c| count_content(c, count_text));
-                4u64.saturating_add(content).saturating_add(name)
-            })
-            .fold(0, u64::saturating_add);
-        return per_message.saturating_add(3);
+        let text = |m: &Value, field| m.get(field).map_or(0, |c| count_content(c, count_text));
+        return chat_tokens(messages.iter().map(|m| (text(m, "content"), text(m, "name"))));
     }
     for field in ["prompt", "input"] {
         match v.get(field) {

@@ -16,7 +16,7 @@ use super::context::RequestCtx;
 use super::downstream::Downstream;
 use super::failover::{cut, take_events, Job, Leg, PrepareError, Ready, StartError, StreamStart};
 use super::plugin::Attempt;
-use super::run::{finish_local, Failure, Pipeline};
+use super::run::{finish_local, response_header_phases, Failure, Pipeline};
 use crate::config::{Continuation, ProviderKind};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::sse::{data_event, Splice, StreamWatch, UsageStripper};
@@ -147,15 +147,7 @@ impl Pipeline {
         route: &Route,
         mut resp: ResponseHeader,
     ) -> Result<(), Failure> {
-        for i in (0..ctx.entered)
-            .rev()
-            .filter(|i| route.plugins[*i].phases.response_headers)
-        {
-            ctx.enter(i);
-            let clock = ctx.trace_clock();
-            route.plugins[i].plugin.response_headers_held(&mut resp, ctx).await;
-            ctx.trace_plugin(&route.plugins[i].name, "response_headers", clock, None);
-        }
+        response_header_phases(ctx, route, &mut resp, None).await;
         if let Some(e) = ctx.failed.take() {
             return Err(Failure::Refuse(e, None));
         }

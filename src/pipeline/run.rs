@@ -472,12 +472,7 @@ pub(super) async fn finish_local(
     if let Some(route) = ctx.route.clone() {
         let entered = ctx.entered;
         let order = || (0..entered).rev().filter(|i| Some(*i) != by);
-        for i in order().filter(|i| route.plugins[*i].phases.response_headers) {
-            ctx.enter(i);
-            let clock = ctx.trace_clock();
-            route.plugins[i].plugin.response_headers_held(header, ctx).await;
-            ctx.trace_plugin(&route.plugins[i].name, "response_headers", clock, None);
-        }
+        response_header_phases(ctx, &route, header, by).await;
         ctx.status = header.status.as_u16();
         let len = body.len();
         for i in order() {
@@ -496,6 +491,23 @@ pub(super) async fn finish_local(
     }
     ctx.status = header.status.as_u16();
     body
+}
+
+/// The response-header phase, in reverse route order over the plugins that
+/// entered and work in it, `by` (the plugin that answered) excepted.
+pub(super) async fn response_header_phases(
+    ctx: &mut RequestCtx,
+    route: &Route,
+    header: &mut ResponseHeader,
+    by: Option<usize>,
+) {
+    let takes = |i: &usize| Some(*i) != by && route.plugins[*i].phases.response_headers;
+    for i in (0..ctx.entered).rev().filter(takes) {
+        ctx.enter(i);
+        let clock = ctx.trace_clock();
+        route.plugins[i].plugin.response_headers_held(header, ctx).await;
+        ctx.trace_plugin(&route.plugins[i].name, "response_headers", clock, None);
+    }
 }
 
 fn declared_length(req: &RequestHeader) -> Option<usize> {
