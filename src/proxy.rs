@@ -28,7 +28,7 @@ use pingora_proxy::{FailToProxy, HttpProxy, ProxyHttp, Session};
 use pingora_timeout::fast_timeout::{fast_sleep, fast_timeout};
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -104,9 +104,14 @@ impl HttpServerApp for HeaderDeadline {
         self.inner.h2_options()
     }
 
-    async fn http_cleanup(&self) {
-        self.inner.http_cleanup().await
-    }
+    /// Not passed on: Pingora's cleanup drops every connection still
+    /// waiting for its request header when the listeners close, including
+    /// one accepted just before whose request is on its way (its client sees
+    /// a reset). Here an idle kept-alive connection is closed on shutdown by
+    /// `next_request`; a connection whose request has begun, or that was
+    /// accepted before the listeners closed, is answered (without
+    /// keep-alive), its header bounded by `server.timeouts.request_headers`.
+    async fn http_cleanup(&self) {}
 }
 
 /// Wait until a kept-alive connection has a byte of its next request:
@@ -119,6 +124,8 @@ async fn next_request(stream: &mut Stream, idle: Duration, shutdown: &ShutdownWa
     let mut shutdown = shutdown.clone();
     let mut byte = [0u8; 1];
     tokio::select! {
+        // A request that has begun is served even if shutdown came with it.
+        biased;
         r = fast_timeout(idle, stream.try_peek(&mut byte)) => matches!(r, Ok(Ok(_))).then_some(()),
         _ = shutdown.wait_for(|down| *down) => None,
     }
@@ -133,24 +140,30 @@ pub struct ConnectionCap<A> {
     gateway: Arc<Gateway>,
     /// Open connections by listener port (the gauge is the counter).
     open: Mutex<HashMap<u16, prometheus::IntGauge>>,
+    /// Open connections on every listener, for [`Drain`].
+    total: Arc<AtomicUsize>,
 }
 
 impl<A> ConnectionCap<A> {
-    pub fn new(inner: A, gateway: Arc<Gateway>) -> Self {
+    /// `total` counts the open connections of every listener (shared with
+    /// [`WeirProxy::drain`]).
+    pub fn new(inner: A, gateway: Arc<Gateway>, total: Arc<AtomicUsize>) -> Self {
         ConnectionCap {
             inner: Arc::new(inner),
             gateway,
             open: Mutex::new(HashMap::new()),
+            total,
         }
     }
 }
 
 /// One open connection, counted down when it closes.
-struct OpenConnection(prometheus::IntGauge);
+struct OpenConnection(prometheus::IntGauge, Arc<AtomicUsize>);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
+        self.1.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -204,7 +217,8 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
             let _ = tokio::time::timeout(Duration::from_millis(500), refuse).await;
             return None;
         }
-        let _open = OpenConnection(open);
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let _open = OpenConnection(open, self.total.clone());
         self.inner.process_new(stream, shutdown).await
     }
 
@@ -235,11 +249,13 @@ impl WeirProxy {
     }
 
     /// The service that ends the process once a graceful termination has
-    /// drained this proxy's requests (at most `grace` after it began).
-    pub fn drain(&self, grace: std::time::Duration) -> Drain {
+    /// drained this proxy's requests and client connections (`connections`,
+    /// counted by [`ConnectionCap`]), at most `grace` after it began.
+    pub fn drain(&self, grace: std::time::Duration, connections: Arc<AtomicUsize>) -> Drain {
         Drain {
             pipeline: self.pipeline.clone(),
             gateway: self.gateway.clone(),
+            connections,
             grace,
         }
     }
@@ -248,10 +264,16 @@ impl WeirProxy {
 /// Graceful termination (SIGTERM): Pingora closes the listeners and keeps
 /// serving what is in flight for its grace period (`server.shutdown_grace`);
 /// this ends the process as soon as nothing is, instead of sleeping the
-/// whole grace period out.
+/// whole grace period out. "Nothing" counts connections, not only requests:
+/// a connection accepted just before the listeners closed has no request
+/// in the pipeline until its header is read, and ending the process then
+/// would reset it. Idle kept-alive connections close at once on shutdown
+/// (`next_request`); one still sending its header is bounded by
+/// `server.timeouts.request_headers`.
 pub struct Drain {
     pipeline: Arc<Pipeline>,
     gateway: Arc<Gateway>,
+    connections: Arc<AtomicUsize>,
     grace: std::time::Duration,
 }
 
@@ -275,15 +297,16 @@ impl pingora_core::services::background::BackgroundService for Drain {
         }
         let started = std::time::Instant::now();
         log::info!(
-            "draining: {} requests in flight get up to {}",
+            "draining: {} requests in flight on {} connections get up to {}",
             self.pipeline.in_flight(),
+            self.connections.load(Ordering::Relaxed),
             humantime::format_duration(self.grace)
         );
         // Idle a moment at zero first: a request's log phase (a budget's
         // settlement) runs just after its last byte.
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
-            if self.pipeline.in_flight() == 0 {
+            if self.pipeline.in_flight() == 0 && self.connections.load(Ordering::Relaxed) == 0 {
                 let since = *idle_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= std::time::Duration::from_millis(250) {
                     log::info!("drained in {:?}; exiting", started.elapsed());
@@ -296,8 +319,9 @@ impl pingora_core::services::background::BackgroundService for Drain {
             }
             if started.elapsed() > self.grace {
                 log::warn!(
-                    "grace period over with {} requests in flight",
-                    self.pipeline.in_flight()
+                    "grace period over with {} requests in flight on {} connections",
+                    self.pipeline.in_flight(),
+                    self.connections.load(Ordering::Relaxed)
                 );
                 self.flush_traces().await;
                 return;

@@ -10,6 +10,7 @@ use pingora_core::server::Server;
 use pingora_core::services::listening::Service;
 use pingora_core::services::ServiceWithDependents;
 use std::path::Path;
+use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 
 /// Start the gateway for `config` and run until stopped; extra services (the
@@ -42,10 +43,11 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     server.bootstrap();
 
     let weir_proxy = WeirProxy::new(gateway.clone());
-    let drain = weir_proxy.drain(server_conf.shutdown_grace.0);
+    let connections = Arc::new(AtomicUsize::new(0));
+    let drain = weir_proxy.drain(server_conf.shutdown_grace.0, connections.clone());
     let mut app = pingora_proxy::HttpProxy::new(weir_proxy, server.configuration.clone());
     app.handle_init_modules();
-    let app = ConnectionCap::new(HeaderDeadline::new(app, gateway.clone()), gateway.clone());
+    let app = ConnectionCap::new(HeaderDeadline::new(app, gateway.clone()), gateway.clone(), connections);
     let mut proxy = Service::new("weir proxy".to_string(), app);
     for l in &server_conf.listen {
         proxy.add_tcp(l);
