@@ -29,7 +29,7 @@ pub async fn check(p: &Provider, path: &str) -> bool {
     hc.req
         .set_uri(full.parse().unwrap_or_else(|_| http::Uri::from_static("/")));
     for (name, value) in &p.auth {
-        let _ = hc.req.insert_header(*name, value.as_str());
+        let _ = hc.req.insert_header(*name, value.clone());
     }
     hc.peer_template = p.peer.clone();
     let timeout = p.conf.timeouts.connect.0 + Duration::from_secs(1);

@@ -6,11 +6,14 @@ use crate::config::{AdaptiveConf, BulkheadConf, PriceConf, ProviderConf, Provide
 use crate::llm::Usage;
 use crate::metrics;
 use crate::traffic::adaptive::{Aimd, Decision, Latency, Outcome, Params, Sample};
+use bytes::Bytes;
+use http::HeaderValue;
 use indexmap::IndexMap;
+use once_cell::sync::OnceCell;
 use parking_lot::Mutex;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::WrappedX509;
-use prometheus::{Gauge, IntGauge};
+use prometheus::{Gauge, Histogram, IntCounter, IntGauge};
 use std::collections::HashMap;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::Path;
@@ -85,8 +88,8 @@ impl Endpoint {
 }
 
 /// The credential headers a provider is sent, by its kind.
-fn auth_headers(conf: &ProviderConf) -> Vec<(&'static str, String)> {
-    match conf.kind {
+fn auth_headers(conf: &ProviderConf) -> Vec<(&'static str, HeaderValue)> {
+    let pairs: Vec<(&'static str, String)> = match conf.kind {
         ProviderKind::Openai => conf
             .api_key
             .iter()
@@ -98,7 +101,17 @@ fn auth_headers(conf: &ProviderConf) -> Vec<(&'static str, String)> {
             .map(|k| ("x-api-key", k.clone()))
             .chain([("anthropic-version", conf.anthropic_version.clone())])
             .collect(),
-    }
+    };
+    // Built once per generation: a request clones them (a reference count).
+    // A value no header can carry is left out, as inserting it would fail.
+    pairs
+        .into_iter()
+        .filter_map(|(n, v)| {
+            let mut v = HeaderValue::from_maybe_shared(Bytes::from(v)).ok()?;
+            v.set_sensitive(true);
+            Some((n, v))
+        })
+        .collect()
 }
 
 /// A bulkhead for `conf`: the previous generation's one (queue and all)
@@ -290,7 +303,14 @@ pub struct Provider {
     pub peer: HttpPeer,
     /// Credential headers sent to it: `authorization: Bearer …` for an
     /// OpenAI provider; `x-api-key` and `anthropic-version` for an Anthropic one.
-    pub auth: Vec<(&'static str, String)>,
+    pub auth: Vec<(&'static str, HeaderValue)>,
+    /// The `host` header sent to it (`Endpoint::authority`).
+    pub host: HeaderValue,
+    /// `weir_upstream_ttfb_seconds` for it, and `weir_llm_tokens_total`
+    /// (prompt, completion) for each public model it serves: looked up on
+    /// first use, then kept for the generation.
+    ttfb: OnceCell<Histogram>,
+    llm_tokens: HashMap<String, OnceCell<[IntCounter; 2]>>,
     /// public model name -> upstream model name
     pub models: HashMap<String, String>,
     pub bulkhead: Arc<Bulkhead>,
@@ -305,6 +325,29 @@ pub struct Provider {
 }
 
 impl Provider {
+    /// Count the time to its first byte (`weir_upstream_ttfb_seconds`).
+    pub fn observe_ttfb(&self, t: Duration) {
+        self.ttfb
+            .get_or_init(|| metrics::UPSTREAM_TTFB.with_label_values(&[&self.name]))
+            .observe(t.as_secs_f64());
+    }
+
+    /// Count the tokens it reported for public model `model`
+    /// (`weir_llm_tokens_total`).
+    pub fn count_llm_tokens(&self, model: &str, usage: Usage) {
+        let counters = |m: &str| {
+            ["prompt", "completion"].map(|kind| metrics::LLM_TOKENS.with_label_values(&[&self.name, m, kind]))
+        };
+        let add = |[p, c]: &[IntCounter; 2]| {
+            p.inc_by(usage.prompt_tokens);
+            c.inc_by(usage.completion_tokens);
+        };
+        match self.llm_tokens.get(model) {
+            Some(cell) => add(cell.get_or_init(|| counters(model))),
+            None => add(&counters(model)),
+        }
+    }
+
     /// Build a provider; `ca` is the already loaded CA list, if any.
     pub fn build(
         name: &str,
@@ -350,6 +393,15 @@ impl Provider {
             name: name.to_string(),
             conf: conf.clone(),
             auth: auth_headers(conf),
+            ttfb: OnceCell::new(),
+            llm_tokens: conf
+                .models
+                .pairs()
+                .into_iter()
+                .map(|(m, _)| (m, OnceCell::new()))
+                .collect(),
+            host: HeaderValue::from_maybe_shared(Bytes::from(endpoint.authority()))
+                .map_err(|e| format!("provider {name}: its host is not a header value: {e}"))?,
             models: conf.models.pairs().into_iter().collect(),
             in_flight: metrics::UPSTREAM_IN_FLIGHT.with_label_values(&[name]),
             health: previous.map_or_else(Default::default, |p| p.health.clone()),

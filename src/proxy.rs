@@ -449,25 +449,29 @@ impl ProxyHttp for WeirProxy {
         self.pipeline.log(ctx);
         let route_name = ctx.route_name();
         let provider = ctx.provider.as_ref().map_or("", |p| p.name.as_str());
-        let mut status_buf = itoa_status(ctx.status);
-        metrics::REQUESTS
-            .with_label_values(&[route_name, provider, status_str(&mut status_buf)])
-            .inc();
-        metrics::REQUEST_DURATION
-            .with_label_values(&[route_name, provider])
-            .observe(ctx.started.elapsed().as_secs_f64());
-        if let Some(t) = ctx.upstream_ttfb {
-            metrics::UPSTREAM_TTFB
-                .with_label_values(&[provider])
-                .observe(t.as_secs_f64());
+        let took = ctx.started.elapsed().as_secs_f64();
+        // A provider's answer: the route keeps its metric handles.
+        let served = match (&ctx.route, &ctx.provider) {
+            (Some(r), Some(p)) if ctx.status == 200 => r.served_by(p),
+            _ => None,
+        };
+        if let Some((ok, duration)) = served {
+            ok.inc();
+            duration.observe(took);
+        } else {
+            let mut status_buf = itoa_status(ctx.status);
+            metrics::REQUESTS
+                .with_label_values(&[route_name, provider, status_str(&mut status_buf)])
+                .inc();
+            metrics::REQUEST_DURATION
+                .with_label_values(&[route_name, provider])
+                .observe(took);
         }
-        if let (Some(u), Some(model), Some(_)) = (ctx.usage, ctx.model(), &ctx.provider) {
-            metrics::LLM_TOKENS
-                .with_label_values(&[provider, model, "prompt"])
-                .inc_by(u.prompt_tokens);
-            metrics::LLM_TOKENS
-                .with_label_values(&[provider, model, "completion"])
-                .inc_by(u.completion_tokens);
+        if let (Some(t), Some(p)) = (ctx.upstream_ttfb, &ctx.provider) {
+            p.observe_ttfb(t);
+        }
+        if let (Some(u), Some(model), Some(p)) = (ctx.usage, ctx.model(), &ctx.provider) {
+            p.count_llm_tokens(model, u);
         }
         record_spent(ctx);
         if let Some(log) = &self.gateway.current().access_log {

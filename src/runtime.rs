@@ -209,6 +209,7 @@ impl Runtime {
                     matcher: r.matcher.clone(),
                     stream_usage: chain.iter().any(|p| p.capabilities.stream_usage),
                     plugins: chain,
+                    served: providers.iter().map(|_| Default::default()).collect(),
                     providers,
                     retry: r.retry_policy(),
                     context_fallbacks: r.context_fallbacks.clone(),

@@ -5,9 +5,12 @@ use super::plugin::{Capabilities, Phases, Plugin};
 use crate::bulkhead::Bulkhead;
 use crate::config::{MatchConf, PluginConf, RetryConf};
 use crate::error::{ErrorKind, WeirError};
+use crate::metrics;
 use crate::provider::Provider;
 use indexmap::IndexMap;
+use once_cell::sync::OnceCell;
 use pingora_http::RequestHeader;
+use prometheus::{Histogram, IntCounter};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -44,6 +47,27 @@ pub struct Route {
     pub stream_usage: bool,
     /// (path prefix, methods; empty = any) forwarded unread.
     pub passthrough: Vec<(String, Vec<http::Method>)>,
+    /// Each provider's (same index) request metrics on this route.
+    pub served: Vec<ServedMetrics>,
+}
+
+/// A provider's `weir_requests_total{status="200"}` and
+/// `weir_request_duration_seconds` on a route: looked up in the metric
+/// families on first use, then kept for the generation instead of hashing
+/// the labels on every request. Made lazily, so no series appears before a
+/// request is counted in it.
+#[derive(Default)]
+pub struct ServedMetrics(OnceCell<(IntCounter, Histogram)>);
+
+impl ServedMetrics {
+    pub fn get(&self, route: &str, provider: &str) -> &(IntCounter, Histogram) {
+        self.0.get_or_init(|| {
+            (
+                metrics::REQUESTS.with_label_values(&[route, provider, "200"]),
+                metrics::REQUEST_DURATION.with_label_values(&[route, provider]),
+            )
+        })
+    }
 }
 
 impl Route {
@@ -68,6 +92,12 @@ impl Route {
                 .get(k.as_str())
                 .is_some_and(|h| h.as_bytes() == v.as_bytes())
         })
+    }
+
+    /// `provider`'s metrics on this route, if it is one of the route's.
+    pub fn served_by(&self, provider: &Arc<Provider>) -> Option<&(IntCounter, Histogram)> {
+        let i = self.providers.iter().position(|p| Arc::ptr_eq(p, provider))?;
+        Some(self.served[i].get(&self.name, &provider.name))
     }
 
     /// Providers that serve `model`, in route order.

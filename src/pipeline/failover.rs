@@ -181,23 +181,26 @@ fn upstream_request(
         }
         let _ = req.append_header(name.clone(), value.clone());
     }
-    let _ = req.insert_header("host", p.endpoint.authority());
+    let _ = req.insert_header(http::header::HOST, p.host.clone());
     let _ = req.insert_header("x-request-id", request_id);
     for (name, value) in &p.auth {
         // A native client's own API version (and betas) stand.
         if native && *name == "anthropic-version" && req.headers.contains_key(*name) {
             continue;
         }
-        let _ = req.insert_header(*name, value.as_str());
+        let _ = req.insert_header(*name, value.clone());
     }
     if body_len > 0 || client.method != http::Method::GET {
-        let _ = req.insert_header("content-length", body_len.to_string());
+        let _ = req.insert_header(http::header::CONTENT_LENGTH, http::HeaderValue::from(body_len));
     }
     if super::run::reads_usage(client.uri.path()) {
         // weir reads usage from the answer: ask for it uncompressed (the
         // client may still get it compressed from anyone in between; a
         // provider that compresses anyway is read through a copy).
-        let _ = req.insert_header("accept-encoding", "identity");
+        let _ = req.insert_header(
+            http::header::ACCEPT_ENCODING,
+            http::HeaderValue::from_static("identity"),
+        );
     }
     req
 }

@@ -558,18 +558,29 @@ async fn read_body_bounded<D: Downstream>(d: &mut D, max: usize) -> Result<Bytes
     if declared.is_some_and(|n| n > max) {
         return Err(refuse_large_body(d, max, 0).await);
     }
-    let mut buf = BytesMut::with_capacity(declared.unwrap_or(0));
+    // A body that comes in one chunk (most do) is kept as it came: copied
+    // into one buffer only when a second chunk follows.
+    let mut first: Option<Bytes> = None;
+    let mut buf = BytesMut::new();
     loop {
         match d.read_body().await {
             Ok(Some(chunk)) => {
-                if buf.len() + chunk.len() > max {
-                    let seen = buf.len() + chunk.len();
-                    drop(buf);
+                let seen = first.as_ref().map_or(0, Bytes::len) + buf.len() + chunk.len();
+                if seen > max {
+                    drop((first, buf));
                     return Err(refuse_large_body(d, max, seen).await);
+                }
+                if first.is_none() && buf.is_empty() {
+                    first = Some(chunk);
+                    continue;
+                }
+                if let Some(f) = first.take() {
+                    buf.reserve(declared.unwrap_or(0).max(seen));
+                    buf.extend_from_slice(&f);
                 }
                 buf.extend_from_slice(&chunk);
             }
-            Ok(None) => return Ok(buf.freeze()),
+            Ok(None) => return Ok(first.unwrap_or_else(|| buf.freeze())),
             Err(()) => return Err(Failure::ClientGone),
         }
     }
@@ -605,6 +616,62 @@ async fn refuse_large_body<D: Downstream>(d: &mut D, max: usize, mut seen: usize
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A client sending its body in the given chunks.
+    struct Chunks(RequestHeader, std::collections::VecDeque<&'static [u8]>);
+
+    impl Downstream for Chunks {
+        fn req_header(&self) -> &RequestHeader {
+            &self.0
+        }
+        fn req_header_mut(&mut self) -> &mut RequestHeader {
+            &mut self.0
+        }
+        fn body_empty(&mut self) -> bool {
+            false
+        }
+        fn body_done(&mut self) -> bool {
+            self.1.is_empty()
+        }
+        async fn read_body(&mut self) -> Result<Option<Bytes>, ()> {
+            Ok(self.1.pop_front().map(Bytes::from_static))
+        }
+        async fn gone(&mut self) {}
+        async fn write_header(&mut self, _h: ResponseHeader, _end: bool) -> Result<(), ()> {
+            Ok(())
+        }
+        async fn write_body(&mut self, _b: Bytes, _end: bool) -> Result<(), ()> {
+            Ok(())
+        }
+        fn no_keepalive(&mut self) {}
+        fn response_started(&self) -> bool {
+            false
+        }
+    }
+
+    fn read(chunks: &[&'static [u8]], max: usize) -> Result<Bytes, Failure> {
+        let req = RequestHeader::build("POST", b"/v1/chat/completions", None).unwrap();
+        let mut d = Chunks(req, chunks.iter().copied().collect());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(read_body_bounded(&mut d, max))
+    }
+
+    #[test]
+    fn a_body_reads_whole_in_one_chunk_or_many_and_not_past_its_bound() {
+        assert_eq!(&read(&[b"abc"], 10).ok().unwrap()[..], b"abc");
+        assert_eq!(&read(&[b"ab", b"", b"cd", b"ef"], 10).ok().unwrap()[..], b"abcdef");
+        assert_eq!(&read(&[b"", b"xy"], 10).ok().unwrap()[..], b"xy");
+        assert_eq!(&read(&[], 10).ok().unwrap()[..], b"");
+        for chunks in [&[&b"0123456789ab"[..]][..], &[b"01234", b"56789", b"a"]] {
+            match read(chunks, 10) {
+                Err(Failure::Refuse(e, None)) => assert_eq!(e.kind, ErrorKind::PayloadTooLarge),
+                _ => panic!("{chunks:?} passed a 10-byte bound"),
+            }
+        }
+    }
 
     #[test]
     fn dot_segments_in_any_spelling() {

@@ -256,16 +256,19 @@ impl RateLimit {
 
     /// The bucket key for this request, or `None` when it cannot be known yet.
     fn key(&self, ctx: &RequestCtx, req: Option<&RequestHeader>) -> Option<String> {
-        let client_ip = ctx.client_addr.map(|a| a.ip().to_string()).unwrap_or_default();
+        let ip = || match ctx.client_addr {
+            Some(a) => format!("ip:{}", a.ip()),
+            None => "ip:".to_string(),
+        };
         let k = match self.conf.key.as_str() {
             "global" => "global".to_string(),
             "route" => format!("route:{}", ctx.route.as_ref()?.name),
             "model" => bounded_key("model", ctx.head.as_ref()?.model.as_bytes()),
-            "ip" => format!("ip:{client_ip}"),
+            "ip" => ip(),
             // No identity (no api_key plugin before this one): fall back to the IP.
             "api_key" => match &ctx.identity {
                 Some(id) => format!("key:{}", id.name),
-                None => format!("ip:{client_ip}"),
+                None => ip(),
             },
             h => {
                 let name = h.strip_prefix("header:")?;
