@@ -142,22 +142,37 @@ impl WeirError {
 
     /// OpenAI's error envelope as JSON bytes.
     pub fn body(&self) -> Bytes {
-        let v = serde_json::json!({
-            "error": {
-                "message": self.message,
-                "type": self.kind.type_name(),
-                "code": self.kind.code(),
-                "param": self.param,
-            }
-        });
-        Bytes::from(serde_json::to_vec(&v).unwrap_or_default())
+        /// OpenAI's error envelope, written straight from borrowed fields.
+        #[derive(serde::Serialize)]
+        struct Envelope<'a> {
+            error: Inner<'a>,
+        }
+        #[derive(serde::Serialize)]
+        struct Inner<'a> {
+            message: &'a str,
+            #[serde(rename = "type")]
+            kind: &'a str,
+            param: Option<&'a str>,
+            code: &'a str,
+        }
+        let e = Envelope {
+            error: Inner {
+                message: &self.message,
+                kind: self.kind.type_name(),
+                param: self.param,
+                code: self.kind.code(),
+            },
+        };
+        Bytes::from(serde_json::to_vec(&e).unwrap_or_default())
     }
 
     /// Response header for this error, body length set.
     pub fn response_header(&self, body_len: usize, request_id: &str) -> ResponseHeader {
-        let mut h = ResponseHeader::build(self.status(), Some(6)).expect("valid status");
-        let _ = h.insert_header("content-type", "application/json");
-        let _ = h.insert_header("content-length", body_len.to_string());
+        use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+        // Names go out in lowercase, as every header weir writes itself.
+        let mut h = ResponseHeader::build_no_case(self.status(), Some(6 + self.headers.len())).expect("valid status");
+        let _ = h.insert_header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        let _ = h.insert_header(CONTENT_LENGTH, HeaderValue::from(body_len));
         if !request_id.is_empty() {
             let _ = h.insert_header("x-request-id", request_id);
         }
@@ -170,7 +185,7 @@ impl WeirError {
         let status = self.status();
         if status == 429 || status == 503 {
             let secs = self.retry_after.unwrap_or(1).max(1);
-            let _ = h.insert_header("retry-after", secs.to_string());
+            let _ = h.insert_header(RETRY_AFTER, HeaderValue::from(secs));
         }
         h
     }
