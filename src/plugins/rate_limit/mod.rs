@@ -12,6 +12,8 @@ use crate::llm::tokens;
 use crate::metrics;
 use crate::pipeline::{Capabilities, Flow, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
+use bytes::Bytes;
+use http::HeaderValue;
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -331,7 +333,9 @@ impl RateLimit {
         )
         .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs);
         if let Some(t) = ctx.state::<Taken>() {
-            self.limit_headers(t, |k, v| e.headers.push((k, v)));
+            self.limit_headers(t, |k, v| {
+                e.headers.push((k, v.to_str().unwrap_or_default().to_string()))
+            });
         }
         e
     }
@@ -347,7 +351,7 @@ impl RateLimit {
     }
 
     /// OpenAI's `x-ratelimit-*` headers for what the request took so far.
-    fn limit_headers(&self, t: &Taken, mut put: impl FnMut(&'static str, String)) {
+    fn limit_headers(&self, t: &Taken, mut put: impl FnMut(&'static str, HeaderValue)) {
         for (dim, d) in [(Dim::Requests, t.requests), (Dim::Tokens, t.tokens)] {
             let Some(d) = d else { continue };
             let [limit, remaining, reset] = match dim {
@@ -362,9 +366,12 @@ impl RateLimit {
                     "x-ratelimit-reset-tokens",
                 ],
             };
-            put(limit, (self.shape(dim).capacity as u64).to_string());
-            put(remaining, (d.remaining.max(0.0) as u64).to_string());
-            put(reset, reset_str(d.reset));
+            // Numbers without the formatter; the reset string is moved in.
+            put(limit, HeaderValue::from(self.shape(dim).capacity as u64));
+            put(remaining, HeaderValue::from(d.remaining.max(0.0) as u64));
+            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(reset_str(d.reset))) {
+                put(reset, v);
+            }
         }
     }
 }
@@ -378,16 +385,33 @@ fn with_taken(ctx: &mut RequestCtx, f: impl FnOnce(&mut Taken)) {
     }
 }
 
-/// OpenAI's reset format: `1s`, `6m0s`, `0.5s`.
+/// OpenAI's reset format: `1s`, `6m0s`, `0.5s` (rounded up to the
+/// millisecond under a minute, to the second above).
 fn reset_str(d: Duration) -> String {
-    let s = d.as_secs_f64();
-    if s < 60.0 {
-        let r = (s * 1000.0).ceil() / 1000.0;
-        format!("{r}s")
+    use std::fmt::Write;
+    let mut out = String::with_capacity(12);
+    let ms = d.as_nanos().div_ceil(1_000_000) as u64;
+    if ms < 60_000 {
+        let _ = write!(out, "{}", ms / 1000);
+        let frac = ms % 1000;
+        if frac > 0 {
+            out.push('.');
+            let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| (b'0' + d as u8) as char);
+            let keep = if frac % 10 != 0 {
+                3
+            } else if frac % 100 != 0 {
+                2
+            } else {
+                1
+            };
+            out.extend(&digits[..keep]);
+        }
+        out.push('s');
     } else {
-        let m = (s / 60.0).floor();
-        format!("{m}m{}s", (s - m * 60.0).ceil() as u64)
+        let secs = ms.div_ceil(1000);
+        let _ = write!(out, "{}m{}s", secs / 60, secs % 60);
     }
+    out
 }
 
 #[async_trait]
@@ -492,6 +516,12 @@ mod tests {
         assert_eq!(reset_str(Duration::from_millis(500)), "0.5s");
         assert_eq!(reset_str(Duration::from_secs(1)), "1s");
         assert_eq!(reset_str(Duration::from_secs(360)), "6m0s");
+        assert_eq!(reset_str(Duration::from_millis(17)), "0.017s");
+        assert_eq!(reset_str(Duration::from_millis(1250)), "1.25s");
+        assert_eq!(reset_str(Duration::from_micros(100_001)), "0.101s", "rounded up");
+        assert_eq!(reset_str(Duration::from_millis(59_999)), "59.999s");
+        assert_eq!(reset_str(Duration::from_millis(419_500)), "7m0s", "not 6m60s");
+        assert_eq!(reset_str(Duration::ZERO), "0s");
     }
 
     #[test]
