@@ -13,7 +13,11 @@
 # Usage: benches/cpu.sh [seconds per target (default 10)]
 #   WEIR_BINS="before=/path/to/weir after=target/release/weir"  labelled binaries
 #     (unset: builds and measures weir=target/release/weir)
-#   PLAIN_BIN  bare Pingora proxy (default target/release/examples/pingora_plain)
+#   PLAIN_BINS="label=/path ..."  labelled bare Pingora proxies (unset:
+#              pingora_plain=target/perf/examples/pingora_plain)
+#   PROFILE    the cargo profile built when WEIR_BINS or PLAIN_BINS is unset
+#              (default perf: release with whole-program LTO, for weir and
+#              Pingora alike; PROFILE=release for the quicker build)
 #   RATE       request rate of the fixed-rate runs (default 5000/s)
 #   ROUNDS     runs every target this many times, interleaved (default 1);
 #              the figure is over all rounds, each round's in parentheses
@@ -24,17 +28,18 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}; RATE=${RATE:-5000}; ROUNDS=${ROUNDS:-1}
-cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BIN=${PLAIN_BIN:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-} RESULT=${RESULT:-} benches/cpu.sh $DUR"
+cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BINS=\"${PLAIN_BINS:-}\" PROFILE=${PROFILE:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-} RESULT=${RESULT:-} benches/cpu.sh $DUR"
 source benches/common.sh
 # Pingora (weir, pingora_plain) takes SIGINT as fast shutdown; on SIGTERM it
 # drains for up to 5 minutes (so no SIGTERM until SIGINT had time to act).
 trap 'kill -INT "${pids[@]}" 2>/dev/null; sleep 1; cleanup' EXIT
 need hey wrk nginx curl
-if [ -z "${WEIR_BINS:-}" ]; then
-  cargo build --release --bin weir --example pingora_plain >&2
-  WEIR_BINS=weir=target/release/weir
+PROFILE=${PROFILE:-perf}
+if [ -z "${WEIR_BINS:-}" ] || [ -z "${PLAIN_BINS:-}" ]; then
+  cargo build --profile "$PROFILE" --bin weir --example pingora_plain >&2
 fi
-PLAIN=${PLAIN_BIN:-target/release/examples/pingora_plain}
+WEIR_BINS=${WEIR_BINS:-weir=target/$PROFILE/weir}
+PLAIN_BINS=${PLAIN_BINS:-pingora_plain=target/$PROFILE/examples/pingora_plain}
 
 UP=19700; NGINX=19701; PLAINP=19702; MOCKP=19703   # weir binary i: 19710+4i .. 19713+4i,
                                                    # and 19760+4i .. 19763+4i
@@ -57,7 +62,13 @@ http {
 NGX
 nginx_run upstream; uppid=$!
 nginx_run proxy; nginxpid=$!
-$PLAIN 127.0.0.1:$PLAINP 127.0.0.1:$UP 2 >"$work/plain.log" 2>&1 & plainpid=$!; pids+=($!)
+# bare Pingora binary j listens on $PLAINP+100+j (the first on $PLAINP)
+plain_targets=(); j=0
+for lb in $PLAIN_BINS; do
+  pp=$PLAINP; [ $j = 0 ] || pp=$((PLAINP + 100 + j))
+  ${lb#*=} 127.0.0.1:$pp 127.0.0.1:$UP 2 >"$work/plain-$j.log" 2>&1 & pids+=($!)
+  plain_targets+=("${lb%%=*} $pp $! -"); j=$((j + 1))
+done
 
 bench_keys
 # weir_conf PORT MODE: MODE 0 or 1 (no plugins, the chain: see bench_routes),
@@ -120,8 +131,9 @@ for lb in $WEIR_BINS; do
     else notes+=("$label+chain skipped: did not start ($(grep -m1 . "$work/$label-$chain.log" || echo 'no log'))"); fi
   done
 done
-wait_port $UP; wait_port $NGINX; wait_port $PLAINP
-rows=("${plain_rows[@]}" "${chain_rows[@]}" "${local_rows[@]}" "pingora_plain $PLAINP $plainpid -"
+wait_port $UP; wait_port $NGINX
+for t in "${plain_targets[@]}"; do read -r _ pp _ <<<"$t"; wait_port "$pp"; done
+rows=("${plain_rows[@]}" "${chain_rows[@]}" "${local_rows[@]}" "${plain_targets[@]}"
       "nginx $NGINX $nginxpid -" "upstream-direct $UP $uppid -")
 
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'

@@ -47,7 +47,7 @@ def main(src, dst, only):
     names = [r[0] for r in data][::-1]
     cpu = [r[1] for r in data][::-1]
     top = [r[2] or 0 for r in data][::-1]
-    colour = ["tab:gray" if n in ("nginx", "pingora_plain", "upstream-direct") else "tab:blue" for n in names]
+    colour = ["tab:gray" if n in ("nginx", "upstream-direct") or n.startswith("pingora") else "tab:blue" for n in names]
     fig, (left, right) = plt.subplots(1, 2, sharey=True, figsize=(11, 0.45 * len(names) + 1.6))
     left.barh(names, cpu, color=colour)
     left.set_xlabel("CPU µs per request at 5k req/s (lower is better)")

@@ -110,7 +110,8 @@ impl HttpServerApp for HeaderDeadline {
     /// a reset). Here an idle kept-alive connection is closed on shutdown by
     /// `next_request`; a connection whose request has begun, or that was
     /// accepted before the listeners closed, is answered (without
-    /// keep-alive), its header bounded by `server.timeouts.request_headers`.
+    /// keep-alive), its header bounded by `server.timeouts.request_headers`
+    /// — as is an idle kept-alive TLS connection, which cannot be peeked.
     async fn http_cleanup(&self) {}
 }
 
