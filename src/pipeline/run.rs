@@ -19,9 +19,7 @@ use crate::traffic::retry_budget::RetryBudget;
 use crate::upstream::Upstream;
 use bytes::{Bytes, BytesMut};
 use pingora_http::{RequestHeader, ResponseHeader};
-use std::future::Future;
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::Duration;
 
 /// What runs requests: the connection pools to providers and the retry
@@ -133,18 +131,12 @@ pub(super) async fn wait<D: Downstream>(
     watch_client: bool,
 ) -> Result<Permit, Failure> {
     let clock = ctx.trace_clock();
-    let r = {
-        let acquire = attempt::acquire(b, &ctx.ticket);
-        tokio::pin!(acquire);
-        // A free slot (or a refusal) is known at the first poll: the client
-        // is watched only while the request actually waits in the queue.
-        match std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await {
-            Poll::Ready(r) => r.map_err(Failure::from),
-            Poll::Pending if !watch_client => acquire.await.map_err(Failure::from),
-            Poll::Pending => tokio::select! {
-                r = &mut acquire => r.map_err(Failure::from),
-                _ = d.gone() => Err(Failure::ClientGone),
-            },
+    let r = if !watch_client {
+        attempt::acquire(b, &ctx.ticket).await.map_err(Failure::from)
+    } else {
+        tokio::select! {
+            r = attempt::acquire(b, &ctx.ticket) => r.map_err(Failure::from),
+            _ = d.gone() => Err(Failure::ClientGone),
         }
     };
     match &r {
