@@ -158,19 +158,31 @@ impl<A> ConnectionCap<A> {
     }
 }
 
-/// One open connection, counted down when it closes.
-struct OpenConnection(prometheus::IntGauge, Arc<AtomicUsize>);
+/// One open connection in its listener's gauge, counted down when it closes.
+struct OpenConnection(prometheus::IntGauge);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
         self.0.dec();
-        self.1.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// One connection in the count `Drain` waits for, counted down when it closes.
+struct Counted(Arc<AtomicUsize>);
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
 #[async_trait]
 impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
     async fn process_new(self: &Arc<Self>, mut stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        // Counted for `Drain` from here on, a refused connection too (its
+        // 503 is being written).
+        self.total.fetch_add(1, Ordering::Relaxed);
+        let _counted = Counted(self.total.clone());
         let port = stream
             .get_socket_digest()
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).map(|a| a.port()))
@@ -218,8 +230,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for ConnectionCap<A> {
             let _ = tokio::time::timeout(Duration::from_millis(500), refuse).await;
             return None;
         }
-        self.total.fetch_add(1, Ordering::Relaxed);
-        let _open = OpenConnection(open, self.total.clone());
+        let _open = OpenConnection(open);
         self.inner.process_new(stream, shutdown).await
     }
 
