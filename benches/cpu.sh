@@ -110,14 +110,22 @@ for lb in $WEIR_BINS; do
     RUST_LOG=error $bin serve -c "$work/$label-$mode.yaml" >"$work/$label-$mode.log" 2>&1 & wpid=$!; pids+=($!)
     wait_port $p
     if [ $mode = refusal ]; then
-      # One request holds the only slot for the whole run; every other is refused.
-      curl -s -m 3600 -H 'x-hold: hang' -H 'content-type: application/json' -d @"$work/body.json" \
-        "http://127.0.0.1:$p/v1/chat/completions" >/dev/null & pids+=($!)
-      for _ in $(seq 100); do
-        [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' -d @"$work/body.json" \
-          "http://127.0.0.1:$p/v1/chat/completions")" = 503 ] && break
-        sleep 0.05
+      # One request holds the only slot for the whole run; every other is
+      # refused. It must be in place before anything else is sent: a probe
+      # racing it can take the slot, get the held request refused, and leave
+      # the slot free for the run (the refusal row then counted 200s).
+      held=
+      for _ in $(seq 20); do
+        curl -s -m 3600 -H 'x-hold: hang' -H 'content-type: application/json' -d @"$work/body.json" \
+          "http://127.0.0.1:$p/v1/chat/completions" >/dev/null & hold=$!
+        sleep 0.3
+        if kill -0 "$hold" 2>/dev/null && [ "$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+          -d @"$work/body.json" "http://127.0.0.1:$p/v1/chat/completions")" = 503 ]; then
+          held=$hold; pids+=($hold); break
+        fi
+        kill "$hold" 2>/dev/null || true
       done
+      [ -n "$held" ] || { echo "cpu.sh: $label+refusal: no request would hold the slot" >&2; exit 1; }
       local_rows+=("$label+refusal $p $wpid - 503")
     else
       local_rows+=("$label+cache-hit $p $wpid -")
@@ -154,6 +162,13 @@ for r in $(seq "$ROUNDS"); do
     # warm-up: connection pools, lazy initialisation
     if [ "$r" = 1 ]; then hey -n 2000 -c 10 "${h[@]}" "$url" >/dev/null; fi
     OK=${want:-200} run_measured "$name" "$pid" "$RATE" "$url" "${h[@]}"
+    # What the other answers were (statuses, client errors), for the notes:
+    # a figure over fewer served answers than asked for says so.
+    read -r _ bad _ < <(hey_counts "$work/hey-$name.txt" "${want:-200}")
+    if [ "$bad" -gt 0 ]; then
+      what=$(grep -E '^ *\[[0-9]+\]' "$work/hey-$name.txt" | grep -v "\[${want:-200}\]" | head -4 | tr -s ' \t' ' ' | paste -sd ';' -)
+      notes+=("$name, round $r: $bad other answers:$what")
+    fi
   done
 done
 
