@@ -318,7 +318,8 @@ impl pingora_core::services::background::BackgroundService for Drain {
         // settlement) runs just after its last byte.
         let mut idle_since: Option<std::time::Instant> = None;
         loop {
-            if self.pipeline.in_flight() == 0 && self.connections.load(Ordering::Relaxed) == 0 {
+            // Every request in flight is on an open connection: none open, none in flight.
+            if self.connections.load(Ordering::Relaxed) == 0 {
                 let since = *idle_since.get_or_insert_with(std::time::Instant::now);
                 if since.elapsed() >= std::time::Duration::from_millis(250) {
                     log::info!("drained in {:?}; exiting", started.elapsed());

@@ -395,16 +395,10 @@ fn reset_str(d: Duration) -> String {
         let _ = write!(out, "{}", ms / 1000);
         let frac = ms % 1000;
         if frac > 0 {
-            out.push('.');
-            let digits = [frac / 100, frac / 10 % 10, frac % 10].map(|d| (b'0' + d as u8) as char);
-            let keep = if frac % 10 != 0 {
-                3
-            } else if frac % 100 != 0 {
-                2
-            } else {
-                1
-            };
-            out.extend(&digits[..keep]);
+            let _ = write!(out, ".{frac:03}");
+            while out.ends_with('0') {
+                out.pop();
+            }
         }
         out.push('s');
     } else {
