@@ -16,7 +16,7 @@ pub mod tokens;
 pub mod usage;
 
 pub use assemble::{assemble_stream, replay_as_sse};
-pub use usage::usage_of_json;
+pub use usage::{usage_of_json, usage_of_object};
 
 /// What weir needs from an OpenAI request body, parsed once.
 #[derive(Debug, Clone, PartialEq, Eq)]

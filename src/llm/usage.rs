@@ -175,7 +175,17 @@ struct WithUsage {
 
 /// `usage` of a complete JSON answer.
 pub fn usage_of_json(body: &[u8]) -> Option<Usage> {
-    serde_json::from_slice::<WithUsage>(body).ok()?.usage?.usage()
+    usage_of_object(body)?
+}
+
+/// `None` if `body` is not a JSON object, else its `usage` (if any),
+/// without building the rest of it.
+pub fn usage_of_object(body: &[u8]) -> Option<Option<Usage>> {
+    // (A derived struct would also take an array.)
+    if body.trim_ascii_start().first() != Some(&b'{') {
+        return None;
+    }
+    Some(serde_json::from_slice::<WithUsage>(body).ok()?.usage.and_then(|u| u.usage()))
 }
 
 /// An event's usage report, where each API puts it: a chat or completions
@@ -546,6 +556,17 @@ mod tests {
         assert_eq!(usage_of_json(layered), u(125, 7, 100, 20));
         // Only a total: all prompt.
         assert_eq!(usage_of_json(br#"{"usage":{"total_tokens":3}}"#), u(3, 0, 0, 0));
+    }
+
+    #[test]
+    fn usage_of_an_object_or_none() {
+        assert_eq!(usage_of_object(br#" {"id":"x","usage":{"prompt_tokens":2,"completion_tokens":1}}"#), Some(u(2, 1, 0, 0)));
+        assert_eq!(usage_of_object(br#"{"id":"x","choices":[]}"#), Some(None));
+        assert_eq!(usage_of_object(br#"{"usage":{}}"#), Some(None));
+        // Not an object: an array, a truncated or empty body.
+        assert_eq!(usage_of_object(br#"[{"usage":{"total_tokens":3}}]"#), None);
+        assert_eq!(usage_of_object(br#"{"id":"x","usage":{"total_tokens":3}"#), None);
+        assert_eq!(usage_of_object(b""), None);
     }
 
     #[test]

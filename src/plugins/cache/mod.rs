@@ -301,21 +301,22 @@ impl Cache {
 
     /// The answer for a hit, as JSON or as an event stream.
     fn hit_response(&self, stored: &Bytes, ctx: &mut RequestCtx) -> Option<LocalResponse> {
-        let answer: serde_json::Value = serde_json::from_slice(stored).ok()?;
         let head = ctx.head.as_ref()?;
-        let (body, content_type) = if head.stream {
-            (llm::replay_as_sse(&answer, head.include_usage), "text/event-stream")
+        // A JSON answer is served as stored: only its usage is read (a
+        // stored entry that is not a JSON object is no hit). A stream is
+        // replayed from the whole answer.
+        let (body, content_type, usage) = if head.stream {
+            let answer: serde_json::Value = serde_json::from_slice(stored).ok()?;
+            let usage = answer.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
+            (llm::replay_as_sse(&answer, head.include_usage), "text/event-stream", usage)
         } else {
-            (stored.clone(), "application/json")
+            (stored.clone(), "application/json", llm::usage_of_object(stored)?)
         };
-        if let Some(u) = answer.get("usage") {
-            let usage: Option<llm::Usage> = serde_json::from_value(u.clone()).ok();
-            if let Some(u) = usage {
-                metrics::LLM_TOKENS
-                    .with_label_values(&[&self.name, &head.model, "cached"])
-                    .inc_by(u.prompt_tokens.saturating_add(u.completion_tokens));
-                ctx.usage = Some(u);
-            }
+        if let Some(u) = usage {
+            metrics::LLM_TOKENS
+                .with_label_values(&[&self.name, &head.model, "cached"])
+                .inc_by(u.prompt_tokens.saturating_add(u.completion_tokens));
+            ctx.usage = Some(u);
         }
         let mut h = ResponseHeader::build(200, Some(4)).ok()?;
         let _ = h.insert_header("content-type", content_type);
