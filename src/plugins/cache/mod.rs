@@ -14,6 +14,7 @@
 //! bulkhead) and are served from its answer, or go upstream themselves if
 //! it failed.
 
+mod canonical;
 mod store;
 
 use crate::config::{Checker, Dur, Size};
@@ -33,6 +34,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use canonical::canonical;
 use store::{MemoryStore, RedisStore};
 use tokio::sync::watch;
 
@@ -162,18 +164,6 @@ fn directives(req: &RequestHeader) -> (bool, bool) {
     };
     let has = |d: &str| cc.split(',').any(|p| p.trim().eq_ignore_ascii_case(d));
     (has("no-cache"), has("no-store"))
-}
-
-/// The canonical request: parsed JSON with sorted keys (serde_json's map is
-/// ordered), without the fields that do not change the answer, and without
-/// `model` (the key names the upstream model itself).
-fn canonical(body: &[u8]) -> Option<Vec<u8>> {
-    let mut v: serde_json::Value = serde_json::from_slice(body).ok()?;
-    let obj = v.as_object_mut()?;
-    obj.remove("stream");
-    obj.remove("stream_options");
-    obj.remove("model");
-    serde_json::to_vec(&v).ok()
 }
 
 /// The entry of the request hashed in `base`, answered by `provider` as `upstream_model`.
