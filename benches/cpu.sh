@@ -9,6 +9,8 @@
 # bind); a cache hit (a cache plugin answering every request but the first);
 # and a refusal (a provider whose one slot a held request keeps, no queue:
 # every request is refused 503 queue_full, and its 503s are what it served).
+# Each bare Pingora runs twice: proxying, and answering every request itself
+# (`+answer`: what a cache hit or a refusal costs at the least on Pingora).
 #
 # Usage: benches/cpu.sh [seconds per target (default 10)]
 #   WEIR_BINS="before=/path/to/weir after=target/release/weir"  labelled binaries
@@ -62,12 +64,16 @@ http {
 NGX
 nginx_run upstream; uppid=$!
 nginx_run proxy; nginxpid=$!
-# bare Pingora binary j listens on $PLAINP+100+j (the first on $PLAINP)
-plain_targets=(); j=0
+# bare Pingora binary j listens on $PLAINP+100+j (the first on $PLAINP), and
+# again in answer mode (it reads the body and answers the upstream's reply
+# itself: the floor of a cache hit or a refusal) on $PLAINP+200+j.
+plain_targets=(); answer_targets=(); j=0
 for lb in $PLAIN_BINS; do
   pp=$PLAINP; [ $j = 0 ] || pp=$((PLAINP + 100 + j))
   ${lb#*=} 127.0.0.1:$pp 127.0.0.1:$UP 2 >"$work/plain-$j.log" 2>&1 & pids+=($!)
-  plain_targets+=("${lb%%=*} $pp $! -"); j=$((j + 1))
+  plain_targets+=("${lb%%=*} $pp $! -")
+  ${lb#*=} 127.0.0.1:$((PLAINP + 200 + j)) 127.0.0.1:$UP 2 answer >"$work/plain-answer-$j.log" 2>&1 & pids+=($!)
+  answer_targets+=("${lb%%=*}+answer $((PLAINP + 200 + j)) $! -"); j=$((j + 1))
 done
 
 bench_keys
@@ -140,8 +146,8 @@ for lb in $WEIR_BINS; do
   done
 done
 wait_port $UP; wait_port $NGINX
-for t in "${plain_targets[@]}"; do read -r _ pp _ <<<"$t"; wait_port "$pp"; done
-rows=("${plain_rows[@]}" "${chain_rows[@]}" "${local_rows[@]}" "${plain_targets[@]}"
+for t in "${plain_targets[@]}" "${answer_targets[@]}"; do read -r _ pp _ <<<"$t"; wait_port "$pp"; done
+rows=("${plain_rows[@]}" "${chain_rows[@]}" "${local_rows[@]}" "${plain_targets[@]}" "${answer_targets[@]}"
       "nginx $NGINX $nginxpid -" "upstream-direct $UP $uppid -")
 
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
