@@ -293,14 +293,22 @@ impl Cache {
     fn hit_response(&self, stored: &Bytes, ctx: &mut RequestCtx) -> Option<LocalResponse> {
         let head = ctx.head.as_ref()?;
         // A JSON answer is served as stored: only its usage is read (a
-        // stored entry that is not a JSON object is no hit). A stream is
-        // replayed from the whole answer.
+        // stored entry that is not JSON is no hit). A stream is replayed
+        // from the whole answer.
         let (body, content_type, usage) = if head.stream {
             let answer: serde_json::Value = serde_json::from_slice(stored).ok()?;
             let usage = answer.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
             (llm::replay_as_sse(&answer, head.include_usage), "text/event-stream", usage)
         } else {
-            (stored.clone(), "application/json", llm::usage_of_object(stored)?)
+            let usage = match llm::usage_of_object(stored) {
+                Some(u) => u,
+                // A `usage` of another shape: still a hit if it is JSON.
+                None => {
+                    serde_json::from_slice::<serde::de::IgnoredAny>(stored).ok()?;
+                    None
+                }
+            };
+            (stored.clone(), "application/json", usage)
         };
         if let Some(u) = usage {
             metrics::LLM_TOKENS
@@ -527,6 +535,43 @@ impl Plugin for Cache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hit_serves_the_stored_json_and_reads_its_usage() {
+        let conf: CacheConf = serde_json::from_str("{}").unwrap();
+        let cache = Cache::new("hit-test", &conf, Duration::from_secs(1)).unwrap();
+        let ctx_for = |body: &[u8]| {
+            let mut ctx = RequestCtx::default();
+            ctx.head = Some(llm::parse_head(body).unwrap());
+            ctx
+        };
+        let json = br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#;
+        let answer = Bytes::from_static(
+            br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
+        );
+        let mut ctx = ctx_for(json);
+        let r = cache.hit_response(&answer, &mut ctx).unwrap();
+        assert_eq!(r.body, answer);
+        assert_eq!(r.header.headers.get("content-type").unwrap(), "application/json");
+        assert_eq!(ctx.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((3, 2)));
+
+        // A usage of another shape is no count, but still a hit; what is not JSON is none.
+        let odd = Bytes::from_static(br#"{"id":"c","choices":[],"usage":"n/a"}"#);
+        let mut ctx = ctx_for(json);
+        assert_eq!(cache.hit_response(&odd, &mut ctx).unwrap().body, odd);
+        assert_eq!(ctx.usage, None);
+        assert!(cache.hit_response(&Bytes::from_static(b"{\"id\":"), &mut ctx_for(json)).is_none());
+
+        // A streaming client gets the answer replayed as events, usage included when asked.
+        let stream = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+        let mut ctx = ctx_for(stream);
+        let r = cache.hit_response(&answer, &mut ctx).unwrap();
+        assert_eq!(r.header.headers.get("content-type").unwrap(), "text/event-stream");
+        let text = String::from_utf8(r.body.to_vec()).unwrap();
+        assert!(text.contains("\"content\":\"yo\"") && text.contains("\"total_tokens\":5"), "{text}");
+        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+        assert_eq!(ctx.usage.map(|u| u.completion_tokens), Some(2));
+    }
 
     #[test]
     fn canonical_ignores_order_whitespace_stream_and_model() {
