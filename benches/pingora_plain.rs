@@ -30,7 +30,8 @@ impl ProxyHttp for Plain {
         head.insert_header("content-type", "application/json")?;
         head.insert_header("content-length", ANSWER.len())?;
         s.write_response_header(Box::new(head), false).await?;
-        s.write_response_body(Some(bytes::Bytes::from_static(ANSWER)), true).await?;
+        s.write_response_body(Some(bytes::Bytes::from_static(ANSWER)), true)
+            .await?;
         Ok(true)
     }
     async fn upstream_peer(&self, _s: &mut Session, _c: &mut ()) -> pingora_core::Result<Box<HttpPeer>> {

@@ -185,7 +185,12 @@ pub fn usage_of_object(body: &[u8]) -> Option<Option<Usage>> {
     if body.trim_ascii_start().first() != Some(&b'{') {
         return None;
     }
-    Some(serde_json::from_slice::<WithUsage>(body).ok()?.usage.and_then(|u| u.usage()))
+    Some(
+        serde_json::from_slice::<WithUsage>(body)
+            .ok()?
+            .usage
+            .and_then(|u| u.usage()),
+    )
 }
 
 /// An event's usage report, where each API puts it: a chat or completions
@@ -560,7 +565,10 @@ mod tests {
 
     #[test]
     fn usage_of_an_object_or_none() {
-        assert_eq!(usage_of_object(br#" {"id":"x","usage":{"prompt_tokens":2,"completion_tokens":1}}"#), Some(u(2, 1, 0, 0)));
+        assert_eq!(
+            usage_of_object(br#" {"id":"x","usage":{"prompt_tokens":2,"completion_tokens":1}}"#),
+            Some(u(2, 1, 0, 0))
+        );
         assert_eq!(usage_of_object(br#"{"id":"x","choices":[]}"#), Some(None));
         assert_eq!(usage_of_object(br#"{"usage":{}}"#), Some(None));
         // Not an object: an array, a truncated or empty body.

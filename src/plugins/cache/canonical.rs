@@ -209,7 +209,17 @@ mod tests {
 
     #[test]
     fn not_an_object_or_not_json_is_none() {
-        for b in [&b"[1,2]"[..], b"\"s\"", b"3", b"null", b"{\"a\":", b"{\"a\":1}x", b"", b"{\"a\":1,}", b"{\"a\":1e400}"] {
+        for b in [
+            &b"[1,2]"[..],
+            b"\"s\"",
+            b"3",
+            b"null",
+            b"{\"a\":",
+            b"{\"a\":1}x",
+            b"",
+            b"{\"a\":1,}",
+            b"{\"a\":1e400}",
+        ] {
             assert_eq!(canonical(b), None, "{}", String::from_utf8_lossy(b));
             assert_eq!(by_value(b), None);
         }

@@ -25,6 +25,7 @@ use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx, Typed};
 use crate::provider::Provider;
 use async_trait::async_trait;
 use bytes::Bytes;
+use canonical::canonical;
 use parking_lot::Mutex;
 use pingora_http::{RequestHeader, ResponseHeader};
 use prometheus::IntCounter;
@@ -34,7 +35,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use canonical::canonical;
 use store::{MemoryStore, RedisStore};
 use tokio::sync::watch;
 
@@ -298,7 +298,11 @@ impl Cache {
         let (body, content_type, usage) = if head.stream {
             let answer: serde_json::Value = serde_json::from_slice(stored).ok()?;
             let usage = answer.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
-            (llm::replay_as_sse(&answer, head.include_usage), "text/event-stream", usage)
+            (
+                llm::replay_as_sse(&answer, head.include_usage),
+                "text/event-stream",
+                usage,
+            )
         } else {
             let usage = match llm::usage_of_object(stored) {
                 Some(u) => u,
@@ -560,7 +564,9 @@ mod tests {
         let mut ctx = ctx_for(json);
         assert_eq!(cache.hit_response(&odd, &mut ctx).unwrap().body, odd);
         assert_eq!(ctx.usage, None);
-        assert!(cache.hit_response(&Bytes::from_static(b"{\"id\":"), &mut ctx_for(json)).is_none());
+        assert!(cache
+            .hit_response(&Bytes::from_static(b"{\"id\":"), &mut ctx_for(json))
+            .is_none());
 
         // A streaming client gets the answer replayed as events, usage included when asked.
         let stream = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
@@ -568,7 +574,10 @@ mod tests {
         let r = cache.hit_response(&answer, &mut ctx).unwrap();
         assert_eq!(r.header.headers.get("content-type").unwrap(), "text/event-stream");
         let text = String::from_utf8(r.body.to_vec()).unwrap();
-        assert!(text.contains("\"content\":\"yo\"") && text.contains("\"total_tokens\":5"), "{text}");
+        assert!(
+            text.contains("\"content\":\"yo\"") && text.contains("\"total_tokens\":5"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
         assert_eq!(ctx.usage.map(|u| u.completion_tokens), Some(2));
     }
