@@ -25,7 +25,9 @@
 //!
 //! A plugin holds a slot of its own bulkhead while one of its request phases
 //! runs (including any wait inside it, such as a wasm `http_call`), so its
-//! bulkhead bounds the requests it is working on at once.
+//! bulkhead bounds the requests it is working on at once. A request phase
+//! that never waits takes no slot (`Phases::request_headers_wait`,
+//! `request_body_wait`): at most one request per worker thread can be in it.
 
 mod attempt;
 mod chain;

@@ -66,12 +66,22 @@ pub struct Capabilities {
 /// Which of the phases that cost the pipeline something a plugin works in
 /// (declared once, at build time). A phase a plugin does not work in is
 /// skipped for it: no slot of its bulkhead taken, no call made. The
-/// default is every phase, so a plugin that declares nothing loses nothing.
+/// default is every phase, waiting, so a plugin that declares nothing
+/// loses nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Phases {
     pub request_headers: bool,
     pub request_body: bool,
     pub response_headers: bool,
+    /// Its request-header phase may wait (a store's round trip, a paused
+    /// filter): only then does it hold a slot of its bulkhead. A phase that
+    /// never waits runs from start to end on one worker thread, so no more
+    /// requests than there are threads are ever in it at once: its bulkhead
+    /// could not fill or queue, and a slot would only cost.
+    pub request_headers_wait: bool,
+    /// The same for its request-body phase (a coalesced miss, a count of a
+    /// large prompt off the workers).
+    pub request_body_wait: bool,
 }
 
 impl Phases {
@@ -79,12 +89,16 @@ impl Phases {
         request_headers: true,
         request_body: true,
         response_headers: true,
+        request_headers_wait: true,
+        request_body_wait: true,
     };
     /// A plugin that only chooses among providers and admits attempts.
     pub const NONE: Phases = Phases {
         request_headers: false,
         request_body: false,
         response_headers: false,
+        request_headers_wait: false,
+        request_body_wait: false,
     };
 }
 

@@ -236,7 +236,10 @@ impl Pipeline {
                 ctx.entered = ctx.entered.max(i + 1);
                 continue;
             }
-            let _slot = wait(d, &p.bulkhead, ctx, no_body).await?;
+            let _slot = match p.phases.request_headers_wait {
+                true => Some(wait(d, &p.bulkhead, ctx, no_body).await?),
+                false => None,
+            };
             ctx.enter(i);
             ctx.entered = ctx.entered.max(i + 1);
             let clock = ctx.trace_clock();
@@ -313,7 +316,10 @@ impl Pipeline {
             if !p.phases.request_body {
                 continue;
             }
-            let _slot = wait(d, &p.bulkhead, ctx, true).await?;
+            let _slot = match p.phases.request_body_wait {
+                true => Some(wait(d, &p.bulkhead, ctx, true).await?),
+                false => None,
+            };
             ctx.enter(i);
             let clock = ctx.trace_clock();
             let r = p.plugin.request_body(ctx).await;

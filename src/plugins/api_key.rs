@@ -176,10 +176,15 @@ fn presented_key(req: &RequestHeader) -> Option<&str> {
 
 #[async_trait]
 impl Plugin for ApiKeys {
+    /// A lookup in memory: never waits. The body phase only checks a key's
+    /// allowed models, so it runs only if some key has them.
     fn phases(&self) -> Phases {
         Phases {
+            request_headers: true,
+            request_body: self.buckets.values().flatten().any(|k| k.identity.models.is_some()),
             response_headers: false,
-            ..Phases::ALL
+            request_headers_wait: false,
+            request_body_wait: false,
         }
     }
 
@@ -268,6 +273,33 @@ mod tests {
         assert_eq!(keys.find("sk-bob").unwrap().identity.group, None);
         assert!(keys.find("sk-carol").is_none());
         assert!(keys.find("").is_none());
+    }
+
+    #[test]
+    fn the_body_phase_runs_only_if_a_key_has_models() {
+        let dir = tempfile::tempdir().unwrap();
+        let load = |file: String| {
+            std::fs::write(dir.path().join("keys.yaml"), file).unwrap();
+            let conf = ApiKeyConf {
+                keys_file: "keys.yaml".into(),
+            };
+            let b = BuildCtx {
+                name: "keys".into(),
+                bulkhead: crate::config::BulkheadConf::PLUGIN_DEFAULT,
+                source: dir.path().join("weir.yaml"),
+            };
+            ApiKeys::load(&conf, &b).map_err(|e| e.1).unwrap().phases()
+        };
+        let open = load(format!("keys:\n  - name: a\n    sha256: {}\n", digest_hex("a")));
+        assert!(open.request_headers && !open.request_body && !open.response_headers);
+        let limited = load(format!(
+            "keys:\n  - name: a\n    sha256: {}\n  - name: b\n    sha256: {}\n    models: [m1]\n",
+            digest_hex("a"),
+            digest_hex("b")
+        ));
+        assert!(limited.request_headers && limited.request_body);
+        // A lookup in memory never waits: no slot in either phase.
+        assert!(!limited.request_headers_wait && !limited.request_body_wait);
     }
 
     #[test]

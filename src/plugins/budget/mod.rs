@@ -14,7 +14,7 @@ use crate::config::{Checker, Dur};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::tokens;
 use crate::metrics;
-use crate::pipeline::{Capabilities, Flow, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Capabilities, Flow, Phases, Plugin, RequestCtx, Typed};
 use crate::provider::Cost;
 use async_trait::async_trait;
 use ledger::{Amount, Dim, Limit, Standing, Wait, Window};
@@ -579,6 +579,15 @@ impl Plugin for Budget {
     /// Settlement needs the provider's usage on streams too.
     fn capabilities(&self) -> Capabilities {
         Capabilities { stream_usage: true }
+    }
+
+    /// The header phase notes the endpoint: it never waits. The body phase
+    /// does (a store's round trip, a large prompt counted off the workers).
+    fn phases(&self) -> Phases {
+        Phases {
+            request_headers_wait: false,
+            ..Phases::ALL
+        }
     }
 
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {

@@ -21,7 +21,7 @@ use crate::config::{Checker, Dur, Size};
 use crate::error::WeirError;
 use crate::llm;
 use crate::metrics;
-use crate::pipeline::{Flow, LocalResponse, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Flow, LocalResponse, Phases, Plugin, RequestCtx, Typed};
 use crate::provider::Provider;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -358,6 +358,15 @@ impl Cache {
 
 #[async_trait]
 impl Plugin for Cache {
+    /// The header phase reads two directives: it never waits. The body
+    /// phase may (a coalesced miss, Redis).
+    fn phases(&self) -> Phases {
+        Phases {
+            request_headers_wait: false,
+            ..Phases::ALL
+        }
+    }
+
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
         let (no_cache, no_store) = directives(req);
         ctx.set_state(CacheState {

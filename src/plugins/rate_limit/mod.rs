@@ -10,7 +10,7 @@ use crate::config::Checker;
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::tokens;
 use crate::metrics;
-use crate::pipeline::{Capabilities, Flow, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Capabilities, Flow, Phases, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -414,6 +414,16 @@ impl Plugin for RateLimit {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             stream_usage: self.conf.tokens.is_some(),
+        }
+    }
+
+    /// With buckets in memory a take never waits; the body phase may (a
+    /// large prompt is counted off the workers) when tokens are limited.
+    fn phases(&self) -> Phases {
+        Phases {
+            request_headers_wait: self.redis.is_some(),
+            request_body_wait: self.redis.is_some() || self.conf.tokens.is_some(),
+            ..Phases::ALL
         }
     }
 
