@@ -246,19 +246,10 @@ impl Plugin for ApiKeys {
 mod tests {
     use super::*;
 
-    #[test]
-    fn finds_key_by_digest_only() {
+    /// The plugin built from a keys file with this text.
+    fn load_keys(file: String) -> ApiKeys {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys.yaml");
-        std::fs::write(
-            &path,
-            format!(
-                "keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n    group: team-a\n  - name: bob\n    sha256: {}\n",
-                digest_hex("sk-alice"),
-                digest_hex("sk-bob")
-            ),
-        )
-        .unwrap();
+        std::fs::write(dir.path().join("keys.yaml"), file).unwrap();
         let conf = ApiKeyConf {
             keys_file: "keys.yaml".into(),
         };
@@ -267,7 +258,16 @@ mod tests {
             bulkhead: crate::config::BulkheadConf::PLUGIN_DEFAULT,
             source: dir.path().join("weir.yaml"),
         };
-        let keys = ApiKeys::load(&conf, &b).map_err(|e| e.1).unwrap();
+        ApiKeys::load(&conf, &b).map_err(|e| e.1).unwrap()
+    }
+
+    #[test]
+    fn finds_key_by_digest_only() {
+        let keys = load_keys(format!(
+            "keys:\n  - name: alice\n    sha256: {}\n    models: [m1]\n    group: team-a\n  - name: bob\n    sha256: {}\n",
+            digest_hex("sk-alice"),
+            digest_hex("sk-bob")
+        ));
         let alice = &keys.find("sk-alice").unwrap().identity;
         assert_eq!((&*alice.name, alice.group.as_deref()), ("alice", Some("team-a")));
         assert_eq!(keys.find("sk-bob").unwrap().identity.group, None);
@@ -277,19 +277,7 @@ mod tests {
 
     #[test]
     fn the_body_phase_runs_only_if_a_key_has_models() {
-        let dir = tempfile::tempdir().unwrap();
-        let load = |file: String| {
-            std::fs::write(dir.path().join("keys.yaml"), file).unwrap();
-            let conf = ApiKeyConf {
-                keys_file: "keys.yaml".into(),
-            };
-            let b = BuildCtx {
-                name: "keys".into(),
-                bulkhead: crate::config::BulkheadConf::PLUGIN_DEFAULT,
-                source: dir.path().join("weir.yaml"),
-            };
-            ApiKeys::load(&conf, &b).map_err(|e| e.1).unwrap().phases()
-        };
+        let load = |file: String| load_keys(file).phases();
         let open = load(format!("keys:\n  - name: a\n    sha256: {}\n", digest_hex("a")));
         assert!(open.request_headers && !open.request_body && !open.response_headers);
         let limited = load(format!(
