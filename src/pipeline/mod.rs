@@ -26,8 +26,8 @@
 //! A plugin holds a slot of its own bulkhead while one of its request phases
 //! runs (including any wait inside it, such as a wasm `http_call`), so its
 //! bulkhead bounds the requests it is working on at once. A request phase
-//! that never waits takes no slot (`Phases::request_headers_wait`,
-//! `request_body_wait`): at most one request per worker thread can be in it.
+//! that never waits takes no slot (`Phase::Run`): at most one request per
+//! worker thread can be in it.
 
 mod attempt;
 mod chain;
@@ -47,5 +47,5 @@ pub use chain::{PluginInstance, Route};
 pub use context::{Identity, RequestCtx, Spent, Wire};
 pub use downstream::Downstream;
 pub use factory::{no_check, no_files, BuildCtx, BuildError, PluginSpec, PluginType, Settings, Typed};
-pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Phases, Plugin};
+pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Phase, Phases, Plugin};
 pub use run::{Ended, Pipeline};

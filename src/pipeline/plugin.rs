@@ -63,6 +63,21 @@ pub struct Capabilities {
     pub stream_usage: bool,
 }
 
+/// How a plugin takes part in a request phase.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// It does no work here: no call, no slot.
+    Skip,
+    /// It works here and never waits (no store round trip, no pause): no
+    /// slot of its bulkhead. Such a phase runs from start to end on one
+    /// worker thread, so no more requests than there are threads are ever
+    /// in it at once: its bulkhead could not fill or queue.
+    Run,
+    /// It works here and may wait (a store's round trip, a coalesced miss,
+    /// a paused filter): it holds a slot of its bulkhead meanwhile.
+    Wait,
+}
+
 /// Which of the phases that cost the pipeline something a plugin works in
 /// (declared once, at build time). A phase a plugin does not work in is
 /// skipped for it: no slot of its bulkhead taken, no call made. The
@@ -70,35 +85,22 @@ pub struct Capabilities {
 /// loses nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Phases {
-    pub request_headers: bool,
-    pub request_body: bool,
+    pub request_headers: Phase,
+    pub request_body: Phase,
     pub response_headers: bool,
-    /// Its request-header phase may wait (a store's round trip, a paused
-    /// filter): only then does it hold a slot of its bulkhead. A phase that
-    /// never waits runs from start to end on one worker thread, so no more
-    /// requests than there are threads are ever in it at once: its bulkhead
-    /// could not fill or queue, and a slot would only cost.
-    pub request_headers_wait: bool,
-    /// The same for its request-body phase (a coalesced miss, a count of a
-    /// large prompt off the workers).
-    pub request_body_wait: bool,
 }
 
 impl Phases {
     pub const ALL: Phases = Phases {
-        request_headers: true,
-        request_body: true,
+        request_headers: Phase::Wait,
+        request_body: Phase::Wait,
         response_headers: true,
-        request_headers_wait: true,
-        request_body_wait: true,
     };
     /// A plugin that only chooses among providers and admits attempts.
     pub const NONE: Phases = Phases {
-        request_headers: false,
-        request_body: false,
+        request_headers: Phase::Skip,
+        request_body: Phase::Skip,
         response_headers: false,
-        request_headers_wait: false,
-        request_body_wait: false,
     };
 }
 

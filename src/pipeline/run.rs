@@ -7,10 +7,10 @@
 //! excepted.
 
 use super::attempt;
-use super::chain::Route;
+use super::chain::{PluginInstance, Route};
 use super::context::{RequestCtx, Wire};
 use super::downstream::Downstream;
-use super::plugin::{Flow, LocalResponse};
+use super::plugin::{Flow, LocalResponse, Phase};
 use super::wire;
 use crate::bulkhead::{Bulkhead, Permit};
 use crate::error::{ErrorKind, WeirError};
@@ -153,6 +153,21 @@ pub(super) async fn wait<D: Downstream>(
     r
 }
 
+/// The slot plugin `p` holds while it works in a phase it takes part in
+/// as `phase`: one of its bulkhead when the phase may wait, none otherwise.
+async fn slot<D: Downstream>(
+    d: &mut D,
+    p: &PluginInstance,
+    phase: Phase,
+    ctx: &mut RequestCtx,
+    watch_client: bool,
+) -> Result<Option<Permit>, Failure> {
+    match phase {
+        Phase::Wait => wait(d, &p.bulkhead, ctx, watch_client).await.map(Some),
+        Phase::Run | Phase::Skip => Ok(None),
+    }
+}
+
 /// The client sent `Expect: 100-continue`.
 fn expects_continue(req: &RequestHeader) -> bool {
     req.headers
@@ -231,15 +246,12 @@ impl Pipeline {
         // while it works on the request (not while the body is read).
         let no_body = d.body_empty();
         for (i, p) in route.plugins.iter().enumerate() {
-            if !p.phases.request_headers {
+            if p.phases.request_headers == Phase::Skip {
                 // Nothing to do here: it has entered all the same.
                 ctx.entered = ctx.entered.max(i + 1);
                 continue;
             }
-            let _slot = match p.phases.request_headers_wait {
-                true => Some(wait(d, &p.bulkhead, ctx, no_body).await?),
-                false => None,
-            };
+            let _slot = slot(d, p, p.phases.request_headers, ctx, no_body).await?;
             ctx.enter(i);
             ctx.entered = ctx.entered.max(i + 1);
             let clock = ctx.trace_clock();
@@ -313,13 +325,10 @@ impl Pipeline {
         // Phase 2: request body.
         ctx.trace_request(d.req_header().uri.path());
         for (i, p) in route.plugins.iter().enumerate() {
-            if !p.phases.request_body {
+            if p.phases.request_body == Phase::Skip {
                 continue;
             }
-            let _slot = match p.phases.request_body_wait {
-                true => Some(wait(d, &p.bulkhead, ctx, true).await?),
-                false => None,
-            };
+            let _slot = slot(d, p, p.phases.request_body, ctx, true).await?;
             ctx.enter(i);
             let clock = ctx.trace_clock();
             let r = p.plugin.request_body(ctx).await;

@@ -8,7 +8,7 @@
 use crate::bulkhead::Ticket;
 use crate::config::Priority;
 use crate::error::{ErrorKind, WeirError};
-use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Phases, Plugin, RequestCtx, Typed};
+use crate::pipeline::{BuildCtx, BuildError, Flow, Identity, Phase, Phases, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use pingora_http::RequestHeader;
 use serde::{Deserialize, Serialize};
@@ -179,12 +179,11 @@ impl Plugin for ApiKeys {
     /// A lookup in memory: never waits. The body phase only checks a key's
     /// allowed models, so it runs only if some key has them.
     fn phases(&self) -> Phases {
+        let models = self.buckets.values().flatten().any(|k| k.identity.models.is_some());
         Phases {
-            request_headers: true,
-            request_body: self.buckets.values().flatten().any(|k| k.identity.models.is_some()),
+            request_headers: Phase::Run,
+            request_body: if models { Phase::Run } else { Phase::Skip },
             response_headers: false,
-            request_headers_wait: false,
-            request_body_wait: false,
         }
     }
 
@@ -279,15 +278,15 @@ mod tests {
     fn the_body_phase_runs_only_if_a_key_has_models() {
         let load = |file: String| load_keys(file).phases();
         let open = load(format!("keys:\n  - name: a\n    sha256: {}\n", digest_hex("a")));
-        assert!(open.request_headers && !open.request_body && !open.response_headers);
+        assert!(open.request_headers != Phase::Skip && open.request_body == Phase::Skip && !open.response_headers);
         let limited = load(format!(
             "keys:\n  - name: a\n    sha256: {}\n  - name: b\n    sha256: {}\n    models: [m1]\n",
             digest_hex("a"),
             digest_hex("b")
         ));
-        assert!(limited.request_headers && limited.request_body);
+        assert!(limited.request_headers != Phase::Skip && limited.request_body != Phase::Skip);
         // A lookup in memory never waits: no slot in either phase.
-        assert!(!limited.request_headers_wait && !limited.request_body_wait);
+        assert!(limited.request_headers != Phase::Wait && limited.request_body != Phase::Wait);
     }
 
     #[test]

@@ -14,7 +14,7 @@ use crate::config::{Checker, Dur};
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::tokens;
 use crate::metrics;
-use crate::pipeline::{Capabilities, Flow, Phases, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Capabilities, Flow, Phase, Phases, Plugin, RequestCtx, Typed};
 use crate::provider::Cost;
 use async_trait::async_trait;
 use ledger::{Amount, Dim, Limit, Standing, Wait, Window};
@@ -585,7 +585,7 @@ impl Plugin for Budget {
     /// does (a store's round trip, a large prompt counted off the workers).
     fn phases(&self) -> Phases {
         Phases {
-            request_headers_wait: false,
+            request_headers: Phase::Run,
             ..Phases::ALL
         }
     }

@@ -21,7 +21,7 @@ use crate::config::{Checker, Dur, Size};
 use crate::error::WeirError;
 use crate::llm;
 use crate::metrics;
-use crate::pipeline::{Flow, LocalResponse, Phases, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Flow, LocalResponse, Phase, Phases, Plugin, RequestCtx, Typed};
 use crate::provider::Provider;
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -362,7 +362,7 @@ impl Plugin for Cache {
     /// phase may (a coalesced miss, Redis).
     fn phases(&self) -> Phases {
         Phases {
-            request_headers_wait: false,
+            request_headers: Phase::Run,
             ..Phases::ALL
         }
     }

@@ -10,7 +10,7 @@ use crate::config::Checker;
 use crate::error::{ErrorKind, WeirError};
 use crate::llm::tokens;
 use crate::metrics;
-use crate::pipeline::{Capabilities, Flow, Phases, Plugin, RequestCtx, Typed};
+use crate::pipeline::{Capabilities, Flow, Phase, Phases, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::HeaderValue;
@@ -420,9 +420,10 @@ impl Plugin for RateLimit {
     /// With buckets in memory a take never waits; the body phase may (a
     /// large prompt is counted off the workers) when tokens are limited.
     fn phases(&self) -> Phases {
+        let waits = |may: bool| if may { Phase::Wait } else { Phase::Run };
         Phases {
-            request_headers_wait: self.redis.is_some(),
-            request_body_wait: self.redis.is_some() || self.conf.tokens.is_some(),
+            request_headers: waits(self.redis.is_some()),
+            request_body: waits(self.redis.is_some() || self.conf.tokens.is_some()),
             ..Phases::ALL
         }
     }
