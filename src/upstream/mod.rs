@@ -24,9 +24,14 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::time::{Duration, Instant};
 
+mod pool;
+
 /// Connection pools to every provider; shared by all config generations.
 pub struct Upstream {
+    /// Makes new connections (TCP, TLS).
     transport: TransportConnector,
+    /// Keeps idle ones.
+    pool: std::sync::Arc<pool::Pool>,
 }
 
 impl Default for Upstream {
@@ -273,7 +278,9 @@ impl Upstream {
     /// belongs to the tokio runtime its connections were made on.
     pub fn new(idle_per_pool: usize) -> Self {
         Upstream {
-            transport: TransportConnector::new(Some(ConnectorOptions::new(idle_per_pool))),
+            // Its own pool is never used: `pool` keeps idle connections.
+            transport: TransportConnector::new(Some(ConnectorOptions::new(0))),
+            pool: pool::Pool::new(idle_per_pool),
         }
     }
 
@@ -316,7 +323,7 @@ impl Upstream {
     /// every request's future does not carry its size.
     async fn stream(&self, p: &Target<'_>, fresh: bool) -> Result<(Stream, bool), SendError> {
         if !fresh {
-            if let Some(stream) = self.transport.reused_stream(p.peer).await {
+            if let Some(stream) = self.pool.take(p.peer.reuse_hash()) {
                 return Ok((stream, true));
             }
         }
@@ -414,7 +421,7 @@ impl Upstream {
                 h1.respect_keepalive();
                 if h1.will_keepalive() {
                     let idle = peer.options.idle_timeout;
-                    self.transport.release_stream(h1.into_inner(), peer.reuse_hash(), idle);
+                    self.pool.put(peer.reuse_hash(), h1.into_inner(), idle);
                     return;
                 }
             }
