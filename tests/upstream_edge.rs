@@ -418,6 +418,39 @@ fn a_pooled_connection_closed_while_idle_is_replaced_transparently() {
     g.assert_no_panic();
 }
 
+/// weir's sockets to `port` in CLOSE_WAIT: the provider closed them and
+/// weir has not (from /proc/net/tcp and tcp6: state 08).
+fn half_closed_to(port: u16) -> usize {
+    ["/proc/net/tcp", "/proc/net/tcp6"]
+        .iter()
+        .filter_map(|f| std::fs::read_to_string(f).ok())
+        .flat_map(|t| t.lines().skip(1).map(str::to_string).collect::<Vec<_>>())
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let remote_port = f[2].rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            remote_port == Some(port) && f[3] == "08"
+        })
+        .count()
+}
+
+#[test]
+fn a_pooled_connection_its_provider_closed_is_closed_without_waiting_for_a_request() {
+    // Answered, pooled, then closed by the provider: weir's pool notices by
+    // itself (its sweep runs every second) instead of keeping a half-closed
+    // socket until the next request to that provider.
+    let p = raw_provider(|_, _| Act::WriteThenClose(ok(ANSWER), Duration::from_millis(100)));
+    let g = gateway(&[("raw", &p.url(), "")], "");
+    let r = post(&chat_url(&g), &chat("m1", false), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(300));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while half_closed_to(p.port) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(half_closed_to(p.port), 0, "weir kept a connection its provider closed");
+    g.assert_no_panic();
+}
+
 // ---- headers ----
 
 #[test]
