@@ -173,7 +173,10 @@ fn entry_key(base: &Sha256, provider: &str, upstream_model: &str) -> String {
     h.update(provider.as_bytes());
     h.update([0]);
     h.update(upstream_model.as_bytes());
-    hex::encode(h.finalize())
+    // Into a buffer: `hex::encode` goes char by char through an iterator.
+    let mut out = [0u8; 64];
+    hex::encode_to_slice(h.finalize(), &mut out).expect("64 hex digits for 32 bytes");
+    String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
 }
 
 /// The keys a request may be stored under: one per distinct (provider,
@@ -609,6 +612,10 @@ mod tests {
         base.update(b"route\0\0{}");
         let k = entry_key(&base, "a", "m");
         assert_eq!(k, entry_key(&base, "a", "m"));
+        // Lowercase hex of the digest, as ever (entries already in Redis keep their keys).
+        let mut h = base.clone();
+        h.update(b"\0a\0m");
+        assert_eq!(k, hex::encode(h.finalize()));
         assert_ne!(k, entry_key(&base, "b", "m"));
         assert_ne!(k, entry_key(&base, "a", "m2"));
         // The separator keeps names from running into models.
