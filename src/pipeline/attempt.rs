@@ -288,7 +288,7 @@ pub async fn call_provider(
         ttfb: ex.ttfb,
     });
     let data = upstream
-        .read_whole(ex, &provider.peer, &provider.name, max_body)
+        .read_whole(ex, &provider.name, max_body)
         .await
         .map_err(WeirError::from)?;
     Ok((header, data))

@@ -398,9 +398,7 @@ impl Pipeline {
                     let head = client_header(ex.header(), &provider, ctx);
                     // Read the (small) error body: the connection goes back
                     // to the pool and the answer can still be the client's.
-                    let read = self
-                        .upstream
-                        .read_whole(ex, &provider.peer, &provider.name, MAX_ERROR_BODY);
+                    let read = self.upstream.read_whole(ex, &provider.name, MAX_ERROR_BODY);
                     if let Ok(body) = read.await {
                         let answer = Held {
                             head,
@@ -425,11 +423,7 @@ impl Pipeline {
             if let (400, Some(bigger)) = (status, bigger) {
                 ctx.upstream_ttfb = Some(ttfb);
                 let head = client_header(ex.header(), &provider, ctx);
-                let body = match self
-                    .upstream
-                    .read_whole(ex, &provider.peer, &provider.name, MAX_ERROR_BODY)
-                    .await
-                {
+                let body = match self.upstream.read_whole(ex, &provider.name, MAX_ERROR_BODY).await {
                     Ok(b) => b,
                     Err(e) => {
                         attempt.end(&Attempt::Failed(e.error.kind));

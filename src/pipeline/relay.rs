@@ -91,7 +91,7 @@ impl Pipeline {
                 } = leg;
                 let status = ex.header().status.as_u16();
                 let head = client_header(ex.header(), &p, ctx);
-                self.upstream.finish(ex, &p.peer).await;
+                self.upstream.finish(ex).await;
                 self.relay_whole(d, ctx, attempt, head, body, status).await
             }
             // Boxed: a pass-through or a stream is a large future, and the
@@ -256,7 +256,7 @@ impl Pipeline {
         if let Some(u) = usage {
             record(ctx, u.finish());
         }
-        self.upstream.finish(ex, &p.peer).await;
+        self.upstream.finish(ex).await;
         Ok(())
     }
 
@@ -332,7 +332,7 @@ impl Pipeline {
                 attempt.end(&Attempt::Answered { status, ttfb });
                 settle_stream(ctx, &s.watch).await;
                 attempt.output_tokens(ctx.usage.map(|u| u.completion_tokens));
-                self.upstream.finish(ex, &p.peer).await;
+                self.upstream.finish(ex).await;
                 return self.flush(d, ctx, route, &mut s.held, true).await;
             }
         };
@@ -543,7 +543,7 @@ impl Pipeline {
                 );
                 settle_continuation(ctx, reported, &s.watch).await;
                 ctx.usage = s.splice.as_ref().and_then(|x| x.usage).or(ctx.usage);
-                self.upstream.finish(ex, &f.peer).await;
+                self.upstream.finish(ex).await;
                 self.flush(d, ctx, route, &mut s.held, true).await
             }
             Ok(Some(died)) => {

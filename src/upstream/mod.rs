@@ -86,6 +86,11 @@ struct Mapped {
 /// A response being read from a provider.
 pub struct Exchange {
     session: HttpSession,
+    /// The pool its connection returns to (the peer's `reuse_hash`) and
+    /// for how long it may idle there: fixed when it was sent, so that a
+    /// connection can only ever go back to the peer it was made for.
+    pool_key: u64,
+    keep_idle: Option<Duration>,
     /// Boxed: rare (a provider in another wire format), and an exchange is moved along a request's path.
     mapped: Option<Box<Mapped>>,
     idle: Duration,
@@ -274,8 +279,9 @@ async fn write_head_and_body<S: tokio::io::AsyncWrite + Unpin + ?Sized>(
 }
 
 impl Upstream {
-    /// Pools keeping up to `idle_per_pool` idle connections each. A pool
-    /// belongs to the tokio runtime its connections were made on.
+    /// Keeping up to `idle_per_pool` idle connections, to all peers
+    /// together. A pool belongs to the tokio runtime its connections were
+    /// made on.
     pub fn new(idle_per_pool: usize) -> Self {
         Upstream {
             // Its own pool is never used: `pool` keeps idle connections.
@@ -296,13 +302,16 @@ impl Upstream {
     pub async fn send(&self, p: &Target<'_>, req: &RequestHeader, body: &Bytes) -> Result<Exchange, SendError> {
         let mut fresh_tried = false;
         let sent_at = Instant::now();
+        let pool_key = p.peer.reuse_hash();
         loop {
-            let (stream, reused) = self.stream(p, fresh_tried).await?;
+            let (stream, reused) = self.stream(p, pool_key, fresh_tried).await?;
             match self.exchange(stream, p, req, body).await {
                 Ok((session, ttfb)) => {
                     return Ok(Exchange {
                         mapped: None,
                         session,
+                        pool_key,
+                        keep_idle: p.peer.options.idle_timeout,
                         idle: p.idle,
                         sent_at,
                         ttfb,
@@ -321,9 +330,9 @@ impl Upstream {
     /// `fresh` asks for a new one). Making a connection (TCP, perhaps TLS)
     /// is a large future and rare once pools are warm: it is boxed, so that
     /// every request's future does not carry its size.
-    async fn stream(&self, p: &Target<'_>, fresh: bool) -> Result<(Stream, bool), SendError> {
+    async fn stream(&self, p: &Target<'_>, pool_key: u64, fresh: bool) -> Result<(Stream, bool), SendError> {
         if !fresh {
-            if let Some(stream) = self.pool.take(p.peer.reuse_hash()) {
+            if let Some(stream) = self.pool.take(pool_key) {
                 return Ok((stream, true));
             }
         }
@@ -388,16 +397,10 @@ impl Upstream {
 
     /// Read the rest of an answer (at most `max` bytes), then return its
     /// connection to the pool; on failure the connection is closed.
-    pub async fn read_whole(
-        &self,
-        mut ex: Exchange,
-        peer: &HttpPeer,
-        name: &str,
-        max: usize,
-    ) -> Result<Bytes, SendError> {
+    pub async fn read_whole(&self, mut ex: Exchange, name: &str, max: usize) -> Result<Bytes, SendError> {
         match ex.read_all(name, max).await {
             Ok(data) => {
-                self.finish(ex, peer).await;
+                self.finish(ex).await;
                 Ok(data)
             }
             Err(e) => {
@@ -410,7 +413,7 @@ impl Upstream {
     /// Return a finished exchange's connection to the pool, or close it.
     /// Pooling is synchronous (what Pingora's `reuse` does but for its
     /// close): the common case adds nothing to the caller's future.
-    pub async fn finish(&self, ex: Exchange, peer: &HttpPeer) {
+    pub async fn finish(&self, ex: Exchange) {
         if let HttpSession::H1(mut h1) = ex.session {
             if h1.is_body_done() {
                 // Off for a `Connection: close`, an HTTP/1.0 or close-delimited
@@ -420,8 +423,7 @@ impl Upstream {
                 // closed before handing it out anyway.)
                 h1.respect_keepalive();
                 if h1.will_keepalive() {
-                    let idle = peer.options.idle_timeout;
-                    self.pool.put(peer.reuse_hash(), h1.into_inner(), idle);
+                    self.pool.put(ex.pool_key, h1.into_inner(), ex.keep_idle);
                     return;
                 }
             }
@@ -559,6 +561,66 @@ mod tests {
                 "{method} {headers:?}"
             );
         }
+    }
+
+    /// What one exchange over a scripted connection came to: the answer's
+    /// status, or how much of the request the provider may have had.
+    async fn exchange_over(script: tokio_test::io::Mock, idle: Duration) -> Result<u16, Sent> {
+        let up = Upstream::new(4);
+        let peer = HttpPeer::new("127.0.0.1:9", false, String::new());
+        let target = Target {
+            name: "p",
+            peer: &peer,
+            first_byte: Duration::from_secs(5),
+            idle,
+        };
+        let (req, body) = request();
+        match up.exchange(Box::new(script), &target, &req, &body).await {
+            Ok((s, _)) => Ok(s.response_header().unwrap().status.as_u16()),
+            Err((_, sent)) => Err(sent),
+        }
+    }
+
+    fn request() -> (RequestHeader, Bytes) {
+        let body = Bytes::from_static(b"{\"model\":\"m\"}");
+        (
+            post(&[("host", "p"), ("content-length", &body.len().to_string())], "POST"),
+            body,
+        )
+    }
+
+    #[tokio::test]
+    async fn a_failed_exchange_says_whether_the_provider_may_have_the_request() {
+        let (req, body) = request();
+        let head = one_write(&req, &body).unwrap();
+        let idle = Duration::from_secs(5);
+        let broken = || std::io::Error::from(std::io::ErrorKind::BrokenPipe);
+        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        use tokio_test::io::Builder;
+        // (Each script is built in a statement of its own: the builder keeps
+        // a reference to its error until it is dropped.)
+        let script = Builder::new().write(&head).write(&body).read(answer).build();
+        assert_eq!(exchange_over(script, idle).await, Ok(200));
+        // Broken inside the head: it cannot have been acted on (a pooled
+        // connection's request is then sent again on a new one).
+        let script = Builder::new().write(&head[..5]).write_error(broken()).build();
+        assert_eq!(exchange_over(script, idle).await, Err(Sent::Nothing));
+        // Broken inside the body, or once the request is out: it may have been.
+        let script = Builder::new()
+            .write(&head)
+            .write(&body[..2])
+            .write_error(broken())
+            .build();
+        assert_eq!(exchange_over(script, idle).await, Err(Sent::Some));
+        let script = Builder::new().write(&head).write(&body).read_error(broken()).build();
+        assert_eq!(exchange_over(script, idle).await, Err(Sent::Some));
+        // Writes that stall until `idle` runs out: the same line.
+        let short = Duration::from_millis(50);
+        let stall = Duration::from_secs(30);
+        let script = Builder::new().write(&head[..5]).wait(stall).build();
+        assert_eq!(exchange_over(script, short).await, Err(Sent::Nothing));
+        let script = Builder::new().write(&head).wait(stall).build();
+        assert_eq!(exchange_over(script, short).await, Err(Sent::Some));
     }
 
     /// Takes at most `per_call` bytes a write; fails once `fail_at` bytes are in.

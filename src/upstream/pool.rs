@@ -26,12 +26,34 @@ use tokio::io::AsyncReadExt;
 /// How often a pool drops expired and closed connections.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// Idle connections by peer (`Peer::reuse_hash`), oldest first.
+/// Idle connections by peer (`Peer::reuse_hash`).
 pub struct Pool {
-    idle: Mutex<HashMap<u64, VecDeque<Idle>>>,
-    /// At most this many idle connections per peer; the oldest go first.
-    per_peer: usize,
+    idle: Mutex<Idles>,
+    /// At most this many idle connections, to all peers together.
+    cap: usize,
+    /// The sweeper is running.
     sweeping: AtomicBool,
+}
+
+#[derive(Default)]
+struct Idles {
+    /// Oldest first.
+    by_peer: HashMap<u64, VecDeque<Idle>>,
+    total: usize,
+}
+
+impl Idles {
+    /// Make room for one: the oldest to `peer` goes, else the oldest to
+    /// any peer (Pingora's pool was one LRU for all peers too).
+    fn evict_for(&mut self, peer: u64) -> Option<Idle> {
+        let from = match self.by_peer.get(&peer) {
+            Some(q) if !q.is_empty() => peer,
+            _ => *self.by_peer.iter().find(|(_, q)| !q.is_empty())?.0,
+        };
+        let out = self.by_peer.get_mut(&from)?.pop_front();
+        self.total -= out.is_some() as usize;
+        out
+    }
 }
 
 struct Idle {
@@ -60,10 +82,10 @@ fn usable(stream: &mut Stream) -> bool {
 }
 
 impl Pool {
-    pub fn new(per_peer: usize) -> Arc<Self> {
+    pub fn new(cap: usize) -> Arc<Self> {
         Arc::new(Pool {
-            idle: Mutex::new(HashMap::new()),
-            per_peer,
+            idle: Mutex::new(Idles::default()),
+            cap,
             sweeping: AtomicBool::new(false),
         })
     }
@@ -74,7 +96,12 @@ impl Pool {
         let now = Instant::now();
         loop {
             // Closed (dropped) outside the lock.
-            let mut idle = self.idle.lock().get_mut(&peer)?.pop_back()?;
+            let mut idle = {
+                let mut idles = self.idle.lock();
+                let idle = idles.by_peer.get_mut(&peer)?.pop_back()?;
+                idles.total -= 1;
+                idle
+            };
             if !idle.expired(now) && usable(&mut idle.stream) {
                 return Some(idle.stream);
             }
@@ -84,7 +111,7 @@ impl Pool {
     /// Keep a connection whose last answer was read whole, for at most
     /// `idle_timeout`. The pool's sweeper starts with its first connection.
     pub fn put(self: &Arc<Self>, peer: u64, mut stream: Stream, idle_timeout: Option<Duration>) {
-        if self.per_peer == 0 || !usable(&mut stream) {
+        if self.cap == 0 || !usable(&mut stream) {
             return;
         }
         let idle = Idle {
@@ -92,10 +119,14 @@ impl Pool {
             until: idle_timeout.map(|t| Instant::now() + t),
         };
         let evicted = {
-            let mut map = self.idle.lock();
-            let q = map.entry(peer).or_default();
-            let evicted = if q.len() >= self.per_peer { q.pop_front() } else { None };
-            q.push_back(idle);
+            let mut idles = self.idle.lock();
+            let evicted = if idles.total >= self.cap {
+                idles.evict_for(peer)
+            } else {
+                None
+            };
+            idles.by_peer.entry(peer).or_default().push_back(idle);
+            idles.total += 1;
             evicted
         };
         drop(evicted);
@@ -105,23 +136,43 @@ impl Pool {
     }
 
     /// Close the connections that expired or that their provider closed.
+    /// They are tested outside the lock (a request meanwhile finds none
+    /// idle and connects anew), then the survivors go back, older than
+    /// anything put meanwhile.
     fn sweep(&self) {
         let now = Instant::now();
+        let mut all = std::mem::take(&mut *self.idle.lock());
         let mut closed = Vec::new();
-        {
-            let mut map = self.idle.lock();
-            for q in map.values_mut() {
-                let mut keep = VecDeque::with_capacity(q.len());
-                for mut idle in q.drain(..) {
-                    if idle.expired(now) || !usable(&mut idle.stream) {
-                        closed.push(idle);
-                    } else {
-                        keep.push_back(idle);
-                    }
+        for q in all.by_peer.values_mut() {
+            let before = q.len();
+            let mut kept = VecDeque::with_capacity(before);
+            for mut idle in q.drain(..) {
+                if idle.expired(now) || !usable(&mut idle.stream) {
+                    closed.push(idle);
+                } else {
+                    kept.push_back(idle);
                 }
-                *q = keep;
             }
-            map.retain(|_, q| !q.is_empty());
+            *q = kept;
+        }
+        {
+            let mut idles = self.idle.lock();
+            for (peer, mut older) in all.by_peer.drain() {
+                if older.is_empty() {
+                    continue;
+                }
+                idles.total += older.len();
+                let q = idles.by_peer.entry(peer).or_default();
+                older.append(q);
+                *q = older;
+            }
+            while idles.total > self.cap {
+                let Some(peer) = idles.by_peer.iter().find(|(_, q)| !q.is_empty()).map(|(p, _)| *p) else {
+                    break;
+                };
+                closed.extend(idles.evict_for(peer));
+            }
+            idles.by_peer.retain(|_, q| !q.is_empty());
         }
         drop(closed);
     }
@@ -129,12 +180,23 @@ impl Pool {
     /// Idle connections to `peer` right now.
     #[cfg(test)]
     fn idle(&self, peer: u64) -> usize {
-        self.idle.lock().get(&peer).map_or(0, VecDeque::len)
+        self.idle.lock().by_peer.get(&peer).map_or(0, VecDeque::len)
     }
 }
 
-/// Sweep every `SWEEP_EVERY` for as long as the pool exists.
+/// Sweep every `SWEEP_EVERY` for as long as the pool exists. Should the
+/// task end otherwise (its runtime shut down), the next `put` starts
+/// another.
 async fn sweeper(pool: Weak<Pool>) {
+    struct Running(Weak<Pool>);
+    impl Drop for Running {
+        fn drop(&mut self) {
+            if let Some(p) = self.0.upgrade() {
+                p.sweeping.store(false, Ordering::Relaxed);
+            }
+        }
+    }
+    let _running = Running(pool.clone());
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -222,23 +284,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn at_most_per_peer_idle_connections_the_oldest_go() {
+    async fn at_most_cap_idle_connections_to_all_peers_the_oldest_go() {
         let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let pool = Pool::new(2);
         let mut fds = Vec::new();
         let mut theirs = Vec::new();
-        for _ in 0..3 {
+        for peer in [1, 1, 1, 2] {
             let (s, t) = pair(&l).await;
             fds.push(fd(&s));
             theirs.push(t);
-            pool.put(1, s, None);
+            pool.put(peer, s, None);
         }
-        assert_eq!(pool.idle(1), 2);
+        // The third to peer 1 pushed out peer 1's oldest; the one to peer 2
+        // (none idle yet) pushed out the oldest of another peer.
+        assert_eq!((pool.idle(1), pool.idle(2)), (1, 1));
         assert_eq!(fd(&pool.take(1).unwrap()), fds[2]);
-        assert_eq!(fd(&pool.take(1).unwrap()), fds[1]);
-        // The evicted one was closed: its provider reads the end.
+        assert_eq!(fd(&pool.take(2).unwrap()), fds[3]);
+        // Those pushed out were closed: their provider reads the end.
         let mut byte = [0u8; 1];
-        assert_eq!(theirs[0].read(&mut byte).await.unwrap(), 0);
+        for t in &mut theirs[..2] {
+            assert_eq!(t.read(&mut byte).await.unwrap(), 0);
+        }
         // None are kept with a cap of 0.
         let none = Pool::new(0);
         let (s, _t) = pair(&l).await;

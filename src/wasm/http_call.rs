@@ -161,7 +161,7 @@ async fn exchange(
             };
             let ex = upstream.send(&target, head, &req.body).await?;
             let header = ex.header().clone();
-            let body = upstream.read_whole(ex, &peer, &req.upstream, MAX_RESPONSE_BODY).await?;
+            let body = upstream.read_whole(ex, &req.upstream, MAX_RESPONSE_BODY).await?;
             Ok((header, body))
         }
         Target::Later => Err(WeirError::new(
