@@ -5,7 +5,7 @@
 //!
 //! The failover loop of a request and a wasm filter's `http_call` to a
 //! provider both go through [`AttemptGuard`] and the one upstream exchange
-//! in `upstream.rs`, so a provider's bulkhead and breaker apply to both.
+//! in `upstream`, so a provider's bulkhead and breaker apply to both.
 
 use super::chain::PluginInstance;
 use super::plugin::{Admission, Attempt, AttemptHold};

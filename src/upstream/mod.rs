@@ -1,6 +1,7 @@
-//! One exchange with a provider over Pingora's pooled connector: send the
-//! request header and the (already complete) body, in one write when the
-//! body is framed by its length (Pingora's serializer makes the head), wait for the response
+//! One exchange with a provider, over a connection from weir's pool
+//! (`pool`) or a new one from Pingora's connector: send the request header
+//! and the (already complete) body, in one write when the body is framed by
+//! its length (Pingora's serializer makes the head), wait for the response
 //! header within `first_token`, then read the body chunk by chunk, each
 //! read bounded by the caller (a stream's first token, its idle gap).
 //! Driving the upstream side here (instead of Pingora's proxy loop) is what

@@ -4,7 +4,7 @@
 //! failure, as an empty answer, as Envoy gives it) goes back to the filter
 //! through `proxy_on_http_call_response`.
 //!
-//! The exchange is `upstream.rs`'s, as for the proxy's own attempts; a call
+//! The exchange is `upstream`'s, as for the proxy's own attempts; a call
 //! to a provider also goes through the pipeline's attempt (the provider's
 //! bulkhead and in-flight count, and the admission of the calling request's
 //! route, such as its circuit breaker).
