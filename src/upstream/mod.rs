@@ -279,6 +279,54 @@ async fn write_head_and_body<S: tokio::io::AsyncWrite + Unpin + ?Sized>(
     stream.flush().await.map_err(failed)
 }
 
+/// Send head and body in one write (see [`one_write`]); the session then
+/// only reads the answer.
+async fn send_at_once(
+    mut stream: Stream,
+    p: &Target<'_>,
+    head: &[u8],
+    body: &[u8],
+) -> Result<HttpSession, (SendError, Sent)> {
+    let mut head_out = false;
+    let written = fast_timeout(p.idle, write_head_and_body(&mut stream, head, body, &mut head_out))
+        .await
+        .unwrap_or_else(|_| {
+            Err(pingora_error::Error::explain(
+                ErrorType::WriteTimedout,
+                "writing request",
+            ))
+        });
+    if let Err(e) = written {
+        // As with Pingora's own writes: a provider that has not had the
+        // whole head cannot have acted on the request.
+        let sent = if head_out { Sent::Some } else { Sent::Nothing };
+        return Err((classify(&e, p.name, "failed while sending"), sent));
+    }
+    Ok(HttpSession::H1(H1Session::new_with_options(stream, p.peer)))
+}
+
+/// Send head and body through Pingora's session (two writes).
+async fn send_in_parts(
+    stream: Stream,
+    p: &Target<'_>,
+    req: &RequestHeader,
+    body: &Bytes,
+) -> Result<HttpSession, (SendError, Sent)> {
+    let mut s = HttpSession::H1(H1Session::new_with_options(stream, p.peer));
+    s.set_write_timeout(Some(p.idle));
+    let failed = |e: Box<pingora_error::Error>, sent| (classify(&e, p.name, "failed while sending"), sent);
+    s.write_request_header(Box::new(req.clone()))
+        .await
+        .map_err(|e| failed(e, Sent::Nothing))?;
+    if !body.is_empty() {
+        s.write_request_body(body.clone(), true)
+            .await
+            .map_err(|e| failed(e, Sent::Some))?;
+    }
+    s.finish_request_body().await.map_err(|e| failed(e, Sent::Some))?;
+    Ok(s)
+}
+
 impl Upstream {
     /// Keeping up to `idle_per_pool` idle connections, to all peers
     /// together. A pool belongs to the tokio runtime its connections were
@@ -298,7 +346,7 @@ impl Upstream {
     /// connection (the provider cannot act on a request it did not receive
     /// whole). Once the header is out, a reset or close is the caller's
     /// failure to handle (and count): the provider may have done, and
-    /// billed, the work. Pingora itself drops pooled connections found
+    /// billed, the work. The pool itself drops idle connections found
     /// closed or unreadable before handing them out.
     pub async fn send(&self, p: &Target<'_>, req: &RequestHeader, body: &Bytes) -> Result<Exchange, SendError> {
         let mut fresh_tried = false;
@@ -346,48 +394,15 @@ impl Upstream {
     /// Send the request, then wait for the final response header.
     async fn exchange(
         &self,
-        mut stream: Stream,
+        stream: Stream,
         p: &Target<'_>,
         req: &RequestHeader,
         body: &Bytes,
     ) -> Result<(HttpSession, Duration), (SendError, Sent)> {
         let started = Instant::now();
         let mut s = match one_write(req, body) {
-            Some(head) => {
-                let mut head_out = false;
-                let sending = write_head_and_body(&mut stream, &head, body, &mut head_out);
-                let written = match fast_timeout(p.idle, sending).await {
-                    Ok(r) => r,
-                    Err(_) => Err(pingora_error::Error::explain(
-                        ErrorType::WriteTimedout,
-                        "writing request",
-                    )),
-                };
-                if let Err(e) = written {
-                    // As with Pingora's own writes: a provider that has not
-                    // had the whole head cannot have acted on the request.
-                    let sent = if head_out { Sent::Some } else { Sent::Nothing };
-                    return Err((classify(&e, p.name, "failed while sending"), sent));
-                }
-                HttpSession::H1(H1Session::new_with_options(stream, p.peer))
-            }
-            None => {
-                let mut s = HttpSession::H1(H1Session::new_with_options(stream, p.peer));
-                s.set_write_timeout(Some(p.idle));
-                s.write_request_header(Box::new(req.clone()))
-                    .await
-                    .map_err(|e| (classify(&e, p.name, "failed while sending"), Sent::Nothing))?;
-                let send_body = async {
-                    if !body.is_empty() {
-                        s.write_request_body(body.clone(), true).await?;
-                    }
-                    s.finish_request_body().await
-                };
-                send_body
-                    .await
-                    .map_err(|e| (classify(&e, p.name, "failed while sending"), Sent::Some))?;
-                s
-            }
+            Some(head) => send_at_once(stream, p, &head, body).await?,
+            None => send_in_parts(stream, p, req, body).await?,
         };
         match fast_timeout(p.first_byte, final_header(&mut s, p.name)).await {
             Ok(Ok(())) => Ok((s, started.elapsed())),
@@ -420,7 +435,7 @@ impl Upstream {
                 // Off for a `Connection: close`, an HTTP/1.0 or close-delimited
                 // answer, or bytes past the body's end. (A body cut by the
                 // provider's close is an error, whose exchange is aborted,
-                // not finished; Pingora drops a pooled connection found
+                // not finished; the pool drops an idle connection found
                 // closed before handing it out anyway.)
                 h1.respect_keepalive();
                 if h1.will_keepalive() {

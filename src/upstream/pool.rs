@@ -39,20 +39,22 @@ pub struct Pool {
 struct Idles {
     /// Oldest first.
     by_peer: HashMap<u64, VecDeque<Idle>>,
-    total: usize,
 }
 
 impl Idles {
-    /// Make room for one: the oldest to `peer` goes, else the oldest to
+    /// Idle connections to all peers (a handful of peers: counted, not kept).
+    fn total(&self) -> usize {
+        self.by_peer.values().map(VecDeque::len).sum()
+    }
+
+    /// Make room for one: the oldest to `prefer` goes, else the oldest to
     /// any peer (Pingora's pool was one LRU for all peers too).
-    fn evict_for(&mut self, peer: u64) -> Option<Idle> {
-        let from = match self.by_peer.get(&peer) {
-            Some(q) if !q.is_empty() => peer,
+    fn evict(&mut self, prefer: Option<u64>) -> Option<Idle> {
+        let from = match prefer.and_then(|p| self.by_peer.get(&p)) {
+            Some(q) if !q.is_empty() => prefer?,
             _ => *self.by_peer.iter().find(|(_, q)| !q.is_empty())?.0,
         };
-        let out = self.by_peer.get_mut(&from)?.pop_front();
-        self.total -= out.is_some() as usize;
-        out
+        self.by_peer.get_mut(&from)?.pop_front()
     }
 }
 
@@ -96,12 +98,7 @@ impl Pool {
         let now = Instant::now();
         loop {
             // Closed (dropped) outside the lock.
-            let mut idle = {
-                let mut idles = self.idle.lock();
-                let idle = idles.by_peer.get_mut(&peer)?.pop_back()?;
-                idles.total -= 1;
-                idle
-            };
+            let mut idle = self.idle.lock().by_peer.get_mut(&peer)?.pop_back()?;
             if !idle.expired(now) && usable(&mut idle.stream) {
                 return Some(idle.stream);
             }
@@ -120,13 +117,12 @@ impl Pool {
         };
         let evicted = {
             let mut idles = self.idle.lock();
-            let evicted = if idles.total >= self.cap {
-                idles.evict_for(peer)
+            let evicted = if idles.total() >= self.cap {
+                idles.evict(Some(peer))
             } else {
                 None
             };
             idles.by_peer.entry(peer).or_default().push_back(idle);
-            idles.total += 1;
             evicted
         };
         drop(evicted);
@@ -142,39 +138,22 @@ impl Pool {
     fn sweep(&self) {
         let now = Instant::now();
         let mut all = std::mem::take(&mut *self.idle.lock());
-        let mut closed = Vec::new();
         for q in all.by_peer.values_mut() {
-            let before = q.len();
-            let mut kept = VecDeque::with_capacity(before);
-            for mut idle in q.drain(..) {
-                if idle.expired(now) || !usable(&mut idle.stream) {
-                    closed.push(idle);
-                } else {
-                    kept.push_back(idle);
-                }
-            }
-            *q = kept;
+            q.retain_mut(|idle| !idle.expired(now) && usable(&mut idle.stream));
         }
+        let mut evicted = Vec::new();
         {
             let mut idles = self.idle.lock();
             for (peer, mut older) in all.by_peer.drain() {
-                if older.is_empty() {
-                    continue;
-                }
-                idles.total += older.len();
                 let q = idles.by_peer.entry(peer).or_default();
                 older.append(q);
                 *q = older;
             }
-            while idles.total > self.cap {
-                let Some(peer) = idles.by_peer.iter().find(|(_, q)| !q.is_empty()).map(|(p, _)| *p) else {
-                    break;
-                };
-                closed.extend(idles.evict_for(peer));
-            }
+            let over = idles.total().saturating_sub(self.cap);
+            evicted.extend((0..over).map_while(|_| idles.evict(None)));
             idles.by_peer.retain(|_, q| !q.is_empty());
         }
-        drop(closed);
+        drop(evicted);
     }
 
     /// Idle connections to `peer` right now.
