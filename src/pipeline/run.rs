@@ -447,7 +447,7 @@ impl Pipeline {
     ) -> Result<(), Failure> {
         d.native_answer(false);
         let LocalResponse { mut header, body } = r;
-        let _ = header.insert_header("content-length", body.len().to_string());
+        let _ = header.insert_header("content-length", http::HeaderValue::from(body.len()));
         let _ = header.insert_header("x-request-id", ctx.request_id.as_str());
         let body = finish_local(ctx, &mut header, body, by).await;
         d.write_header(header, false).await.map_err(|_| Failure::ClientGone)?;
@@ -495,7 +495,7 @@ pub(super) async fn finish_local(
             route.plugins[i].plugin.response_body(&mut body, true, ctx);
         }
         if body.len() != len {
-            let _ = header.insert_header("content-length", body.len().to_string());
+            let _ = header.insert_header("content-length", http::HeaderValue::from(body.len()));
         }
     }
     if let Some(e) = ctx.failed.take() {

@@ -35,7 +35,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use store::{MemoryStore, RedisStore};
+use store::{Entry, MemoryStore, RedisStore};
 use tokio::sync::watch;
 
 /// Plugin settings.
@@ -251,12 +251,13 @@ impl Cache {
     }
 
     /// The first of `keys` stored (one round trip with Redis).
-    async fn get_first(&self, keys: &[String]) -> Option<Bytes> {
+    async fn get_first(&self, keys: &[String]) -> Option<Entry> {
         match &self.redis {
             None => keys.iter().find_map(|k| self.memory.get(k)),
             Some(r) => self
                 .redis_result(r.get_many(keys).await)
-                .and_then(|found| found.into_iter().flatten().next()),
+                .and_then(|found| found.into_iter().flatten().next())
+                .map(Entry::unread),
         }
     }
 
@@ -293,11 +294,13 @@ impl Cache {
     }
 
     /// The answer for a hit, as JSON or as an event stream.
-    fn hit_response(&self, stored: &Bytes, ctx: &mut RequestCtx) -> Option<LocalResponse> {
+    fn hit_response(&self, entry: &Entry, ctx: &mut RequestCtx) -> Option<LocalResponse> {
+        use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
         let head = ctx.head.as_ref()?;
-        // A JSON answer is served as stored: only its usage is read (a
-        // stored entry that is not JSON is no hit). A stream is replayed
-        // from the whole answer.
+        let stored = &entry.body;
+        // A JSON answer is served as stored: only its usage is read, if the
+        // store has not read it already (a stored entry that is not JSON is
+        // no hit). A stream is replayed from the whole answer.
         let (body, content_type, usage) = if head.stream {
             let answer: serde_json::Value = serde_json::from_slice(stored).ok()?;
             let usage = answer.get("usage").and_then(|u| serde_json::from_value(u.clone()).ok());
@@ -307,7 +310,7 @@ impl Cache {
                 usage,
             )
         } else {
-            let usage = match llm::usage_of_object(stored) {
+            let usage = match entry.usage.or_else(|| llm::usage_of_object(stored)) {
                 Some(u) => u,
                 // A `usage` of another shape: still a hit if it is JSON.
                 None => {
@@ -323,12 +326,13 @@ impl Cache {
                 .inc_by(u.prompt_tokens.saturating_add(u.completion_tokens));
             ctx.usage = Some(u);
         }
-        let mut h = ResponseHeader::build(200, Some(4)).ok()?;
-        let _ = h.insert_header("content-type", content_type);
+        // Names go out in lowercase, as every header weir writes itself.
+        let mut h = ResponseHeader::build_no_case(200, Some(5)).ok()?;
+        let _ = h.insert_header(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if head.stream {
-            let _ = h.insert_header("cache-control", "no-cache");
+            let _ = h.insert_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         }
-        let _ = h.insert_header("x-weir-cache", "hit");
+        let _ = h.insert_header("x-weir-cache", HeaderValue::from_static("hit"));
         Some(LocalResponse { header: h, body })
     }
 
@@ -565,33 +569,37 @@ mod tests {
         let answer = Bytes::from_static(
             br#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"yo"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#,
         );
-        let mut ctx = ctx_for(json);
-        let r = cache.hit_response(&answer, &mut ctx).unwrap();
-        assert_eq!(r.body, answer);
-        assert_eq!(r.header.headers.get("content-type").unwrap(), "application/json");
-        assert_eq!(ctx.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((3, 2)));
-
-        // A usage of another shape is no count, but still a hit; what is not JSON is none.
         let odd = Bytes::from_static(br#"{"id":"c","choices":[],"usage":"n/a"}"#);
-        let mut ctx = ctx_for(json);
-        assert_eq!(cache.hit_response(&odd, &mut ctx).unwrap().body, odd);
-        assert_eq!(ctx.usage, None);
-        assert!(cache
-            .hit_response(&Bytes::from_static(b"{\"id\":"), &mut ctx_for(json))
-            .is_none());
+        let cut = Bytes::from_static(b"{\"id\":");
+        // The same hits whether the usage was read when the entry was stored
+        // (the memory store) or is read by the hit (Redis).
+        for (how, entry) in [("unread", Entry::unread as fn(Bytes) -> Entry), ("read", Entry::read)] {
+            let mut ctx = ctx_for(json);
+            let r = cache.hit_response(&entry(answer.clone()), &mut ctx).unwrap();
+            assert_eq!(r.body, answer, "{how}");
+            assert_eq!(r.header.headers.get("content-type").unwrap(), "application/json");
+            assert_eq!(r.header.headers.get("x-weir-cache").unwrap(), "hit");
+            assert_eq!(ctx.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((3, 2)), "{how}");
 
-        // A streaming client gets the answer replayed as events, usage included when asked.
-        let stream = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
-        let mut ctx = ctx_for(stream);
-        let r = cache.hit_response(&answer, &mut ctx).unwrap();
-        assert_eq!(r.header.headers.get("content-type").unwrap(), "text/event-stream");
-        let text = String::from_utf8(r.body.to_vec()).unwrap();
-        assert!(
-            text.contains("\"content\":\"yo\"") && text.contains("\"total_tokens\":5"),
-            "{text}"
-        );
-        assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
-        assert_eq!(ctx.usage.map(|u| u.completion_tokens), Some(2));
+            // A usage of another shape is no count, but still a hit; what is not JSON is none.
+            let mut ctx = ctx_for(json);
+            assert_eq!(cache.hit_response(&entry(odd.clone()), &mut ctx).unwrap().body, odd, "{how}");
+            assert_eq!(ctx.usage, None, "{how}");
+            assert!(cache.hit_response(&entry(cut.clone()), &mut ctx_for(json)).is_none(), "{how}");
+
+            // A streaming client gets the answer replayed as events, usage included when asked.
+            let stream = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;
+            let mut ctx = ctx_for(stream);
+            let r = cache.hit_response(&entry(answer.clone()), &mut ctx).unwrap();
+            assert_eq!(r.header.headers.get("content-type").unwrap(), "text/event-stream");
+            let text = String::from_utf8(r.body.to_vec()).unwrap();
+            assert!(
+                text.contains("\"content\":\"yo\"") && text.contains("\"total_tokens\":5"),
+                "{how}: {text}"
+            );
+            assert!(text.trim_end().ends_with("data: [DONE]"), "{how}: {text}");
+            assert_eq!(ctx.usage.map(|u| u.completion_tokens), Some(2), "{how}");
+        }
     }
 
     #[test]

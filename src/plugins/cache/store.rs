@@ -1,6 +1,7 @@
 //! Where cached answers live: a bounded in-process cache (moka, by bytes,
 //! with TTL) or Redis shared by every weir instance (compressed values, TTL).
 
+use crate::llm::{self, Usage};
 use crate::plugins::redis::LazyRedis;
 use bytes::Bytes;
 use flate2::read::DeflateDecoder;
@@ -10,16 +11,39 @@ use prometheus::IntCounter;
 use std::io::{Read, Write};
 use std::time::Duration;
 
+/// A stored answer as a hit serves it.
+#[derive(Clone)]
+pub struct Entry {
+    pub body: Bytes,
+    /// `Some`: read when the entry was stored (the body is a JSON object;
+    /// its usage, if it has one of a known shape). `None`: not read yet
+    /// (an entry from Redis, or a usage of another shape).
+    pub usage: Option<Option<Usage>>,
+}
+
+impl Entry {
+    /// An entry whose usage the hit reads.
+    pub fn unread(body: Bytes) -> Entry {
+        Entry { body, usage: None }
+    }
+
+    /// An entry whose usage is read now, once, rather than on every hit.
+    pub fn read(body: Bytes) -> Entry {
+        let usage = llm::usage_of_object(&body);
+        Entry { body, usage }
+    }
+}
+
 /// In-process store, bounded by the bytes of keys and values.
 pub struct MemoryStore {
-    cache: moka::sync::Cache<String, Bytes>,
+    cache: moka::sync::Cache<String, Entry>,
 }
 
 impl MemoryStore {
     pub fn new(max_bytes: u64, ttl: Duration, evictions: IntCounter) -> Self {
         let cache = moka::sync::Cache::builder()
             .max_capacity(max_bytes)
-            .weigher(|k: &String, v: &Bytes| (k.len() + v.len()).min(u32::MAX as usize) as u32)
+            .weigher(|k: &String, v: &Entry| (k.len() + v.body.len()).min(u32::MAX as usize) as u32)
             .time_to_live(ttl)
             .eviction_listener(move |_, _, cause| {
                 if cause == moka::notification::RemovalCause::Size {
@@ -30,12 +54,12 @@ impl MemoryStore {
         MemoryStore { cache }
     }
 
-    pub fn get(&self, key: &str) -> Option<Bytes> {
+    pub fn get(&self, key: &str) -> Option<Entry> {
         self.cache.get(key)
     }
 
     pub fn put(&self, key: String, value: Bytes) {
-        self.cache.insert(key, value);
+        self.cache.insert(key, Entry::read(value));
     }
 
     /// (bytes, entries) now.
