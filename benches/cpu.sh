@@ -23,7 +23,9 @@
 #   RATE       request rate of the fixed-rate runs (default 5000/s)
 #   ROUNDS     runs every target this many times, interleaved (default 1);
 #              the figure is over all rounds, each round's in parentheses
-#   MAX=1      adds a max-throughput pass (wrk -t2 -c64) per target
+#   MAX=1      adds a max-throughput pass (wrk -t2 -c64) per target and round,
+#              right after its fixed-rate run; the figure is the mean over
+#              the rounds, each round's in parentheses
 #   RESULT=F   also writes the table to F and its chart to F's name with
 #              .png (benches/plot_cpu.py; matplotlib in target/py-bench)
 # Exits 1 when a target answers mostly non-200.
@@ -157,7 +159,7 @@ sed '1a wrk.headers["Authorization"] = "Bearer sk-bench"' "$work/post.lua" >"$wo
 
 # ROUNDS rounds, each running every target once in turn, so that a change in
 # the machine's background load spreads over all targets instead of hitting one.
-declare -A cpu served non200 rate rounds
+declare -A cpu served non200 rate rounds maxsum maxrounds
 for r in $(seq "$ROUNDS"); do
   for row in "${rows[@]}"; do
     read -r name port pid key want <<<"$row"
@@ -175,6 +177,11 @@ for r in $(seq "$ROUNDS"); do
       what=$(grep -E '^ *\[[0-9]+\]' "$work/hey-$name.txt" | grep -v "\[${want:-200}\]" | head -4 | tr -s ' \t' ' ' | paste -sd ';' -)
       notes+=("$name, round $r: $bad other answers:$what")
     fi
+    if [ -n "${MAX:-}" ]; then
+      echo "round $r/$ROUNDS: max throughput: $name" >&2
+      top=$(wrk -t2 -c64 -d"${DUR}s" -s "$work/post${key:+-auth}.lua" "$url" | awk '/Requests\/sec/ {printf "%.0f", $2}')
+      maxsum[$name]=$((${maxsum[$name]:-0} + top)); maxrounds[$name]+=" $top"
+    fi
   done
 done
 
@@ -190,9 +197,9 @@ for row in "${rows[@]}"; do
   [ "$ROUNDS" = 1 ] || cell+=" (rounds:${rounds[$name]})"
   table+=$'\n'"| $name | $((${rate[$name]} / ROUNDS)) | $bad | $cell |"
   if [ -n "${MAX:-}" ]; then
-    echo "max throughput: $name" >&2
-    table+=" $(wrk -t2 -c64 -d"${DUR}s" -s "$work/post${key:+-auth}.lua" \
-      "http://127.0.0.1:$port/v1/chat/completions" | awk '/Requests\/sec/ {printf "%.0f", $2}') |"
+    cell="$((${maxsum[$name]} / ROUNDS))"
+    [ "$ROUNDS" = 1 ] || cell+=" (rounds:${maxrounds[$name]})"
+    table+=" $cell |"
   fi
 done
 

@@ -22,7 +22,9 @@ def rows(path):
         if len(cells) < 4 or not re.match(r"^[0-9.]+", cells[3]):
             continue
         cpu = float(re.match(r"^[0-9.]+", cells[3]).group())
-        top = int(cells[4]) if len(cells) > 4 and cells[4].isdigit() else None
+        # The max req/s cell is a mean, with each round's after it.
+        m = re.match(r"^[0-9]+", cells[4]) if len(cells) > 4 else None
+        top = int(m.group()) if m else None
         out.append((cells[0], cpu, top))
     if not out:
         sys.exit(f"{path}: no cpu.sh table rows")
