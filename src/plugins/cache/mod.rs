@@ -579,13 +579,24 @@ mod tests {
             assert_eq!(r.body, answer, "{how}");
             assert_eq!(r.header.headers.get("content-type").unwrap(), "application/json");
             assert_eq!(r.header.headers.get("x-weir-cache").unwrap(), "hit");
-            assert_eq!(ctx.usage.map(|u| (u.prompt_tokens, u.completion_tokens)), Some((3, 2)), "{how}");
+            assert_eq!(
+                ctx.usage.map(|u| (u.prompt_tokens, u.completion_tokens)),
+                Some((3, 2)),
+                "{how}"
+            );
 
             // A usage of another shape is no count, but still a hit; what is not JSON is none.
             let mut ctx = ctx_for(json);
-            assert_eq!(cache.hit_response(&entry(odd.clone()), &mut ctx).unwrap().body, odd, "{how}");
+            assert_eq!(
+                cache.hit_response(&entry(odd.clone()), &mut ctx).unwrap().body,
+                odd,
+                "{how}"
+            );
             assert_eq!(ctx.usage, None, "{how}");
-            assert!(cache.hit_response(&entry(cut.clone()), &mut ctx_for(json)).is_none(), "{how}");
+            assert!(
+                cache.hit_response(&entry(cut.clone()), &mut ctx_for(json)).is_none(),
+                "{how}"
+            );
 
             // A streaming client gets the answer replayed as events, usage included when asked.
             let stream = br#"{"model":"m","messages":[],"stream":true,"stream_options":{"include_usage":true}}"#;

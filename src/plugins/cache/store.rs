@@ -129,3 +129,29 @@ fn inflate(z: &[u8]) -> Option<Bytes> {
     DeflateDecoder::new(z).read_to_end(&mut out).ok()?;
     Some(Bytes::from(out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_memory_store_reads_an_answers_usage_once_when_it_stores_it() {
+        let evictions = IntCounter::new("test_cache_evictions", "evictions").unwrap();
+        let store = MemoryStore::new(1 << 20, Duration::from_secs(60), evictions);
+        let answer = br#"{"id":"c","choices":[],"usage":{"prompt_tokens":3,"completion_tokens":2,"total_tokens":5}}"#;
+        store.put("k".into(), Bytes::from_static(answer));
+        let e = store.get("k").unwrap();
+        assert_eq!(&e.body[..], &answer[..]);
+        let u = e.usage.expect("read when stored").expect("the answer has a usage");
+        assert_eq!((u.prompt_tokens, u.completion_tokens), (3, 2));
+
+        // No usage: known to have none. A usage of another shape: left for the hit.
+        store.put("none".into(), Bytes::from_static(br#"{"id":"c","choices":[]}"#));
+        assert_eq!(store.get("none").unwrap().usage, Some(None));
+        store.put(
+            "odd".into(),
+            Bytes::from_static(br#"{"id":"c","choices":[],"usage":"n/a"}"#),
+        );
+        assert_eq!(store.get("odd").unwrap().usage, None);
+    }
+}
