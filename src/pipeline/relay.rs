@@ -31,21 +31,30 @@ use std::sync::Arc;
 
 /// The client's response header from the provider's.
 pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
-    // Names in lowercase (no map of the provider's spellings), as an HTTP/2 client sees them.
-    let mut resp = ResponseHeader::build_no_case(up.status, Some(up.headers.len() + 3)).expect("valid status");
-    for (name, value) in up.headers.iter() {
-        if matches!(name.as_str(), "connection" | "keep-alive") {
-            continue;
+    use http::header::{HeaderName, HeaderValue};
+    // Names in lowercase (no map of the provider's spellings), as an HTTP/2
+    // client sees them; the provider's names are moved over as they were
+    // parsed, not parsed again.
+    super::build_headers(up.status, up.headers.len() + 3, |h| {
+        for (name, value) in up.headers.iter() {
+            if matches!(name.as_str(), "connection" | "keep-alive") {
+                continue;
+            }
+            h.append(name.clone(), value.clone());
         }
-        let _ = resp.append_header(name.clone(), value.clone());
-    }
-    let _ = resp.insert_header("x-weir-provider", p.name.as_str());
-    if !ctx.dropped.is_empty() {
-        // What the provider's wire format could not carry of the request.
-        let _ = resp.insert_header("x-weir-dropped", ctx.dropped.join(", "));
-    }
-    let _ = resp.insert_header("x-request-id", ctx.request_id.as_str());
-    resp
+        if let Ok(v) = HeaderValue::from_str(&p.name) {
+            h.insert(HeaderName::from_static("x-weir-provider"), v);
+        }
+        if !ctx.dropped.is_empty() {
+            // What the provider's wire format could not carry of the request.
+            if let Ok(v) = HeaderValue::from_str(&ctx.dropped.join(", ")) {
+                h.insert(HeaderName::from_static("x-weir-dropped"), v);
+            }
+        }
+        if let Ok(v) = HeaderValue::from_str(&ctx.request_id) {
+            h.insert(HeaderName::from_static("x-request-id"), v);
+        }
+    })
 }
 
 /// Whether a response is an event stream.

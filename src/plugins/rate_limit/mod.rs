@@ -13,7 +13,7 @@ use crate::metrics;
 use crate::pipeline::{Capabilities, Flow, Phase, Phases, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
 use bytes::Bytes;
-use http::HeaderValue;
+use http::header::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -334,7 +334,7 @@ impl RateLimit {
         .with_queue(format!("ratelimit:{}:{}", self.name, dim.name()), secs);
         if let Some(t) = ctx.state::<Taken>() {
             self.limit_headers(t, |k, v| {
-                e.headers.push((k, v.to_str().unwrap_or_default().to_string()))
+                e.headers.push((k.as_str(), v.to_str().unwrap_or_default().to_string()))
             });
         }
         e
@@ -351,20 +351,12 @@ impl RateLimit {
     }
 
     /// OpenAI's `x-ratelimit-*` headers for what the request took so far.
-    fn limit_headers(&self, t: &Taken, mut put: impl FnMut(&'static str, HeaderValue)) {
+    fn limit_headers(&self, t: &Taken, mut put: impl FnMut(&'static HeaderName, HeaderValue)) {
         for (dim, d) in [(Dim::Requests, t.requests), (Dim::Tokens, t.tokens)] {
             let Some(d) = d else { continue };
             let [limit, remaining, reset] = match dim {
-                Dim::Requests => [
-                    "x-ratelimit-limit-requests",
-                    "x-ratelimit-remaining-requests",
-                    "x-ratelimit-reset-requests",
-                ],
-                Dim::Tokens => [
-                    "x-ratelimit-limit-tokens",
-                    "x-ratelimit-remaining-tokens",
-                    "x-ratelimit-reset-tokens",
-                ],
+                Dim::Requests => &LIMIT_NAMES[0],
+                Dim::Tokens => &LIMIT_NAMES[1],
             };
             // Numbers without the formatter; the reset string is moved in.
             put(limit, HeaderValue::from(self.shape(dim).capacity as u64));
@@ -375,6 +367,21 @@ impl RateLimit {
         }
     }
 }
+
+/// OpenAI's `x-ratelimit-*` names for requests and for tokens: limit,
+/// remaining, reset. Made once, so no request parses them.
+static LIMIT_NAMES: [[HeaderName; 3]; 2] = [
+    [
+        HeaderName::from_static("x-ratelimit-limit-requests"),
+        HeaderName::from_static("x-ratelimit-remaining-requests"),
+        HeaderName::from_static("x-ratelimit-reset-requests"),
+    ],
+    [
+        HeaderName::from_static("x-ratelimit-limit-tokens"),
+        HeaderName::from_static("x-ratelimit-remaining-tokens"),
+        HeaderName::from_static("x-ratelimit-reset-tokens"),
+    ],
+];
 
 fn with_taken(ctx: &mut RequestCtx, f: impl FnOnce(&mut Taken)) {
     if ctx.state::<Taken>().is_none() {
@@ -477,9 +484,10 @@ impl Plugin for RateLimit {
 
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
         let Some(t) = ctx.state::<Taken>() else { return };
-        self.limit_headers(t, |k, v| {
-            let _ = resp.insert_header(k, v);
-        });
+        // Through the map: Pingora's insert_header would parse each name again.
+        let mut headers = smallvec::SmallVec::<[(HeaderName, HeaderValue); 6]>::new();
+        self.limit_headers(t, |k, v| headers.push((k.clone(), v)));
+        crate::pipeline::insert_headers(resp, headers);
     }
 
     fn log(&self, ctx: &mut RequestCtx) {
