@@ -169,7 +169,8 @@ impl WeirError {
     /// Response header for this error, body length set.
     pub fn response_header(&self, body_len: usize, request_id: &str) -> ResponseHeader {
         use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-        // Names go out in lowercase, as every header weir writes itself.
+        // No case map, as every header weir writes itself: Pingora writes a
+        // standard name title-cased and any other in lowercase.
         let mut h = ResponseHeader::build_no_case(self.status(), Some(6 + self.headers.len())).expect("valid status");
         let _ = h.insert_header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         let _ = h.insert_header(CONTENT_LENGTH, HeaderValue::from(body_len));

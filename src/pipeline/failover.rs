@@ -163,9 +163,10 @@ fn upstream_request(
         p.endpoint
             .upstream_path(client.uri.path_and_query().map_or("/", |pq| pq.as_str()))
     };
-    // Without a map of the client's header-name spellings: names go out in
-    // lowercase (HTTP's names are case-insensitive), and the header costs
-    // half as much to build, copy and drop.
+    // Without a map of the client's header-name spellings (HTTP's names are
+    // case-insensitive): Pingora writes a standard name title-cased and any
+    // other in lowercase, and the header costs half as much to build, copy
+    // and drop.
     let mut req = RequestHeader::build_no_case(client.method.clone(), path.as_bytes(), Some(client.headers.len() + 4))
         .expect("method and path come from a valid request");
     let has_connection = client.headers.contains_key("connection");

@@ -32,9 +32,9 @@ use std::sync::Arc;
 /// The client's response header from the provider's.
 pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
     use http::header::{HeaderName, HeaderValue};
-    // Names in lowercase (no map of the provider's spellings), as an HTTP/2
-    // client sees them; the provider's names are moved over as they were
-    // parsed, not parsed again.
+    // No map of the provider's spellings: Pingora writes a standard name
+    // title-cased and any other in lowercase. The provider's names are moved
+    // over as they were parsed, not parsed again.
     super::build_headers(up.status, up.headers.len() + 3, |h| {
         for (name, value) in up.headers.iter() {
             if matches!(name.as_str(), "connection" | "keep-alive") {

@@ -326,7 +326,8 @@ impl Cache {
                 .inc_by(u.prompt_tokens.saturating_add(u.completion_tokens));
             ctx.usage = Some(u);
         }
-        // Names go out in lowercase, as every header weir writes itself.
+        // No case map, as every header weir writes itself: Pingora writes a
+        // standard name title-cased and any other in lowercase.
         let mut h = ResponseHeader::build_no_case(200, Some(5)).ok()?;
         let _ = h.insert_header(CONTENT_TYPE, HeaderValue::from_static(content_type));
         if head.stream {
