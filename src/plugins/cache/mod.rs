@@ -295,7 +295,7 @@ impl Cache {
 
     /// The answer for a hit, as JSON or as an event stream.
     fn hit_response(&self, entry: &Entry, ctx: &mut RequestCtx) -> Option<LocalResponse> {
-        use http::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+        use http::header::{HeaderName, HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
         let head = ctx.head.as_ref()?;
         let stored = &entry.body;
         // A JSON answer is served as stored: only its usage is read, if the
@@ -326,14 +326,14 @@ impl Cache {
                 .inc_by(u.prompt_tokens.saturating_add(u.completion_tokens));
             ctx.usage = Some(u);
         }
-        // No case map, as every header weir writes itself: Pingora writes a
-        // standard name title-cased and any other in lowercase.
-        let mut h = ResponseHeader::build_no_case(200, Some(5)).ok()?;
-        let _ = h.insert_header(CONTENT_TYPE, HeaderValue::from_static(content_type));
-        if head.stream {
-            let _ = h.insert_header(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-        }
-        let _ = h.insert_header("x-weir-cache", HeaderValue::from_static("hit"));
+        // Through the map, as the relay's answers: no name is parsed again.
+        let h = crate::pipeline::build_headers(http::StatusCode::OK, 5, |h| {
+            h.insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+            if head.stream {
+                h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+            }
+            h.insert(HeaderName::from_static("x-weir-cache"), HeaderValue::from_static("hit"));
+        });
         Some(LocalResponse { header: h, body })
     }
 
