@@ -2,7 +2,7 @@
 //! OpenAI's error envelope, `Retry-After` and `x-weir-queue`.
 
 use bytes::Bytes;
-use pingora_http::ResponseHeader;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use std::fmt;
 
 /// What went wrong, as a client sees it (SPEC's error table).
@@ -166,31 +166,42 @@ impl WeirError {
         Bytes::from(serde_json::to_vec(&e).unwrap_or_default())
     }
 
-    /// Response header for this error, body length set.
-    pub fn response_header(&self, body_len: usize, request_id: &str) -> ResponseHeader {
-        use http::header::{HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
-        // No case map, as every header weir writes itself: Pingora writes a
-        // standard name title-cased and any other in lowercase.
-        let mut h = ResponseHeader::build_no_case(self.status(), Some(6 + self.headers.len())).expect("valid status");
-        let _ = h.insert_header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-        let _ = h.insert_header(CONTENT_LENGTH, HeaderValue::from(body_len));
-        if !request_id.is_empty() {
-            let _ = h.insert_header("x-request-id", request_id);
+    /// The headers of this error's answer, body length set, into `h`
+    /// (weir's response header is built around the map by the pipeline, so
+    /// that no name here is parsed again).
+    pub fn fill_headers(&self, h: &mut HeaderMap, body_len: usize, request_id: &str) {
+        h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(CONTENT_LENGTH, HeaderValue::from(body_len));
+        if let Some(v) = (!request_id.is_empty())
+            .then(|| HeaderValue::from_str(request_id).ok())
+            .flatten()
+        {
+            h.insert(&X_REQUEST_ID, v);
         }
-        if let Some(q) = &self.queue {
-            let _ = h.insert_header("x-weir-queue", q.as_str());
+        if let Some(v) = self.queue.as_deref().and_then(|q| HeaderValue::from_str(q).ok()) {
+            h.insert(&X_WEIR_QUEUE, v);
         }
+        // Rare (a 429 or a budget's refusal): their names are parsed.
         for (k, v) in &self.headers {
-            let _ = h.insert_header(*k, v.as_str());
+            if let (Ok(k), Ok(v)) = (HeaderName::from_bytes(k.as_bytes()), HeaderValue::from_str(v)) {
+                h.insert(k, v);
+            }
         }
         let status = self.status();
         if status == 429 || status == 503 {
             let secs = self.retry_after.unwrap_or(1).max(1);
-            let _ = h.insert_header(RETRY_AFTER, HeaderValue::from(secs));
+            h.insert(RETRY_AFTER, HeaderValue::from(secs));
         }
-        h
+    }
+
+    /// How many headers [`WeirError::fill_headers`] writes at most.
+    pub fn header_count(&self) -> usize {
+        6 + self.headers.len()
     }
 }
+
+static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+static X_WEIR_QUEUE: HeaderName = HeaderName::from_static("x-weir-queue");
 
 impl fmt::Display for WeirError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -211,17 +222,36 @@ mod tests {
         assert_eq!(v["error"]["type"], "queue_full");
         assert_eq!(v["error"]["code"], "queue_full");
         assert!(v["error"]["param"].is_null());
-        let h = e.response_header(10, "rid");
-        assert_eq!(h.status.as_u16(), 503);
-        assert_eq!(h.headers.get("retry-after").unwrap(), "1");
-        assert_eq!(h.headers.get("x-weir-queue").unwrap(), "provider:a");
+        let mut h = HeaderMap::new();
+        e.fill_headers(&mut h, 10, "rid");
+        assert_eq!(e.status(), 503);
+        assert_eq!(h.get("retry-after").unwrap(), "1");
+        assert_eq!(h.get("x-weir-queue").unwrap(), "provider:a");
+        assert_eq!(h.get("x-request-id").unwrap(), "rid");
+        assert_eq!(h.get("content-length").unwrap(), "10");
+        assert_eq!(h.get("content-type").unwrap(), "application/json");
+        assert!(h.len() <= e.header_count());
+    }
+
+    #[test]
+    fn a_plugins_headers_are_added_and_a_bad_one_left_out() {
+        let mut e = WeirError::new(ErrorKind::RateLimited, "slow down").with_queue("ratelimit:l:requests", 3);
+        e.headers.push(("x-ratelimit-remaining-requests", "0".into()));
+        e.headers.push(("x-bad", "line\nbreak".into()));
+        let mut h = HeaderMap::new();
+        e.fill_headers(&mut h, 1, "r");
+        assert_eq!(h.get("x-ratelimit-remaining-requests").unwrap(), "0");
+        assert!(h.get("x-bad").is_none());
+        assert_eq!(h.get("retry-after").unwrap(), "3");
     }
 
     #[test]
     fn no_retry_after_on_400() {
         let e = WeirError::invalid("bad");
-        let h = e.response_header(1, "");
-        assert!(h.headers.get("retry-after").is_none());
-        assert_eq!(h.status.as_u16(), 400);
+        let mut h = HeaderMap::new();
+        e.fill_headers(&mut h, 1, "");
+        assert!(h.get("retry-after").is_none());
+        assert!(h.get("x-request-id").is_none(), "no id, no header");
+        assert_eq!(e.status(), 400);
     }
 }

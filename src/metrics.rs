@@ -250,7 +250,7 @@ pub static RATE_LIMIT_STORE_ERRORS: Lazy<IntCounterVec> = Lazy::new(|| {
 pub static RATE_LIMIT_KEYS: Lazy<IntGaugeVec> = Lazy::new(|| {
     gauge(
         "weir_rate_limit_keys",
-        "Buckets a rate_limit plugin holds in this process (set at scrape time).",
+        "Keys (each with its buckets) a rate_limit plugin holds in this process (set at scrape time).",
         &["plugin"],
     )
 });

@@ -60,7 +60,7 @@ fn a_flood_of_tenant_keys_stays_bounded() {
     });
     assert_eq!(results.len(), 8);
     let keys = metric(&weir.metrics(), "weir_rate_limit_keys", &[("plugin", "limits")]).unwrap();
-    assert!((1.0..=50.0).contains(&keys), "{keys} buckets held, bounded at 50");
+    assert!((1.0..=50.0).contains(&keys), "{keys} keys held, bounded at 50");
     assert_eq!(mock.requests(), 3 + 400);
 }
 

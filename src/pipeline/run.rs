@@ -465,13 +465,19 @@ impl Pipeline {
         }
         d.native_answer(false);
         let body = e.body();
-        let mut header = e.response_header(body.len(), &ctx.request_id);
+        let mut header = error_header(&e, body.len(), &ctx.request_id);
         ctx.error = Some(e);
         let body = finish_local(ctx, &mut header, body, by).await;
         if d.write_header(header, false).await.is_ok() {
             let _ = d.write_body(body, true).await;
         }
     }
+}
+
+/// The response header of weir's answer for `e`.
+fn error_header(e: &WeirError, body_len: usize, request_id: &str) -> ResponseHeader {
+    let status = http::StatusCode::from_u16(e.status()).expect("weir's statuses are valid");
+    super::build_headers(status, e.header_count(), |h| e.fill_headers(h, body_len, request_id))
 }
 
 /// Run a complete local response through the response phases (reverse
@@ -501,7 +507,7 @@ pub(super) async fn finish_local(
     if let Some(e) = ctx.failed.take() {
         // A fail-closed filter could not vet this answer: send its error, unfiltered.
         body = e.body();
-        *header = e.response_header(body.len(), &ctx.request_id);
+        *header = error_header(&e, body.len(), &ctx.request_id);
         ctx.error = Some(e);
     }
     ctx.status = header.status.as_u16();

@@ -25,43 +25,31 @@ pub struct Decision {
     pub reset: Duration,
 }
 
-/// Buckets in this process, in a bounded cache: at most `max_keys` buckets
-/// (least valuable evicted first), each dropped after `idle` without use.
-/// `idle` is the time a bucket takes to refill from empty, so a bucket that
-/// expires was full anyway: expiry never hands out tokens a client had not
-/// earned back.
+/// Buckets in this process, in a bounded cache: at most `max_keys` keys
+/// (least valuable evicted first), each with its requests and tokens
+/// buckets, dropped after `idle` without use. `idle` is the time a bucket
+/// takes to refill from empty, so a bucket that expires was full anyway:
+/// expiry never hands out tokens a client had not earned back.
 pub struct MemoryStore {
-    buckets: moka::sync::Cache<String, Arc<Mutex<TokenBucket>>>,
+    keys: moka::sync::Cache<String, Arc<Buckets>>,
 }
 
 /// The longest idle time weir waits before dropping a bucket; slower buckets
 /// (refilling over more than a year, or never) stay until evicted by size.
 const MAX_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
 
-impl MemoryStore {
-    /// A store of at most `max_keys` buckets, each dropped after `idle` unused.
-    pub fn new(max_keys: u64, idle: Option<Duration>) -> MemoryStore {
-        let mut b = moka::sync::Cache::builder().max_capacity(max_keys);
-        if let Some(idle) = idle.filter(|d| *d <= MAX_IDLE) {
-            b = b.time_to_idle(idle);
-        }
-        MemoryStore { buckets: b.build() }
-    }
+/// One key's buckets, one per dimension (index 0 requests, 1 tokens), each
+/// made full on its first take. A request looks its key up once and keeps
+/// this handle for its later takes and its settlement.
+#[derive(Default)]
+pub struct Buckets(Mutex<[Option<TokenBucket>; 2]>);
 
-    /// Buckets held now (pending evictions applied first).
-    pub fn len(&self) -> u64 {
-        self.buckets.run_pending_tasks();
-        self.buckets.entry_count()
-    }
-
-    /// Take `n` tokens (or give back `-n`).
-    pub fn take(&self, key: &str, shape: Shape, n: f64) -> Decision {
+impl Buckets {
+    /// Take `n` tokens (or give back `-n`) from bucket `dim` of this key.
+    pub fn take(&self, dim: usize, shape: Shape, n: f64) -> Decision {
         let now = Instant::now();
-        // Looked up by reference: the key is copied only when a bucket is created.
-        let bucket = self.buckets.get_with_by_ref(key, || {
-            Arc::new(Mutex::new(TokenBucket::new(shape.capacity, shape.per_sec, now)))
-        });
-        let mut b = bucket.lock();
+        let mut all = self.0.lock();
+        let b = all[dim].get_or_insert_with(|| TokenBucket::new(shape.capacity, shape.per_sec, now));
         if n <= 0.0 {
             b.adjust(-n, now);
             let remaining = b.available(now);
@@ -86,6 +74,34 @@ impl MemoryStore {
                 reset: b.reset_after(now),
             },
         }
+    }
+}
+
+impl MemoryStore {
+    /// A store of at most `max_keys` keys, each dropped after `idle` unused.
+    pub fn new(max_keys: u64, idle: Option<Duration>) -> MemoryStore {
+        let mut b = moka::sync::Cache::builder().max_capacity(max_keys);
+        if let Some(idle) = idle.filter(|d| *d <= MAX_IDLE) {
+            b = b.time_to_idle(idle);
+        }
+        MemoryStore { keys: b.build() }
+    }
+
+    /// Keys held now (pending evictions applied first).
+    pub fn len(&self) -> u64 {
+        self.keys.run_pending_tasks();
+        self.keys.entry_count()
+    }
+
+    /// The buckets of `key`, made when it has none.
+    pub fn buckets(&self, key: &str) -> Arc<Buckets> {
+        // Looked up by reference: the key is copied only when it is new.
+        self.keys.get_with_by_ref(key, Default::default)
+    }
+
+    /// Take `n` tokens (or give back `-n`) from bucket `dim` of `key`.
+    pub fn take(&self, key: &str, dim: usize, shape: Shape, n: f64) -> Decision {
+        self.buckets(key).take(dim, shape, n)
     }
 }
 
@@ -170,7 +186,7 @@ mod tests {
     fn bounded_by_max_keys() {
         let s = MemoryStore::new(10, None);
         for i in 0..1000 {
-            assert!(s.take(&format!("k{i}"), SHAPE, 1.0).allowed);
+            assert!(s.take(&format!("k{i}"), 0, SHAPE, 1.0).allowed);
         }
         assert!(s.len() <= 10, "{}", s.len());
     }
@@ -179,12 +195,27 @@ mod tests {
     fn a_bucket_is_kept_while_used_and_dropped_when_idle() {
         // Refills from empty in 0.1 s: dropped after 0.2 s idle, full by then.
         let s = MemoryStore::new(100, Some(Duration::from_millis(200)));
-        assert!(s.take("k", SHAPE, 2.0).allowed);
-        assert!(!s.take("k", SHAPE, 2.0).allowed, "empty bucket kept");
+        assert!(s.take("k", 0, SHAPE, 2.0).allowed);
+        assert!(!s.take("k", 0, SHAPE, 2.0).allowed, "empty bucket kept");
         assert_eq!(s.len(), 1);
         std::thread::sleep(Duration::from_millis(400));
         assert_eq!(s.len(), 0);
-        assert!(s.take("k", SHAPE, 2.0).allowed);
+        assert!(s.take("k", 0, SHAPE, 2.0).allowed);
+    }
+
+    #[test]
+    fn a_keys_two_buckets_are_apart_and_its_handle_is_the_stored_one() {
+        let s = MemoryStore::new(100, None);
+        let held = s.buckets("k");
+        assert!(held.take(0, SHAPE, 2.0).allowed);
+        assert!(
+            !s.take("k", 0, SHAPE, 1.0).allowed,
+            "the handle took from the stored bucket"
+        );
+        assert!(s.take("k", 1, SHAPE, 2.0).allowed, "the tokens bucket is its own");
+        assert!(!held.take(1, SHAPE, 1.0).allowed);
+        assert!(s.take("other", 0, SHAPE, 2.0).allowed);
+        assert_eq!(s.len(), 2);
     }
 
     #[test]
@@ -194,8 +225,8 @@ mod tests {
             capacity: 10.0,
             per_sec: 0.001,
         };
-        assert_eq!(s.take("k", slow, 8.0).remaining.round(), 2.0);
-        assert_eq!(s.take("k", slow, -5.0).remaining.round(), 7.0);
-        assert!(!s.take("k", slow, 8.0).allowed);
+        assert_eq!(s.take("k", 1, slow, 8.0).remaining.round(), 2.0);
+        assert_eq!(s.take("k", 1, slow, -5.0).remaining.round(), 7.0);
+        assert!(!s.take("k", 1, slow, 8.0).allowed);
     }
 }
