@@ -186,7 +186,8 @@ struct Taken {
     key: Option<String>,
     /// Tokens reserved under `key` (settled at the end).
     reserved: Option<(String, f64)>,
-    /// The buckets of `key` in memory, looked up once per request.
+    /// The buckets of `key` in memory, looked up once for the takes (and
+    /// again at settlement, in case the key was dropped meanwhile).
     buckets: Option<Arc<Buckets>>,
 }
 
@@ -294,7 +295,8 @@ impl RateLimit {
     }
 
     /// The buckets of `key` in memory: the request's own handle, or looked
-    /// up once and kept in it.
+    /// up once and kept in it. Every take of one request passes the same key
+    /// (`Taken::key`, or the model's key made once in the body phase).
     fn buckets(&self, ctx: &mut RequestCtx, key: &str) -> Arc<Buckets> {
         if let Some(b) = ctx.state::<Taken>().and_then(|t| t.buckets.clone()) {
             return b;
@@ -549,8 +551,13 @@ impl Plugin for RateLimit {
                 });
             }
             _ => {
+                // Through the store, not only the held handle: the key may
+                // have been dropped (idle, evicted) while the answer ran.
                 let held = ctx.state::<Taken>().and_then(|t| t.buckets.clone());
-                let buckets = held.unwrap_or_else(|| self.local.buckets(&key));
+                let buckets = match &held {
+                    Some(h) => self.local.attach(&key, h),
+                    None => self.local.buckets(&key),
+                };
                 buckets.take(Dim::Tokens.index(), shape, -delta);
             }
         }

@@ -99,6 +99,14 @@ impl MemoryStore {
         self.keys.get_with_by_ref(key, Default::default)
     }
 
+    /// The buckets `key` has now, given a handle a request held since its
+    /// take: the stored entry (its idle time starts again), or, when the
+    /// entry was dropped meanwhile, the held one put back, so that a
+    /// settlement lands where the key's next request will look.
+    pub fn attach(&self, key: &str, held: &Arc<Buckets>) -> Arc<Buckets> {
+        self.keys.get_with_by_ref(key, || held.clone())
+    }
+
     /// Take `n` tokens (or give back `-n`) from bucket `dim` of `key`.
     pub fn take(&self, key: &str, dim: usize, shape: Shape, n: f64) -> Decision {
         self.buckets(key).take(dim, shape, n)
@@ -216,6 +224,28 @@ mod tests {
         assert!(!held.take(1, SHAPE, 1.0).allowed);
         assert!(s.take("other", 0, SHAPE, 2.0).allowed);
         assert_eq!(s.len(), 2);
+    }
+
+    #[test]
+    fn a_settlement_through_a_held_handle_lands_on_the_keys_buckets() {
+        let s = MemoryStore::new(100, None);
+        let slow = Shape {
+            capacity: 10.0,
+            per_sec: 0.001,
+        };
+        let held = s.buckets("k");
+        assert_eq!(held.take(1, slow, 8.0).remaining.round(), 2.0);
+        // The key is dropped while its request runs (idle, or evicted).
+        s.keys.invalidate("k");
+        let settled = s.attach("k", &held);
+        assert!(Arc::ptr_eq(&settled, &held), "the held buckets were put back");
+        // The answer used more than was reserved: charged to the key.
+        assert!(settled.take(1, slow, 1.5).allowed);
+        assert!(!s.take("k", 1, slow, 1.0).allowed, "the charge stays with the key");
+        // Replaced meanwhile by a newer request's entry: that one is the key's.
+        s.keys.invalidate("k");
+        let newer = s.buckets("k");
+        assert!(Arc::ptr_eq(&s.attach("k", &held), &newer));
     }
 
     #[test]
