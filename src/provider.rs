@@ -310,9 +310,9 @@ pub struct Provider {
     /// (prompt, completion) for each public model it serves: looked up on
     /// first use, then kept for the generation.
     ttfb: OnceCell<Histogram>,
-    llm_tokens: HashMap<String, OnceCell<[IntCounter; 2]>>,
+    llm_tokens: HashMap<String, OnceCell<[IntCounter; 2]>, NameHasher>,
     /// public model name -> upstream model name
-    pub models: HashMap<String, String>,
+    pub models: HashMap<String, String, NameHasher>,
     pub bulkhead: Arc<Bulkhead>,
     /// The bulkhead's adaptive limit, when `adaptive` is on.
     pub adaptive: Option<Arc<AdaptiveLimit>>,
@@ -323,6 +323,10 @@ pub struct Provider {
     /// Results of the active health check; carried over across reloads.
     pub health: Arc<Health>,
 }
+
+/// The hasher of maps keyed by names from the config, looked up on every
+/// request (a client's model name only looks a key up, never adds one).
+type NameHasher = foldhash::fast::RandomState;
 
 impl Provider {
     /// Count the time to its first byte (`weir_upstream_ttfb_seconds`).

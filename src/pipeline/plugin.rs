@@ -74,7 +74,9 @@ pub enum Phase {
     /// in it at once: its bulkhead could not fill or queue.
     Run,
     /// It works here and may wait (a store's round trip, a coalesced miss,
-    /// a paused filter): it holds a slot of its bulkhead meanwhile.
+    /// a paused filter): it holds a slot of its bulkhead meanwhile. In the
+    /// body phase a plugin may say per request that it will not
+    /// ([`Plugin::request_body_waits`]).
     Wait,
 }
 
@@ -87,20 +89,22 @@ pub enum Phase {
 pub struct Phases {
     pub request_headers: Phase,
     pub request_body: Phase,
-    pub response_headers: bool,
+    /// No slot here: `Run` calls [`Plugin::response_headers`] at once,
+    /// `Wait` [`Plugin::response_headers_held`] (which may hold the header).
+    pub response_headers: Phase,
 }
 
 impl Phases {
     pub const ALL: Phases = Phases {
         request_headers: Phase::Wait,
         request_body: Phase::Wait,
-        response_headers: true,
+        response_headers: Phase::Wait,
     };
     /// A plugin that only chooses among providers and admits attempts.
     pub const NONE: Phases = Phases {
         request_headers: Phase::Skip,
         request_body: Phase::Skip,
-        response_headers: false,
+        response_headers: Phase::Skip,
     };
 }
 
@@ -135,6 +139,15 @@ pub trait Plugin: Send + Sync {
         Ok(Flow::Continue)
     }
 
+    /// 2 (as the pipeline asks, per request). Whether this request's body
+    ///    phase may wait, for a plugin whose declared `request_body` phase is
+    ///    [`Phase::Wait`]: one that waits for some requests only (a large
+    ///    prompt counted off the workers) says `false` for the others, which
+    ///    then run as [`Phase::Run`], taking no slot of its bulkhead.
+    fn request_body_waits(&self, _ctx: &RequestCtx) -> bool {
+        true
+    }
+
     /// 3. Upstream choice: filter or reorder `ctx.candidates`. An empty list
     ///    after this phase is the plugin's refusal (it should return `Err`).
     fn upstream_choice(&self, _ctx: &mut RequestCtx) -> Result<(), WeirError> {
@@ -151,7 +164,8 @@ pub trait Plugin: Send + Sync {
     ///    a local response or weir's own error. Reverse route order.
     fn response_headers(&self, _resp: &mut ResponseHeader, _ctx: &mut RequestCtx) {}
 
-    /// 4 (as the pipeline calls it). May hold the header until it decides
+    /// 4 (as the pipeline calls it when the plugin's `response_headers`
+    /// phase is [`Phase::Wait`]). May hold the header until it decides
     /// (a wasm filter paused on an `http_call`); the default is
     /// [`Plugin::response_headers`], at once.
     async fn response_headers_held(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {

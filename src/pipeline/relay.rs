@@ -29,13 +29,17 @@ use bytes::{Bytes, BytesMut};
 use pingora_http::ResponseHeader;
 use std::sync::Arc;
 
+/// Headers the response phases usually add (`x-ratelimit-*`, a budget's).
+const PLUGIN_HEADER_ROOM: usize = 8;
+
 /// The client's response header from the provider's.
 pub(super) fn client_header(up: &ResponseHeader, p: &Provider, ctx: &RequestCtx) -> ResponseHeader {
     use http::header::{HeaderName, HeaderValue};
     // No map of the provider's spellings: Pingora writes a standard name
     // title-cased and any other in lowercase. The provider's names are moved
-    // over as they were parsed, not parsed again.
-    super::build_headers(up.status, up.headers.len() + 3, |h| {
+    // over as they were parsed, not parsed again. Room for weir's three
+    // and for the plugins' (a rate limit's six): no map grows on the way out.
+    super::build_headers(up.status, up.headers.len() + 3 + PLUGIN_HEADER_ROOM, |h| {
         for (name, value) in up.headers.iter() {
             if matches!(name.as_str(), "connection" | "keep-alive") {
                 continue;

@@ -325,10 +325,12 @@ impl Pipeline {
         // Phase 2: request body.
         ctx.trace_request(d.req_header().uri.path());
         for (i, p) in route.plugins.iter().enumerate() {
-            if p.phases.request_body == Phase::Skip {
-                continue;
-            }
-            let _slot = slot(d, p, p.phases.request_body, ctx, true).await?;
+            let phase = match p.phases.request_body {
+                Phase::Skip => continue,
+                Phase::Wait if !p.plugin.request_body_waits(ctx) => Phase::Run,
+                phase => phase,
+            };
+            let _slot = slot(d, p, phase, ctx, true).await?;
             ctx.enter(i);
             let clock = ctx.trace_clock();
             let r = p.plugin.request_body(ctx).await;
@@ -522,12 +524,17 @@ pub(super) async fn response_header_phases(
     header: &mut ResponseHeader,
     by: Option<usize>,
 ) {
-    let takes = |i: &usize| Some(*i) != by && route.plugins[*i].phases.response_headers;
+    let takes = |i: &usize| Some(*i) != by && route.plugins[*i].phases.response_headers != Phase::Skip;
     for i in (0..ctx.entered).rev().filter(takes) {
+        let p = &route.plugins[i];
         ctx.enter(i);
         let clock = ctx.trace_clock();
-        route.plugins[i].plugin.response_headers_held(header, ctx).await;
-        ctx.trace_plugin(&route.plugins[i].name, "response_headers", clock, None);
+        match p.phases.response_headers {
+            // Called at once: no future to box for a phase that never waits.
+            Phase::Run => p.plugin.response_headers(header, ctx),
+            _ => p.plugin.response_headers_held(header, ctx).await,
+        }
+        ctx.trace_plugin(&p.name, "response_headers", clock, None);
     }
 }
 

@@ -183,7 +183,7 @@ impl Plugin for ApiKeys {
         Phases {
             request_headers: Phase::Run,
             request_body: if models { Phase::Run } else { Phase::Skip },
-            response_headers: false,
+            response_headers: Phase::Skip,
         }
     }
 

@@ -144,7 +144,9 @@ pub struct CircuitBreaker {
 struct Breakers {
     conf: CircuitBreakerConf,
     breaker: BreakerConf,
-    by_provider: Mutex<HashMap<String, Entry>>,
+    /// By provider name (from the config, never from a client): hashed
+    /// with foldhash, looked up several times per request.
+    by_provider: Mutex<HashMap<String, Entry, foldhash::fast::RandomState>>,
 }
 
 /// One provider's breaker, and the provider's count of passing health
@@ -203,7 +205,7 @@ impl CircuitBreaker {
                     half_open_probes: conf.half_open_probes,
                 },
                 conf: conf.clone(),
-                by_provider: Mutex::new(HashMap::new()),
+                by_provider: Mutex::new(HashMap::default()),
             }),
         }
     }

@@ -586,6 +586,7 @@ impl Plugin for Budget {
     fn phases(&self) -> Phases {
         Phases {
             request_headers: Phase::Run,
+            response_headers: Phase::Run,
             ..Phases::ALL
         }
     }

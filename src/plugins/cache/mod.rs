@@ -371,6 +371,7 @@ impl Plugin for Cache {
     fn phases(&self) -> Phases {
         Phases {
             request_headers: Phase::Run,
+            response_headers: Phase::Run,
             ..Phases::ALL
         }
     }

@@ -185,7 +185,7 @@ struct Taken {
     /// The bucket key, once known.
     key: Option<String>,
     /// Tokens reserved under `key` (settled at the end).
-    reserved: Option<(String, f64)>,
+    reserved: Option<f64>,
     /// The buckets of `key` in memory, looked up once for the takes (and
     /// again at settlement, in case the key was dropped meanwhile).
     buckets: Option<Arc<Buckets>>,
@@ -243,6 +243,8 @@ pub struct RateLimit {
     store_down: AtomicBool,
     store_errors: prometheus::IntCounter,
     keys: prometheus::IntGauge,
+    /// `x-ratelimit-limit-{requests,tokens}`: the buckets' capacities, made once.
+    limits: [HeaderValue; 2],
 }
 
 impl RateLimit {
@@ -262,6 +264,11 @@ impl RateLimit {
             store_down: AtomicBool::new(false),
             store_errors: metrics::RATE_LIMIT_STORE_ERRORS.with_label_values(&[name]),
             keys: metrics::RATE_LIMIT_KEYS.with_label_values(&[name]),
+            limits: [
+                (Dim::Requests, conf.requests.is_some()),
+                (Dim::Tokens, conf.tokens.is_some()),
+            ]
+            .map(|(dim, on)| HeaderValue::from(if on { shape(conf, dim).capacity as u64 } else { 0 })),
         })
     }
 
@@ -384,7 +391,7 @@ impl RateLimit {
                 Dim::Tokens => &LIMIT_NAMES[1],
             };
             // Numbers without the formatter; the reset string is moved in.
-            put(limit, HeaderValue::from(self.shape(dim).capacity as u64));
+            put(limit, self.limits[dim.index()].clone());
             put(remaining, HeaderValue::from(d.remaining.max(0.0) as u64));
             if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(reset_str(d.reset))) {
                 put(reset, v);
@@ -461,14 +468,21 @@ impl Plugin for RateLimit {
     }
 
     /// With buckets in memory a take never waits; the body phase may (a
-    /// large prompt is counted off the workers) when tokens are limited.
+    /// large prompt is counted off the workers) when tokens are limited:
+    /// see [`Plugin::request_body_waits`] for which requests.
     fn phases(&self) -> Phases {
         let waits = |may: bool| if may { Phase::Wait } else { Phase::Run };
         Phases {
             request_headers: waits(self.redis.is_some()),
             request_body: waits(self.redis.is_some() || self.conf.tokens.is_some()),
-            ..Phases::ALL
+            response_headers: Phase::Run,
         }
+    }
+
+    /// Only a Redis round trip or a prompt too large to count inline waits:
+    /// the small prompts of most requests take no slot of the bulkhead.
+    fn request_body_waits(&self, ctx: &RequestCtx) -> bool {
+        self.redis.is_some() || (self.conf.tokens.is_some() && !tokens::counted_inline(&ctx.body))
     }
 
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
@@ -476,15 +490,18 @@ impl Plugin for RateLimit {
         let Some(key) = self.key(ctx, Some(req)) else {
             return Ok(Flow::Continue);
         };
-        with_taken(ctx, |t| t.key = Some(key.clone()));
-        if self.conf.requests.is_some() {
-            self.check_requests(ctx, &key).await?;
-        }
-        Ok(Flow::Continue)
+        let checked = match self.conf.requests {
+            Some(_) => self.check_requests(ctx, &key).await,
+            None => Ok(()),
+        };
+        // Kept (moved, not copied) for the body phase's take and the settlement.
+        with_taken(ctx, |t| t.key = Some(key));
+        checked.map(|()| Flow::Continue)
     }
 
     async fn request_body(&self, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
-        let known = ctx.state::<Taken>().and_then(|t| t.key.clone());
+        // Taken out while the takes borrow the request; put back with the reservation.
+        let known = ctx.state::<Taken>().and_then(|t| t.key.take());
         let key = match known {
             Some(k) => k,
             None => {
@@ -509,7 +526,10 @@ impl Plugin for RateLimit {
             if !d.allowed {
                 return Err(self.refuse(Dim::Tokens, &d, ctx));
             }
-            with_taken(ctx, |t| t.reserved = Some((key, estimate as f64)));
+            with_taken(ctx, |t| {
+                t.key = Some(key);
+                t.reserved = Some(estimate as f64);
+            });
         }
         Ok(Flow::Continue)
     }
@@ -528,7 +548,10 @@ impl Plugin for RateLimit {
 
     fn log(&self, ctx: &mut RequestCtx) {
         let spent = ctx.spent;
-        let Some((key, reserved)) = ctx.state::<Taken>().and_then(|t| t.reserved.take()) else {
+        let Some((key, reserved)) = ctx
+            .state::<Taken>()
+            .and_then(|t| Some((t.key.take()?, t.reserved.take()?)))
+        else {
             return;
         };
         // Settle on what the providers did (`Spent`): their usage, weir's
@@ -589,6 +612,24 @@ mod tests {
         // Non-UTF-8 values get their own buckets, not one shared "h:".
         assert_ne!(bounded_key("h", b"\xff"), bounded_key("h", b"\xfe"));
         assert_ne!(bounded_key("h", b"\xff"), bounded_key("h", b""));
+    }
+
+    #[test]
+    fn only_a_prompt_counted_off_the_workers_makes_the_body_phase_wait() {
+        let conf: RateLimitConf =
+            serde_yaml_ng::from_str("key: ip\ntokens: {per_minute: 600, burst: 1000}\n").unwrap();
+        let rl = RateLimit::new("t", &conf).unwrap();
+        assert_eq!(rl.phases().request_body, Phase::Wait, "declared: it may wait");
+        let mut ctx = RequestCtx::default();
+        ctx.body = Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+        assert!(!rl.request_body_waits(&ctx), "a small prompt is counted inline");
+        ctx.body = Bytes::from(vec![b' '; tokens::INLINE_MAX + 1]);
+        assert!(rl.request_body_waits(&ctx), "a large one on the blocking pool");
+        // Requests alone: nothing in the body phase waits, whatever the body.
+        let conf: RateLimitConf = serde_yaml_ng::from_str("key: ip\nrequests: {per_second: 1, burst: 5}\n").unwrap();
+        let rl = RateLimit::new("t", &conf).unwrap();
+        assert_eq!(rl.phases().request_body, Phase::Run);
+        assert!(!rl.request_body_waits(&ctx));
     }
 
     #[test]
