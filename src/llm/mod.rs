@@ -31,6 +31,9 @@ pub struct RequestHead {
     pub max_tokens: Option<u64>,
     /// Choices asked for (`n`, 1 when absent): completion tokens are billed per choice.
     pub n: u64,
+    /// Byte range of the top-level `messages` value in the body, if any: the
+    /// prompt is counted from it without parsing the body again.
+    pub messages_span: Option<std::ops::Range<usize>>,
 }
 
 /// The largest `max_tokens` / `max_completion_tokens` weir forwards. No model
@@ -84,6 +87,7 @@ struct RawHead<'a> {
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
     n: Option<&'a RawValue>,
+    messages: Option<&'a RawValue>,
     duplicate: Option<String>,
 }
 
@@ -134,6 +138,8 @@ impl<'de> Deserialize<'de> for RawHead<'de> {
                         "max_tokens" => Some(&mut head.max_tokens),
                         "max_completion_tokens" => Some(&mut head.max_completion_tokens),
                         "n" => Some(&mut head.n),
+                        // Kept as a span (skipped as any other value is).
+                        "messages" => Some(&mut head.messages),
                         _ => None,
                     };
                     match slot {
@@ -262,7 +268,12 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
         return Err(HeadError::at("n", "`n` must be at least 1"));
     }
     let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    let span_of = |r: &RawValue| {
+        let at = r.get().as_ptr() as usize - body.as_ptr() as usize;
+        at..at + r.get().len()
+    };
     Ok(RequestHead {
+        messages_span: head.messages.map(span_of),
         model,
         model_span: start..start + raw.get().len(),
         stream: stream.unwrap_or(false),
@@ -365,6 +376,7 @@ pub fn with_stream_usage(body: &Bytes, head: &RequestHead) -> Result<(Bytes, Req
             let moved = INSERT.len();
             let head = RequestHead {
                 model_span: head.model_span.start + moved..head.model_span.end + moved,
+                messages_span: head.messages_span.as_ref().map(|s| s.start + moved..s.end + moved),
                 include_usage: true,
                 has_stream_options: true,
                 ..head.clone()

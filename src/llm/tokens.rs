@@ -3,8 +3,10 @@
 //! prompt's, so token budgets can be reserved before a request goes out, and
 //! streamed text's, so a stream that ends early is charged what it produced.
 
+use super::RequestHead;
 use bytes::Bytes;
 use serde_json::Value;
+use std::ops::Range;
 
 /// Load the encoding now (it takes a moment), not on the first request.
 pub fn warm_up() {
@@ -71,20 +73,33 @@ pub fn prompt_tokens_upper_bound(body: &[u8]) -> u64 {
     count(body, bytes)
 }
 
+/// [`count`] of a body whose head was parsed (`head`, of these very bytes):
+/// a chat's messages are read from their span alone, not the whole body again.
+fn count_in(body: &[u8], messages: Option<Range<usize>>, count_text: fn(&str) -> u64) -> u64 {
+    if let Some(m) = messages.and_then(|s| body.get(s)) {
+        if let Ok(messages) = serde_json::from_slice::<Vec<PlainMessage>>(m) {
+            return plain_chat_tokens(&messages, count_text);
+        }
+    }
+    count(body, count_text)
+}
+
 /// The prompt tokens to reserve for a body, never fewer than
-/// [`prompt_tokens`]. Small bodies are counted exactly here; larger ones on
-/// the blocking pool, so no async worker spends milliseconds in the BPE or
-/// the JSON parse; bodies above [`EXACT_MAX`] get the byte-count bound.
-pub async fn reserve_prompt_tokens(body: &Bytes) -> u64 {
+/// [`prompt_tokens`]; `head` is the body's parsed head, if it has one.
+/// Small bodies are counted exactly here; larger ones on the blocking pool,
+/// so no async worker spends milliseconds in the BPE or the JSON parse;
+/// bodies above [`EXACT_MAX`] get the byte-count bound.
+pub async fn reserve_prompt_tokens(body: &Bytes, head: Option<&RequestHead>) -> u64 {
+    let messages = head.and_then(|h| h.messages_span.clone());
     if counted_inline(body) {
-        return prompt_tokens(body);
+        return count_in(body, messages, bpe);
     }
     let b = body.clone();
     let counted = tokio::task::spawn_blocking(move || {
         if b.len() <= EXACT_MAX {
-            prompt_tokens(&b)
+            count_in(&b, messages, bpe)
         } else {
-            prompt_tokens_upper_bound(&b)
+            count_in(&b, messages, bytes)
         }
     })
     .await;
@@ -121,10 +136,14 @@ fn chat_tokens(messages: impl Iterator<Item = (u64, u64)>) -> u64 {
         .saturating_add(3)
 }
 
+fn plain_chat_tokens(messages: &[PlainMessage], count_text: fn(&str) -> u64) -> u64 {
+    let text = |t: &Option<std::borrow::Cow<str>>| t.as_deref().map_or(0, count_text);
+    chat_tokens(messages.iter().map(|m| (text(&m.content), text(&m.name))))
+}
+
 fn count(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
     if let Ok(chat) = serde_json::from_slice::<PlainChat>(body) {
-        let text = |t: &Option<std::borrow::Cow<str>>| t.as_deref().map_or(0, count_text);
-        return chat_tokens(chat.messages.iter().map(|m| (text(&m.content), text(&m.name))));
+        return plain_chat_tokens(&chat.messages, count_text);
     }
     count_tree(body, count_text)
 }
@@ -200,6 +219,31 @@ mod tests {
     }
 
     #[test]
+    fn messages_span_counts_as_the_whole_body_does() {
+        for body in [
+            &br#"{"model":"m","messages":[{"role":"user","content":"hello world"}]}"#[..],
+            br#"{"messages":[{"role":"user","content":"caf\u00e9 \"q\"","name":"bob"},{"role":"assistant","content":null}],"model":"m"}"#,
+            br#"{"model":"m","messages":[{"content":[{"type":"text","text":"hello"},{"type":"image_url"}]}]}"#,
+            br#"{"model":"m","messages":"not a list","prompt":"hello world"}"#,
+            br#"{"model":"m","messages":[]}"#,
+            br#"{"model":"m","prompt":"no messages here"}"#,
+            br#"{"model":"m","stream":true,"messages":[{"content":"a"}],"tools":[{"a":[1,{"b":2}]}]}"#,
+        ] {
+            let head = crate::llm::parse_head(body).unwrap();
+            assert_eq!(
+                count_in(body, head.messages_span.clone(), bpe),
+                count(body, bpe),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+            // Moved with the body when weir asks for stream usage.
+            let (moved, moved_head) = crate::llm::with_stream_usage(&Bytes::copy_from_slice(body), &head).unwrap();
+            assert_eq!(moved_head.messages_span, crate::llm::parse_head(&moved).unwrap().messages_span);
+            assert_eq!(count_in(&moved, moved_head.messages_span, bpe), count(body, bpe));
+        }
+    }
+
+    #[test]
     fn upper_bound_is_at_least_the_count() {
         for body in [
             &br#"{"model":"m","messages":[{"role":"user","content":"hello world"}]}"#[..],
@@ -220,10 +264,19 @@ mod tests {
         let mid = format!(r#"{{"model":"m","prompt":"{}"}}"#, "hello world ".repeat(2000));
         let mid = Bytes::from(mid);
         assert!(mid.len() > INLINE_MAX && mid.len() <= EXACT_MAX);
-        assert_eq!(reserve_prompt_tokens(&mid).await, prompt_tokens(&mid));
+        assert_eq!(reserve_prompt_tokens(&mid, None).await, prompt_tokens(&mid));
         let text = "ab ".repeat(EXACT_MAX / 3 + 1);
         let big = Bytes::from(format!(r#"{{"model":"m","prompt":"{text}"}}"#));
-        assert_eq!(reserve_prompt_tokens(&big).await, text.len() as u64);
+        assert_eq!(reserve_prompt_tokens(&big, None).await, text.len() as u64);
+        // With the head: the same counts, read from the messages' span.
+        let chat = format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{}"}}],"n":1}}"#,
+            "hello world ".repeat(2000)
+        );
+        let chat = Bytes::from(chat);
+        let head = crate::llm::parse_head(&chat).unwrap();
+        assert!(head.messages_span.is_some());
+        assert_eq!(reserve_prompt_tokens(&chat, Some(&head)).await, prompt_tokens(&chat));
     }
 
     /// OpenAI's tokenizer (tiktoken, as ported to Rust) on `s`.

@@ -403,7 +403,7 @@ impl Pipeline {
             .collect();
         if candidates.is_empty() {
             let t = llm::anthropic::request_to_openai(&ctx.body).map_err(WeirError::invalid)?;
-            let n = llm::tokens::reserve_prompt_tokens(&t.body).await;
+            let n = llm::tokens::reserve_prompt_tokens(&t.body, None).await;
             let body = serde_json::to_vec(&serde_json::json!({ "input_tokens": n })).unwrap_or_default();
             let mut h = ResponseHeader::build(200, Some(3)).expect("200");
             let _ = h.insert_header("content-type", "application/json");
