@@ -37,7 +37,7 @@ impl Plugin for LeastConnections {
         if ctx.candidates.len() < 2 {
             return Ok(());
         }
-        let loads: smallvec::SmallVec<[Load; 8]> = ctx
+        let loads: Vec<Load> = ctx
             .candidates
             .iter()
             .map(|p| {
@@ -52,9 +52,8 @@ impl Plugin for LeastConnections {
             .collect();
         let rot = self.rotation.fetch_add(1, Ordering::Relaxed);
         let idx = order(&loads, rot);
-        // Reordered in place: the providers move, no list is allocated.
-        let mut moved: smallvec::SmallVec<[_; 8]> = ctx.candidates.drain(..).map(Some).collect();
-        ctx.candidates.extend(idx.iter().filter_map(|&i| moved[i].take()));
+        let ordered = idx.iter().map(|&i| ctx.candidates[i].clone()).collect();
+        ctx.candidates = ordered;
         Ok(())
     }
 }
