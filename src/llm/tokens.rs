@@ -282,7 +282,9 @@ mod tests {
     /// OpenAI's tokenizer (tiktoken, as ported to Rust) on `s`.
     fn tiktoken(s: &str) -> u64 {
         static T: std::sync::OnceLock<tiktoken_rs::CoreBPE> = std::sync::OnceLock::new();
-        T.get_or_init(|| tiktoken_rs::o200k_base().unwrap()).encode_ordinary(s).len() as u64
+        T.get_or_init(|| tiktoken_rs::o200k_base().unwrap())
+            .encode_ordinary(s)
+            .len() as u64
     }
 
     #[test]

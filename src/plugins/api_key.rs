@@ -278,7 +278,11 @@ mod tests {
     fn the_body_phase_runs_only_if_a_key_has_models() {
         let load = |file: String| load_keys(file).phases();
         let open = load(format!("keys:\n  - name: a\n    sha256: {}\n", digest_hex("a")));
-        assert!(open.request_headers != Phase::Skip && open.request_body == Phase::Skip && open.response_headers == Phase::Skip);
+        assert!(
+            open.request_headers != Phase::Skip
+                && open.request_body == Phase::Skip
+                && open.response_headers == Phase::Skip
+        );
         let limited = load(format!(
             "keys:\n  - name: a\n    sha256: {}\n  - name: b\n    sha256: {}\n    models: [m1]\n",
             digest_hex("a"),

@@ -591,6 +591,12 @@ impl Plugin for Budget {
         }
     }
 
+    /// A memory store decides at once: only Redis, or a prompt too large to
+    /// count inline, makes a request wait (and take a slot).
+    fn request_body_waits(&self, ctx: &RequestCtx) -> bool {
+        matches!(self.store, Store::Redis(_)) || !tokens::counted_inline(&ctx.body)
+    }
+
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
         with_held(ctx).embeddings = req.uri.path().ends_with("/embeddings");
         Ok(Flow::Continue)
@@ -709,6 +715,7 @@ mod tests {
 
     use crate::llm::Usage;
     use crate::provider::Provider;
+    use bytes::Bytes;
 
     fn provider(name: &str, yaml: &str) -> Arc<Provider> {
         let conf = serde_yaml_ng::from_str(&format!("url: http://127.0.0.1:9/v1\n{yaml}")).unwrap();
@@ -764,6 +771,26 @@ mod tests {
         // No provider worked: nothing.
         let ctx = RequestCtx::default();
         assert_eq!(Budget::spent(&ctx, reserved), Amount::default());
+    }
+
+    #[test]
+    fn only_redis_or_a_large_prompt_makes_the_body_phase_wait() {
+        let conf: BudgetConf =
+            serde_yaml_ng::from_str("limits: [{ name: hourly, per: key, window: 1h, tokens: 100 }]\n").unwrap();
+        let b = Budget::new("t", &conf).unwrap();
+        assert_eq!(b.phases().request_body, Phase::Wait, "declared: it may wait");
+        let mut ctx = RequestCtx::default();
+        ctx.body = Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
+        assert!(!b.request_body_waits(&ctx), "memory, a small prompt: decided at once");
+        ctx.body = Bytes::from(vec![b' '; tokens::INLINE_MAX + 1]);
+        assert!(b.request_body_waits(&ctx), "a large prompt is counted off the workers");
+        let conf: BudgetConf = serde_yaml_ng::from_str(
+            "store: redis://127.0.0.1:9/0\nlimits: [{ name: hourly, per: key, window: 1h, tokens: 100 }]\n",
+        )
+        .unwrap();
+        let b = Budget::new("t", &conf).unwrap();
+        ctx.body = Bytes::from_static(b"{}");
+        assert!(b.request_body_waits(&ctx), "redis: a round trip");
     }
 
     #[test]

@@ -616,8 +616,7 @@ mod tests {
 
     #[test]
     fn only_a_prompt_counted_off_the_workers_makes_the_body_phase_wait() {
-        let conf: RateLimitConf =
-            serde_yaml_ng::from_str("key: ip\ntokens: {per_minute: 600, burst: 1000}\n").unwrap();
+        let conf: RateLimitConf = serde_yaml_ng::from_str("key: ip\ntokens: {per_minute: 600, burst: 1000}\n").unwrap();
         let rl = RateLimit::new("t", &conf).unwrap();
         assert_eq!(rl.phases().request_body, Phase::Wait, "declared: it may wait");
         let mut ctx = RequestCtx::default();
