@@ -326,7 +326,7 @@ pub struct Provider {
 
 /// The hasher of maps keyed by names from the config, looked up on every
 /// request (a client's model name only looks a key up, never adds one).
-type NameHasher = foldhash::fast::RandomState;
+pub(crate) type NameHasher = foldhash::fast::RandomState;
 
 impl Provider {
     /// Count the time to its first byte (`weir_upstream_ttfb_seconds`).

@@ -267,7 +267,7 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
     if n == Some(0) {
         return Err(HeadError::at("n", "`n` must be at least 1"));
     }
-    let start = raw.get().as_ptr() as usize - body.as_ptr() as usize;
+    // Where a raw value lies in the body (it borrows from it).
     let span_of = |r: &RawValue| {
         let at = r.get().as_ptr() as usize - body.as_ptr() as usize;
         at..at + r.get().len()
@@ -275,7 +275,7 @@ pub fn parse_head(body: &[u8]) -> Result<RequestHead, HeadError> {
     Ok(RequestHead {
         messages_span: head.messages.map(span_of),
         model,
-        model_span: start..start + raw.get().len(),
+        model_span: span_of(raw),
         stream: stream.unwrap_or(false),
         include_usage: options.and_then(|o| o.include_usage).unwrap_or(false),
         has_stream_options: head.stream_options.is_some(),
@@ -373,10 +373,10 @@ pub fn with_stream_usage(body: &Bytes, head: &RequestHead) -> Result<(Bytes, Req
             out.extend_from_slice(&body[..=open]);
             out.extend_from_slice(INSERT);
             out.extend_from_slice(&body[open + 1..]);
-            let moved = INSERT.len();
+            let moved = |s: &std::ops::Range<usize>| s.start + INSERT.len()..s.end + INSERT.len();
             let head = RequestHead {
-                model_span: head.model_span.start + moved..head.model_span.end + moved,
-                messages_span: head.messages_span.as_ref().map(|s| s.start + moved..s.end + moved),
+                model_span: moved(&head.model_span),
+                messages_span: head.messages_span.as_ref().map(moved),
                 include_usage: true,
                 has_stream_options: true,
                 ..head.clone()

@@ -20,10 +20,20 @@ pub const INLINE_MAX: usize = 4 * 1024;
 /// megabytes): their prompt is bounded from above by its byte count instead.
 pub const EXACT_MAX: usize = 1024 * 1024;
 
-/// Whether [`reserve_prompt_tokens`] counts this body on the calling thread,
-/// at once (it never waits for it).
+/// Whether a body (or text) this long is counted on the calling thread, at
+/// once ([`reserve_prompt_tokens`] never waits for it), not on the blocking pool.
 pub fn counted_inline(body: &[u8]) -> bool {
     body.len() <= INLINE_MAX
+}
+
+/// Bodies on either side of [`INLINE_MAX`], for tests of what waits: a small
+/// chat, counted inline, and one counted on the blocking pool.
+#[cfg(test)]
+pub(crate) fn inline_and_pooled_bodies() -> [Bytes; 2] {
+    [
+        Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#),
+        Bytes::from(vec![b' '; INLINE_MAX + 1]),
+    ]
 }
 
 fn bpe(s: &str) -> u64 {
@@ -62,14 +72,18 @@ fn count_content(v: &Value, count_text: fn(&str) -> u64) -> u64 {
 }
 
 /// Prompt tokens of a chat, completion or embedding request body, counted the
-/// way OpenAI bills chat messages (content plus a few tokens per message).
-pub fn prompt_tokens(body: &[u8]) -> u64 {
+/// way OpenAI bills chat messages (content plus a few tokens per message):
+/// what [`reserve_prompt_tokens`] counts up to [`EXACT_MAX`], from the whole body.
+#[cfg(test)]
+fn prompt_tokens(body: &[u8]) -> u64 {
     count(body, bpe)
 }
 
 /// At least [`prompt_tokens`] of the body, in time linear in its size and
-/// without the BPE: the same sum with each text counted as its byte length.
-pub fn prompt_tokens_upper_bound(body: &[u8]) -> u64 {
+/// without the BPE: the same sum with each text counted as its byte length
+/// (what [`reserve_prompt_tokens`] reserves above [`EXACT_MAX`]).
+#[cfg(test)]
+fn prompt_tokens_upper_bound(body: &[u8]) -> u64 {
     count(body, bytes)
 }
 
@@ -84,8 +98,9 @@ fn count_in(body: &[u8], messages: Option<Range<usize>>, count_text: fn(&str) ->
     count(body, count_text)
 }
 
-/// The prompt tokens to reserve for a body, never fewer than
-/// [`prompt_tokens`]; `head` is the body's parsed head, if it has one.
+/// The prompt tokens to reserve for a body, counted the way OpenAI bills
+/// chat messages (content plus a few tokens per message), never fewer than
+/// the exact count; `head` is the body's parsed head, if it has one.
 /// Small bodies are counted exactly here; larger ones on the blocking pool,
 /// so no async worker spends milliseconds in the BPE or the JSON parse;
 /// bodies above [`EXACT_MAX`] get the byte-count bound.

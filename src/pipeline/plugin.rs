@@ -108,6 +108,15 @@ impl Phases {
     };
 }
 
+/// Whether `p`'s body phase may wait for a request with this body
+/// ([`Plugin::request_body_waits`]), for plugins' own tests.
+#[cfg(test)]
+pub(crate) fn body_waits(p: &dyn Plugin, body: Bytes) -> bool {
+    let mut ctx = RequestCtx::default();
+    ctx.body = body;
+    p.request_body_waits(&ctx)
+}
+
 /// A pipeline stage. Every method has a default that does nothing, so a
 /// plugin implements only the phases it cares about. Request phases run in
 /// route order; response phases in reverse route order (the first plugin

@@ -650,7 +650,7 @@ async fn generated_tokens(watch: &StreamWatch) -> u64 {
 
 /// Tokens of streamed text, off the async workers when it is long.
 async fn text_tokens(text: &str) -> u64 {
-    if text.len() <= tokens::INLINE_MAX {
+    if tokens::counted_inline(text.as_bytes()) {
         return tokens::text_tokens(text);
     }
     let owned = text.to_string();

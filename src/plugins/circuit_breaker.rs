@@ -12,7 +12,7 @@ use crate::config::{Checker, Dur};
 use crate::error::{ErrorKind, WeirError};
 use crate::metrics;
 use crate::pipeline::{Admission, Attempt, AttemptHold, Phases, Plugin, RequestCtx, Typed};
-use crate::provider::Provider;
+use crate::provider::{NameHasher, Provider};
 use crate::traffic::breaker::{Admit, Breaker, BreakerConf, State};
 use async_trait::async_trait;
 use parking_lot::Mutex;
@@ -144,9 +144,9 @@ pub struct CircuitBreaker {
 struct Breakers {
     conf: CircuitBreakerConf,
     breaker: BreakerConf,
-    /// By provider name (from the config, never from a client): hashed
-    /// with foldhash, looked up several times per request.
-    by_provider: Mutex<HashMap<String, Entry, foldhash::fast::RandomState>>,
+    /// By provider name (from the config, never from a client), looked up
+    /// several times per request.
+    by_provider: Mutex<HashMap<String, Entry, NameHasher>>,
 }
 
 /// One provider's breaker, and the provider's count of passing health

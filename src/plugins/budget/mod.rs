@@ -714,6 +714,7 @@ mod tests {
     use super::*;
 
     use crate::llm::Usage;
+    use crate::pipeline::body_waits;
     use crate::provider::Provider;
     use bytes::Bytes;
 
@@ -779,18 +780,15 @@ mod tests {
             serde_yaml_ng::from_str("limits: [{ name: hourly, per: key, window: 1h, tokens: 100 }]\n").unwrap();
         let b = Budget::new("t", &conf).unwrap();
         assert_eq!(b.phases().request_body, Phase::Wait, "declared: it may wait");
-        let mut ctx = RequestCtx::default();
-        ctx.body = Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
-        assert!(!b.request_body_waits(&ctx), "memory, a small prompt: decided at once");
-        ctx.body = Bytes::from(vec![b' '; tokens::INLINE_MAX + 1]);
-        assert!(b.request_body_waits(&ctx), "a large prompt is counted off the workers");
+        let [small, large] = tokens::inline_and_pooled_bodies();
+        assert!(!body_waits(&b, small), "memory, a small prompt: decided at once");
+        assert!(body_waits(&b, large), "a large prompt is counted off the workers");
         let conf: BudgetConf = serde_yaml_ng::from_str(
             "store: redis://127.0.0.1:9/0\nlimits: [{ name: hourly, per: key, window: 1h, tokens: 100 }]\n",
         )
         .unwrap();
         let b = Budget::new("t", &conf).unwrap();
-        ctx.body = Bytes::from_static(b"{}");
-        assert!(b.request_body_waits(&ctx), "redis: a round trip");
+        assert!(body_waits(&b, Bytes::from_static(b"{}")), "redis: a round trip");
     }
 
     #[test]

@@ -590,6 +590,7 @@ impl Plugin for RateLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::pipeline::body_waits;
 
     #[test]
     fn reset_format() {
@@ -619,16 +620,14 @@ mod tests {
         let conf: RateLimitConf = serde_yaml_ng::from_str("key: ip\ntokens: {per_minute: 600, burst: 1000}\n").unwrap();
         let rl = RateLimit::new("t", &conf).unwrap();
         assert_eq!(rl.phases().request_body, Phase::Wait, "declared: it may wait");
-        let mut ctx = RequestCtx::default();
-        ctx.body = Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"hi"}]}"#);
-        assert!(!rl.request_body_waits(&ctx), "a small prompt is counted inline");
-        ctx.body = Bytes::from(vec![b' '; tokens::INLINE_MAX + 1]);
-        assert!(rl.request_body_waits(&ctx), "a large one on the blocking pool");
+        let [small, large] = tokens::inline_and_pooled_bodies();
+        assert!(!body_waits(&rl, small), "a small prompt is counted inline");
+        assert!(body_waits(&rl, large.clone()), "a large one on the blocking pool");
         // Requests alone: nothing in the body phase waits, whatever the body.
         let conf: RateLimitConf = serde_yaml_ng::from_str("key: ip\nrequests: {per_second: 1, burst: 5}\n").unwrap();
         let rl = RateLimit::new("t", &conf).unwrap();
         assert_eq!(rl.phases().request_body, Phase::Run);
-        assert!(!rl.request_body_waits(&ctx));
+        assert!(!body_waits(&rl, large));
     }
 
     #[test]
