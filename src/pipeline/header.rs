@@ -17,13 +17,14 @@ use http::header::{HeaderName, HeaderValue};
 use http::response::Parts;
 use pingora_http::ResponseHeader;
 
-/// Insert each `(name, value)` into `resp`, replacing what it had under
-/// that name; in order, so a name given twice keeps its last value.
-pub fn insert_headers(resp: &mut ResponseHeader, headers: impl IntoIterator<Item = (HeaderName, HeaderValue)>) {
+/// Insert headers into `resp`: `fill` gets a `put(name, value)` that
+/// inserts straight into the map, replacing what it had under that name
+/// (so a name put twice keeps its last value).
+pub fn insert_with(resp: &mut ResponseHeader, fill: impl FnOnce(&mut dyn FnMut(&HeaderName, HeaderValue))) {
     if resp.has_case() {
-        for (name, value) in headers {
-            let _ = resp.insert_header(name, value);
-        }
+        fill(&mut |name, value| {
+            let _ = resp.insert_header(name.clone(), value);
+        });
         return;
     }
     let reason = resp
@@ -33,9 +34,9 @@ pub fn insert_headers(resp: &mut ResponseHeader, headers: impl IntoIterator<Item
     // An empty map allocates nothing: this placeholder costs a move.
     let placeholder = ResponseHeader::build_no_case(resp.status, Some(0)).expect("a valid status is valid");
     let mut parts: Parts = std::mem::replace(resp, placeholder).into();
-    for (name, value) in headers {
+    fill(&mut |name, value| {
         parts.headers.insert(name, value);
-    }
+    });
     *resp = ResponseHeader::from(parts);
     if let Some(r) = reason {
         let _ = resp.set_reason_phrase(Some(&r));
@@ -71,13 +72,10 @@ mod tests {
         h.append_header("set-cookie", "a=1").unwrap();
         h.append_header("set-cookie", "b=2").unwrap();
         h.insert_header("x-limit", "old").unwrap();
-        insert_headers(
-            &mut h,
-            [
-                (HeaderName::from_static("x-limit"), HeaderValue::from(10u64)),
-                (HeaderName::from_static("x-new"), HeaderValue::from_static("yes")),
-            ],
-        );
+        insert_with(&mut h, |put| {
+            put(&HeaderName::from_static("x-limit"), HeaderValue::from(10u64));
+            put(&HeaderName::from_static("x-new"), HeaderValue::from_static("yes"));
+        });
         assert_eq!(h.status, 200);
         assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
         assert_eq!(h.headers.get_all("x-limit").iter().collect::<Vec<_>>(), ["10"]);
@@ -89,7 +87,9 @@ mod tests {
     fn a_header_with_spellings_keeps_them_and_a_custom_reason_stays() {
         let mut h = ResponseHeader::build(200, None).unwrap();
         h.insert_header("X-Provider-Thing", "1").unwrap();
-        insert_headers(&mut h, [(HeaderName::from_static("x-limit"), HeaderValue::from(3u64))]);
+        insert_with(&mut h, |put| {
+            put(&HeaderName::from_static("x-limit"), HeaderValue::from(3u64))
+        });
         assert!(h.has_case());
         let w = wire(&h);
         assert!(
@@ -99,7 +99,9 @@ mod tests {
 
         let mut h = ResponseHeader::build_no_case(429, None).unwrap();
         h.set_reason_phrase(Some("Slow Down")).unwrap();
-        insert_headers(&mut h, [(HeaderName::from_static("x-limit"), HeaderValue::from(0u64))]);
+        insert_with(&mut h, |put| {
+            put(&HeaderName::from_static("x-limit"), HeaderValue::from(0u64))
+        });
         // What Pingora writes in the status line.
         assert_eq!(h.get_reason_phrase(), Some("Slow Down"));
         assert_eq!(h.status, 429);

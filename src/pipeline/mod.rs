@@ -48,7 +48,7 @@ pub use chain::{PluginInstance, Route};
 pub use context::{Identity, RequestCtx, Spent, Wire};
 pub use downstream::Downstream;
 pub use factory::{no_check, no_files, BuildCtx, BuildError, PluginSpec, PluginType, Settings, Typed};
-pub use header::{build_headers, insert_headers};
+pub use header::{build_headers, insert_with};
 #[cfg(test)]
 pub(crate) use plugin::body_waits;
 pub use plugin::{Admission, Attempt, AttemptHold, Capabilities, Flow, LocalResponse, Phase, Phases, Plugin};

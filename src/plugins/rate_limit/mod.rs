@@ -12,7 +12,7 @@ use crate::llm::tokens;
 use crate::metrics;
 use crate::pipeline::{Capabilities, Flow, Phase, Phases, Plugin, RequestCtx, Typed};
 use async_trait::async_trait;
-use bytes::Bytes;
+use bytes::BytesMut;
 use http::header::{HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 use serde::{Deserialize, Serialize};
@@ -186,8 +186,9 @@ struct Taken {
     key: Option<String>,
     /// Tokens reserved under `key` (settled at the end).
     reserved: Option<f64>,
-    /// The buckets of `key` in memory, looked up once for the takes (and
-    /// again at settlement, in case the key was dropped meanwhile).
+    /// The buckets of `key` in memory, looked up once for the takes and the
+    /// settlement (looked up again only if the key may have been dropped
+    /// meanwhile: [`MemoryStore::settle`]).
     buckets: Option<Arc<Buckets>>,
 }
 
@@ -212,8 +213,9 @@ fn shape(conf: &RateLimitConf, dim: Dim) -> Shape {
     }
 }
 
-/// The longest time a bucket of this plugin takes to refill from empty:
-/// an idle bucket dropped after it is full again (`None`: never refills).
+/// The longest time a bucket of this plugin takes to refill from empty
+/// (`None`: never refills). An idle bucket is dropped after twice this:
+/// full again, even if a settlement charged it late.
 fn refill_time(conf: &RateLimitConf) -> Option<Duration> {
     let mut longest = Duration::ZERO;
     for (dim, on) in [
@@ -384,21 +386,32 @@ impl RateLimit {
 
     /// OpenAI's `x-ratelimit-*` headers for what the request took so far.
     fn limit_headers(&self, t: &Taken, mut put: impl FnMut(&'static HeaderName, HeaderValue)) {
+        // The changing values are written into one buffer and split off it:
+        // one allocation (and its shared count) for all four, not one each.
+        let mut buf = BytesMut::with_capacity(VALUES_ROOM);
+        let value = |buf: &mut BytesMut| HeaderValue::from_maybe_shared(buf.split().freeze());
         for (dim, d) in [(Dim::Requests, t.requests), (Dim::Tokens, t.tokens)] {
             let Some(d) = d else { continue };
             let [limit, remaining, reset] = match dim {
                 Dim::Requests => &LIMIT_NAMES[0],
                 Dim::Tokens => &LIMIT_NAMES[1],
             };
-            // Numbers without the formatter; the reset string is moved in.
             put(limit, self.limits[dim.index()].clone());
-            put(remaining, HeaderValue::from(d.remaining.max(0.0) as u64));
-            if let Ok(v) = HeaderValue::from_maybe_shared(Bytes::from(reset_str(d.reset))) {
+            buf.extend_from_slice(itoa::Buffer::new().format(d.remaining.max(0.0) as u64).as_bytes());
+            if let Ok(v) = value(&mut buf) {
+                put(remaining, v);
+            }
+            write_reset(&mut buf, d.reset);
+            if let Ok(v) = value(&mut buf) {
                 put(reset, v);
             }
         }
     }
 }
+
+/// Room for the four changing values: two counts (at most 20 digits each)
+/// and two resets (at most 22 bytes each: `<minutes>m<seconds>s`).
+const VALUES_ROOM: usize = 2 * 20 + 2 * 22;
 
 /// OpenAI's `x-ratelimit-*` names for requests and for tokens: limit,
 /// remaining, reset. Made once, so no request parses them.
@@ -427,35 +440,41 @@ fn with_taken(ctx: &mut RequestCtx, f: impl FnOnce(&mut Taken)) {
 /// OpenAI's reset format: `1s`, `6m0s`, `0.5s` (rounded up to the
 /// millisecond under a minute, to the second above). Written digit by digit:
 /// `format!` cost more than the rest of the six headers.
-fn reset_str(d: Duration) -> String {
-    let mut out = String::with_capacity(16);
+fn write_reset(out: &mut BytesMut, d: Duration) {
     let mut num = itoa::Buffer::new();
     let ms = d.as_nanos().div_ceil(1_000_000) as u64;
     if ms < 60_000 {
-        out.push_str(num.format(ms / 1000));
+        out.extend_from_slice(num.format(ms / 1000).as_bytes());
         let frac = ms % 1000;
         if frac > 0 {
-            out.push('.');
-            let digits = [frac / 100, frac / 10 % 10, frac % 10];
+            let digit = |n: u64| b'0' + n as u8;
+            let digits = [b'.', digit(frac / 100), digit(frac / 10 % 10), digit(frac % 10)];
             // Without trailing zeros.
             let keep = if frac % 100 == 0 {
-                1
-            } else if frac % 10 == 0 {
                 2
-            } else {
+            } else if frac % 10 == 0 {
                 3
+            } else {
+                4
             };
-            out.extend(digits[..keep].iter().map(|&d| char::from(b'0' + d as u8)));
+            out.extend_from_slice(&digits[..keep]);
         }
-        out.push('s');
+        out.extend_from_slice(b"s");
     } else {
         let secs = ms.div_ceil(1000);
-        out.push_str(num.format(secs / 60));
-        out.push('m');
-        out.push_str(num.format(secs % 60));
-        out.push('s');
+        out.extend_from_slice(num.format(secs / 60).as_bytes());
+        out.extend_from_slice(b"m");
+        out.extend_from_slice(num.format(secs % 60).as_bytes());
+        out.extend_from_slice(b"s");
     }
-    out
+}
+
+/// [`write_reset`] as a string, for the tests.
+#[cfg(test)]
+fn reset_str(d: Duration) -> String {
+    let mut out = BytesMut::new();
+    write_reset(&mut out, d);
+    String::from_utf8(out.to_vec()).expect("ASCII")
 }
 
 #[async_trait]
@@ -541,9 +560,7 @@ impl Plugin for RateLimit {
     fn response_headers(&self, resp: &mut ResponseHeader, ctx: &mut RequestCtx) {
         let Some(t) = ctx.state::<Taken>() else { return };
         // Through the map: Pingora's insert_header would parse each name again.
-        let mut headers = smallvec::SmallVec::<[(HeaderName, HeaderValue); 6]>::new();
-        self.limit_headers(t, |k, v| headers.push((k.clone(), v)));
-        crate::pipeline::insert_headers(resp, headers);
+        crate::pipeline::insert_with(resp, |put| self.limit_headers(t, |k, v| put(k, v)));
     }
 
     fn log(&self, ctx: &mut RequestCtx) {
@@ -574,14 +591,17 @@ impl Plugin for RateLimit {
                 });
             }
             _ => {
-                // Through the store, not only the held handle: the key may
-                // have been dropped (idle, evicted) while the answer ran.
-                let held = ctx.state::<Taken>().and_then(|t| t.buckets.clone());
-                let buckets = match &held {
-                    Some(h) => self.local.attach(&key, h),
-                    None => self.local.buckets(&key),
-                };
-                buckets.take(Dim::Tokens.index(), shape, -delta);
+                // The held handle, looked up after the request started; the
+                // store sees whether the key was dropped while the answer ran.
+                let since = ctx.started;
+                let held = ctx.state::<Taken>().and_then(|t| t.buckets.take());
+                self.local.settle(
+                    &key,
+                    held.as_ref().map(|h| (h, since)),
+                    Dim::Tokens.index(),
+                    shape,
+                    -delta,
+                );
             }
         }
     }

@@ -4,6 +4,7 @@
 use crate::plugins::redis::{LazyRedis, Script};
 use crate::traffic::token_bucket::TokenBucket;
 use parking_lot::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,11 +28,15 @@ pub struct Decision {
 
 /// Buckets in this process, in a bounded cache: at most `max_keys` keys
 /// (least valuable evicted first), each with its requests and tokens
-/// buckets, dropped after `idle` without use. `idle` is the time a bucket
-/// takes to refill from empty, so a bucket that expires was full anyway:
-/// expiry never hands out tokens a client had not earned back.
+/// buckets, dropped after twice `refill` without use. `refill` is the time a
+/// bucket takes to refill from empty, so a bucket that expires was full
+/// anyway: expiry never hands out tokens a client had not earned back. The
+/// second `refill` is room for a settlement (see [`MemoryStore::settle`]).
 pub struct MemoryStore {
     keys: moka::sync::Cache<String, Arc<Buckets>>,
+    /// How long after its lookup a request's handle is surely still its
+    /// key's stored buckets, unless marked dropped: `refill`.
+    fresh_for: Duration,
 }
 
 /// The longest idle time weir waits before dropping a bucket; slower buckets
@@ -42,13 +47,21 @@ const MAX_IDLE: Duration = Duration::from_secs(365 * 24 * 3600);
 /// made full on its first take. A request looks its key up once and keeps
 /// this handle for its later takes and its settlement.
 #[derive(Default)]
-pub struct Buckets(Mutex<[Option<TokenBucket>; 2]>);
+pub struct Buckets {
+    dims: Mutex<[Option<TokenBucket>; 2]>,
+    /// Set when the store drops this key's entry (idle, evicted, invalidated):
+    /// a handle held since then settles through the store.
+    dropped: AtomicBool,
+}
 
 impl Buckets {
     /// Take `n` tokens (or give back `-n`) from bucket `dim` of this key.
     pub fn take(&self, dim: usize, shape: Shape, n: f64) -> Decision {
-        let now = Instant::now();
-        let mut all = self.0.lock();
+        self.take_at(dim, shape, n, Instant::now())
+    }
+
+    fn take_at(&self, dim: usize, shape: Shape, n: f64, now: Instant) -> Decision {
+        let mut all = self.dims.lock();
         let b = all[dim].get_or_insert_with(|| TokenBucket::new(shape.capacity, shape.per_sec, now));
         if n <= 0.0 {
             b.adjust(-n, now);
@@ -78,13 +91,20 @@ impl Buckets {
 }
 
 impl MemoryStore {
-    /// A store of at most `max_keys` keys, each dropped after `idle` unused.
-    pub fn new(max_keys: u64, idle: Option<Duration>) -> MemoryStore {
-        let mut b = moka::sync::Cache::builder().max_capacity(max_keys);
-        if let Some(idle) = idle.filter(|d| *d <= MAX_IDLE) {
-            b = b.time_to_idle(idle);
+    /// A store of at most `max_keys` keys, each dropped after `2 × refill`
+    /// unused (`refill`: how long the slowest bucket takes to refill from empty).
+    pub fn new(max_keys: u64, refill: Option<Duration>) -> MemoryStore {
+        let mut b = moka::sync::Cache::builder()
+            .max_capacity(max_keys)
+            .eviction_listener(|_key, buckets: Arc<Buckets>, _cause| buckets.dropped.store(true, Ordering::Relaxed));
+        let refill = refill.filter(|d| *d <= MAX_IDLE);
+        if let Some(r) = refill {
+            b = b.time_to_idle(r.saturating_mul(2));
         }
-        MemoryStore { keys: b.build() }
+        MemoryStore {
+            keys: b.build(),
+            fresh_for: refill.unwrap_or(Duration::MAX),
+        }
     }
 
     /// Keys held now (pending evictions applied first).
@@ -105,6 +125,35 @@ impl MemoryStore {
     /// settlement lands where the key's next request will look.
     pub fn attach(&self, key: &str, held: &Arc<Buckets>) -> Arc<Buckets> {
         self.keys.get_with_by_ref(key, || held.clone())
+    }
+
+    /// Settle `n` (a charge, or `-n` given back) on bucket `dim` of `key`,
+    /// given the handle a request looked up no later than `since`.
+    ///
+    /// Within `refill` of the lookup, and not marked dropped, the handle is
+    /// still the stored entry, and its idle clock (reset by that lookup) has
+    /// at least `refill` left: time for a bucket charged now to be full again
+    /// before it expires. So the settlement goes straight to the handle, with
+    /// no second lookup. Later, or once dropped, it goes through the store
+    /// ([`MemoryStore::attach`]), which restarts the idle clock.
+    pub fn settle(
+        &self,
+        key: &str,
+        held: Option<(&Arc<Buckets>, Instant)>,
+        dim: usize,
+        shape: Shape,
+        n: f64,
+    ) -> Decision {
+        let now = Instant::now();
+        match held {
+            Some((h, since))
+                if !h.dropped.load(Ordering::Relaxed) && now.saturating_duration_since(since) < self.fresh_for =>
+            {
+                h.take_at(dim, shape, n, now)
+            }
+            Some((h, _)) => self.attach(key, h).take_at(dim, shape, n, now),
+            None => self.buckets(key).take_at(dim, shape, n, now),
+        }
     }
 
     /// Take `n` tokens (or give back `-n`) from bucket `dim` of `key`.
@@ -202,7 +251,7 @@ mod tests {
     #[test]
     fn a_bucket_is_kept_while_used_and_dropped_when_idle() {
         // Refills from empty in 0.1 s: dropped after 0.2 s idle, full by then.
-        let s = MemoryStore::new(100, Some(Duration::from_millis(200)));
+        let s = MemoryStore::new(100, Some(Duration::from_millis(100)));
         assert!(s.take("k", 0, SHAPE, 2.0).allowed);
         assert!(!s.take("k", 0, SHAPE, 2.0).allowed, "empty bucket kept");
         assert_eq!(s.len(), 1);
@@ -226,37 +275,68 @@ mod tests {
         assert_eq!(s.len(), 2);
     }
 
+    const SLOW: Shape = Shape {
+        capacity: 10.0,
+        per_sec: 0.001,
+    };
+
     #[test]
     fn a_settlement_through_a_held_handle_lands_on_the_keys_buckets() {
         let s = MemoryStore::new(100, None);
-        let slow = Shape {
-            capacity: 10.0,
-            per_sec: 0.001,
-        };
+        let since = Instant::now();
         let held = s.buckets("k");
-        assert_eq!(held.take(1, slow, 8.0).remaining.round(), 2.0);
-        // The key is dropped while its request runs (idle, or evicted).
+        assert_eq!(held.take(1, SLOW, 8.0).remaining.round(), 2.0);
+        // Still the key's entry: settled straight on the handle.
+        assert!(s.settle("k", Some((&held, since)), 1, SLOW, -1.0).allowed);
+        assert_eq!(
+            s.take("k", 1, SLOW, 0.0).remaining.round(),
+            3.0,
+            "given back to the key"
+        );
+        // The key is dropped while its request runs (idle, or evicted): the
+        // store marks the handle, and the settlement puts it back.
         s.keys.invalidate("k");
-        let settled = s.attach("k", &held);
-        assert!(Arc::ptr_eq(&settled, &held), "the held buckets were put back");
+        s.keys.run_pending_tasks();
+        assert!(held.dropped.load(Ordering::Relaxed), "the handle was marked dropped");
+        assert_eq!(s.len(), 0);
         // The answer used more than was reserved: charged to the key.
-        assert!(settled.take(1, slow, 1.5).allowed);
-        assert!(!s.take("k", 1, slow, 1.0).allowed, "the charge stays with the key");
+        assert!(s.settle("k", Some((&held, since)), 1, SLOW, 1.5).allowed);
+        assert_eq!(s.len(), 1, "the held buckets were put back");
+        assert!(!s.take("k", 1, SLOW, 2.0).allowed, "the charge stays with the key");
         // Replaced meanwhile by a newer request's entry: that one is the key's.
         s.keys.invalidate("k");
         let newer = s.buckets("k");
         assert!(Arc::ptr_eq(&s.attach("k", &held), &newer));
+        s.settle("k", Some((&held, since)), 1, SLOW, 5.0);
+        assert!(!newer.take(1, SLOW, 6.0).allowed, "settled on the newer entry");
+    }
+
+    #[test]
+    fn a_late_settlement_restarts_the_keys_idle_clock() {
+        // Refills in 0.2 s: kept 0.4 s idle; a handle is fresh for 0.2 s.
+        let refill = Duration::from_millis(200);
+        let s = MemoryStore::new(100, Some(refill));
+        let since = Instant::now();
+        let held = s.buckets("k");
+        assert!(held.take(0, SHAPE, 1.0).allowed);
+        // Past the handle's freshness, the settlement goes through the store...
+        std::thread::sleep(Duration::from_millis(300));
+        s.settle("k", Some((&held, since)), 0, SHAPE, 1.0);
+        // ...so 0.55 s after the lookup (0.25 s after the settlement) the key
+        // is still kept: a bucket charged late has its full time to refill.
+        std::thread::sleep(Duration::from_millis(250));
+        assert_eq!(s.len(), 1, "the settlement restarted the idle clock");
+        // Then idle for twice the refill time: dropped, and marked.
+        std::thread::sleep(Duration::from_millis(500));
+        assert_eq!(s.len(), 0);
+        assert!(held.dropped.load(Ordering::Relaxed));
     }
 
     #[test]
     fn give_back_and_take() {
         let s = MemoryStore::new(100, None);
-        let slow = Shape {
-            capacity: 10.0,
-            per_sec: 0.001,
-        };
-        assert_eq!(s.take("k", 1, slow, 8.0).remaining.round(), 2.0);
-        assert_eq!(s.take("k", 1, slow, -5.0).remaining.round(), 7.0);
-        assert!(!s.take("k", 1, slow, 8.0).allowed);
+        assert_eq!(s.take("k", 1, SLOW, 8.0).remaining.round(), 2.0);
+        assert_eq!(s.take("k", 1, SLOW, -5.0).remaining.round(), 7.0);
+        assert!(!s.take("k", 1, SLOW, 8.0).allowed);
     }
 }
