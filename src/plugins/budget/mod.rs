@@ -411,7 +411,8 @@ impl Budget {
     async fn reserve(&self, entries: &[Entry], need: Amount) -> Result<Decision, StoreError> {
         let d = match &self.store {
             Store::Memory(m) => m.reserve(entries, need),
-            Store::Redis(r) => r.reserve(entries, need).await,
+            // Boxed, so the memory store's requests carry no round trip's large future.
+            Store::Redis(r) => Box::pin(r.reserve(entries, need)).await,
         };
         if d.is_ok() {
             self.health.ok();

@@ -255,7 +255,8 @@ impl Cache {
         match &self.redis {
             None => keys.iter().find_map(|k| self.memory.get(k)),
             Some(r) => self
-                .redis_result(r.get_many(keys).await)
+                // Boxed, so a memory cache's lookups carry no round trip's large future.
+                .redis_result(Box::pin(r.get_many(keys)).await)
                 .and_then(|found| found.into_iter().flatten().next())
                 .map(Entry::unread),
         }

@@ -322,7 +322,9 @@ impl RateLimit {
             return Ok(self.buckets(ctx, key).take(dim.index(), shape, n));
         };
         let key_of_dim = format!("{}:{key}", dim.name());
-        match redis.take(&key_of_dim, shape, n).await {
+        // Boxed: the round trip's large future would otherwise make every
+        // request's take (and its plugin phase's boxed future) that large.
+        match Box::pin(redis.take(&key_of_dim, shape, n)).await {
             Ok(d) => {
                 if self.store_down.swap(false, Ordering::Relaxed) {
                     log::warn!("rate_limit '{}': redis store is back", self.name);
