@@ -91,8 +91,8 @@ fn prompt_tokens_upper_bound(body: &[u8]) -> u64 {
 /// a chat's messages are read from their span alone, not the whole body again.
 fn count_in(body: &[u8], messages: Option<Range<usize>>, count_text: fn(&str) -> u64) -> u64 {
     if let Some(m) = messages.and_then(|s| body.get(s)) {
-        if let Ok(messages) = serde_json::from_slice::<PlainMessages>(m) {
-            return plain_chat_tokens(&messages.0, count_text);
+        if let Ok(messages) = serde_json::from_slice::<Vec<PlainMessage>>(m) {
+            return plain_chat_tokens(&messages, count_text);
         }
     }
     count(body, count_text)
@@ -131,31 +131,7 @@ pub async fn reserve_prompt_tokens(body: &Bytes, head: Option<&RequestHead>) -> 
 #[derive(serde::Deserialize)]
 struct PlainChat<'a> {
     #[serde(borrow)]
-    messages: PlainMessages<'a>,
-}
-
-/// A chat's messages, read whole before any is counted (a later one may
-/// not be plain); a short chat's without an allocation.
-struct PlainMessages<'a>(smallvec::SmallVec<[PlainMessage<'a>; 4]>);
-
-impl<'de: 'a, 'a> serde::Deserialize<'de> for PlainMessages<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Seq<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Seq<'a> {
-            type Value = PlainMessages<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a list of messages")
-            }
-            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut all = smallvec::SmallVec::new();
-                while let Some(m) = seq.next_element()? {
-                    all.push(m);
-                }
-                Ok(PlainMessages(all))
-            }
-        }
-        d.deserialize_seq(Seq(std::marker::PhantomData))
-    }
+    messages: Vec<PlainMessage<'a>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -182,7 +158,7 @@ fn plain_chat_tokens(messages: &[PlainMessage], count_text: fn(&str) -> u64) -> 
 
 fn count(body: &[u8], count_text: fn(&str) -> u64) -> u64 {
     if let Ok(chat) = serde_json::from_slice::<PlainChat>(body) {
-        return plain_chat_tokens(&chat.messages.0, count_text);
+        return plain_chat_tokens(&chat.messages, count_text);
     }
     count_tree(body, count_text)
 }

@@ -123,7 +123,7 @@ impl MemoryStore {
     /// take: the stored entry (its idle time starts again), or, when the
     /// entry was dropped meanwhile, the held one put back, so that a
     /// settlement lands where the key's next request will look.
-    pub fn attach(&self, key: &str, held: &Arc<Buckets>) -> Arc<Buckets> {
+    fn attach(&self, key: &str, held: &Arc<Buckets>) -> Arc<Buckets> {
         self.keys.get_with_by_ref(key, || held.clone())
     }
 
