@@ -86,10 +86,11 @@ bench_keys() {
   printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"
 }
 
-# bench_routes UPSTREAM_URL CHAIN(0|1): weir's providers, plugins and route
+# bench_routes UPSTREAM_URL CHAIN(0|1|2): weir's providers, plugins and route
 # as YAML: one provider and no plugins, or two providers behind the traffic
 # chain api_key, rate_limit, circuit_breaker, least_connections (limits never
-# bind; the key is sk-bench, see bench_keys).
+# bind; the key is sk-bench, see bench_keys); 2: the chain with a token
+# budget after the rate limit (both reserve the prompt's tokens).
 bench_routes() {
   local bh='bulkhead: { max_concurrent: 1024, queue: 1024, queue_timeout: 5s }'
   echo "providers:"
@@ -103,6 +104,11 @@ plugins:
             tokens: { per_minute: 1000000000, burst: 1000000000 } }
   breaker: { type: circuit_breaker }
   balance: { type: least_connections }
-routes: [ { name: chat, plugins: [keys, limits, breaker, balance], providers: [up, up2] } ]
 YAML
+  if [ "$2" = 2 ]; then
+    echo "  budget: { type: budget, limits: [ { name: month, per: key, window: 30d, tokens: 1000000000000 } ] }"
+    echo "routes: [ { name: chat, plugins: [keys, limits, budget, breaker, balance], providers: [up, up2] } ]"
+  else
+    echo "routes: [ { name: chat, plugins: [keys, limits, breaker, balance], providers: [up, up2] } ]"
+  fi
 }

@@ -26,13 +26,15 @@
 #   MAX=1      adds a max-throughput pass (wrk -t2 -c64) per target and round,
 #              right after its fixed-rate run; the figure is the mean over
 #              the rounds, each round's in parentheses
+#   TARGETS="now now+chain …"  runs only these targets (names as in the
+#              table), e.g. many interleaved rounds of two of them
 #   RESULT=F   also writes the table to F and its chart to F's name with
 #              .png (benches/plot_cpu.py; matplotlib in target/py-bench)
 # Exits 1 when a target answers mostly non-200.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DUR=${1:-10}; RATE=${RATE:-5000}; ROUNDS=${ROUNDS:-1}
-cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BINS=\"${PLAIN_BINS:-}\" PROFILE=${PROFILE:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-} RESULT=${RESULT:-} benches/cpu.sh $DUR"
+cmdline="WEIR_BINS=\"${WEIR_BINS:-}\" PLAIN_BINS=\"${PLAIN_BINS:-}\" PROFILE=${PROFILE:-} RATE=$RATE ROUNDS=$ROUNDS MAX=${MAX:-}${TARGETS:+ TARGETS=\"$TARGETS\"} RESULT=${RESULT:-} benches/cpu.sh $DUR"
 source benches/common.sh
 # Pingora (weir, pingora_plain) takes SIGINT as fast shutdown; on SIGTERM it
 # drains for up to 5 minutes (so no SIGTERM until SIGINT had time to act).
@@ -151,6 +153,15 @@ wait_port $UP; wait_port $NGINX
 for t in "${plain_targets[@]}" "${answer_targets[@]}"; do read -r _ pp _ <<<"$t"; wait_port "$pp"; done
 rows=("${plain_rows[@]}" "${chain_rows[@]}" "${local_rows[@]}" "${plain_targets[@]}" "${answer_targets[@]}"
       "nginx $NGINX $nginxpid -" "upstream-direct $UP $uppid -")
+if [ -n "${TARGETS:-}" ]; then
+  kept=()
+  for row in "${rows[@]}"; do
+    read -r name _ <<<"$row"
+    [[ " $TARGETS " == *" $name "* ]] && kept+=("$row")
+  done
+  [ ${#kept[@]} -gt 0 ] || { echo "cpu.sh: TARGETS=\"$TARGETS\" names no target" >&2; exit 1; }
+  rows=("${kept[@]}")
+fi
 
 BODY='{"model":"bench-model","messages":[{"role":"user","content":"hello"}],"max_tokens":16}'
 echo "$BODY" >"$work/body.json"

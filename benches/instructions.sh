@@ -7,12 +7,13 @@
 # the figure is the dump's total ÷ N (background tasks included, and small).
 # Modes as benches/cpu.sh: 0 (no plugins), 1 (the chain api_key, rate_limit,
 # circuit_breaker, least_connections), cache (every request a hit) and
-# refusal (503 queue_full: a held request keeps the one slot).
+# refusal (503 queue_full: a held request keeps the one slot); and, when
+# named in MODES, 2 (the chain with a token budget after the rate limit).
 #
 # Usage: benches/instructions.sh [N (default 2000)]
 #   WEIR_BINS="before=/path after=/path"  labelled binaries (unset: builds
 #             and counts weir=target/perf/weir)
-#   MODES="0 1 cache refusal"             which modes
+#   MODES="0 1 cache refusal"             which modes (2 also known)
 #   OUT=DIR   keeps the callgrind files there (callgrind_annotate reads them)
 # Caveats: valgrind offers no SHA extensions (sha2 runs its software rounds
 # there, counted higher than they run) and counts each byte of a `rep movsb`

@@ -102,6 +102,9 @@ pub struct RequestCtx {
     /// The request body as it will be sent (after plugins, before the model
     /// rewrite). Plugins change it with [`RequestCtx::set_body`].
     pub body: Bytes,
+    /// The prompt tokens counted for `body` (held, so a body replaced since
+    /// is told apart by its address: see [`RequestCtx::prompt_tokens`]).
+    prompt_count: Option<(Bytes, u64)>,
     /// The wire format the client speaks.
     pub wire: Wire,
     /// An Anthropic client's request as it sent it, while `body` is still
@@ -186,6 +189,7 @@ impl Default for RequestCtx {
             ticket: Ticket::default(),
             head: None,
             body: Bytes::new(),
+            prompt_count: None,
             wire: Wire::Openai,
             client_body: None,
             dropped: Vec::new(),
@@ -308,6 +312,23 @@ impl RequestCtx {
         self.plugin_index = i;
     }
 
+    /// The prompt tokens to reserve for the request body
+    /// ([`llm::tokens::reserve_prompt_tokens`]), counted once per body: the
+    /// plugins that reserve tokens (a rate limit, a budget) and a stream's
+    /// settlement share one count. A body replaced since (a plugin's
+    /// [`RequestCtx::set_body`]) is counted anew: the counted body is held,
+    /// so a different body never has its address.
+    pub async fn prompt_tokens(&mut self) -> u64 {
+        if let Some((counted, n)) = &self.prompt_count {
+            if counted.as_ptr() == self.body.as_ptr() && counted.len() == self.body.len() {
+                return *n;
+            }
+        }
+        let n = llm::tokens::reserve_prompt_tokens(&self.body, self.head.as_ref()).await;
+        self.prompt_count = Some((self.body.clone(), n));
+        n
+    }
+
     /// Replace the request body. For an LLM request the head is read again,
     /// and if the model changed the candidates follow it; a body that is no
     /// longer a valid request, or names a model the route does not serve,
@@ -338,5 +359,42 @@ impl RequestCtx {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat(text: &str) -> (Bytes, RequestHead) {
+        let body = Bytes::from(format!(
+            r#"{{"model":"m","messages":[{{"role":"user","content":"{text}"}}],"other":[{{"content":"a b c d e f g"}}]}}"#
+        ));
+        let head = llm::parse_head(&body).unwrap();
+        (body, head)
+    }
+
+    #[tokio::test]
+    async fn the_prompt_is_counted_once_per_body() {
+        let mut ctx = RequestCtx::default();
+        let (body, head) = chat("hello world, a short prompt");
+        let want = llm::tokens::reserve_prompt_tokens(&body, Some(&head)).await;
+        (ctx.body, ctx.head) = (body, Some(head));
+        assert_eq!(ctx.prompt_tokens().await, want);
+        // The same body again: the count is not redone (a head pointed at
+        // another list of messages in it, which would count otherwise, is
+        // not read).
+        let body = ctx.body.clone();
+        let other = body.windows(7).position(|w| w == b"\"other\"").unwrap() + 8;
+        ctx.head.as_mut().unwrap().messages_span = Some(other..body.len() - 1);
+        assert_ne!(llm::tokens::reserve_prompt_tokens(&body, ctx.head.as_ref()).await, want);
+        assert_eq!(ctx.prompt_tokens().await, want);
+        // A body replaced, even by one of the same length: counted anew.
+        let (other, head) = chat("x x x x x x x x x x x x x x");
+        assert_eq!(other.len(), ctx.body.len());
+        let other_count = llm::tokens::reserve_prompt_tokens(&other, Some(&head)).await;
+        assert_ne!(other_count, want);
+        ctx.set_body(other, "test").unwrap();
+        assert_eq!(ctx.prompt_tokens().await, other_count);
     }
 }

@@ -620,7 +620,7 @@ async fn settle_stream(ctx: &mut RequestCtx, watch: &StreamWatch) {
         return record(ctx, Some(u));
     }
     let u = Usage {
-        prompt_tokens: tokens::reserve_prompt_tokens(&ctx.body, ctx.head.as_ref()).await,
+        prompt_tokens: ctx.prompt_tokens().await,
         completion_tokens: generated_tokens(watch).await,
         ..Usage::default()
     };

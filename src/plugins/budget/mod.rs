@@ -614,7 +614,7 @@ impl Plugin for Budget {
         }
         let embeddings = with_held(ctx).embeddings;
         let completion = completion_tokens(max_tokens, n, self.default_max_tokens, embeddings);
-        let prompt = tokens::reserve_prompt_tokens(&ctx.body, ctx.head.as_ref()).await;
+        let prompt = ctx.prompt_tokens().await;
         let need = Amount {
             tokens: prompt.saturating_add(completion),
             cost: Self::reserve_cost(ctx, prompt, completion).0,

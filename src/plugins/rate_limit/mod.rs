@@ -539,9 +539,7 @@ impl Plugin for RateLimit {
             // Saturating: the head caps max_tokens and n, but a sum must never
             // wrap to a small reservation.
             let completion = max_tokens.unwrap_or(limit.default_max_tokens).saturating_mul(n);
-            let estimate = tokens::reserve_prompt_tokens(&ctx.body, ctx.head.as_ref())
-                .await
-                .saturating_add(completion);
+            let estimate = ctx.prompt_tokens().await.saturating_add(completion);
             let d = self.take(ctx, Dim::Tokens, &key, estimate as f64).await?;
             with_taken(ctx, |t| t.tokens = Some(d));
             if !d.allowed {
