@@ -259,6 +259,15 @@ impl Bulkhead {
         self.state.lock().limit
     }
 
+    /// Whether it has a free slot under the live limit or a free queue
+    /// place (reserved slots aside): what least-connection order asks of
+    /// every candidate per request, without [`Bulkhead::snapshot`]'s clock
+    /// read and scan of the queues.
+    pub fn has_room(&self) -> bool {
+        let st = self.state.lock();
+        st.in_flight < st.limit || st.waiting < self.limits.queue
+    }
+
     /// Current limit, in-flight, waiting and oldest wait.
     pub fn snapshot(&self) -> Snapshot {
         let st = self.state.lock();
@@ -361,12 +370,15 @@ mod tests {
     #[tokio::test]
     async fn admits_up_to_max_then_queues_then_refuses() {
         let b = bh(2, 1, 1000);
+        assert!(b.has_room());
         let p1 = b.acquire(&std()).await.unwrap();
         let _p2 = b.acquire(&std()).await.unwrap();
+        assert!(b.has_room(), "slots full, a queue place free");
         let b2 = b.clone();
         let waiter = tokio::spawn(async move { b2.acquire(&std()).await.map(|_| ()) });
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(b.snapshot().waiting, 1);
+        assert!(!b.has_room(), "slots and queue full");
         match b.acquire(&std()).await {
             Err(Refusal {
                 reason: Reason::Full,
@@ -379,6 +391,18 @@ mod tests {
         drop(p1);
         assert!(waiter.await.unwrap().is_ok());
         assert_eq!(b.snapshot().waiting, 0);
+        assert!(b.has_room());
+    }
+
+    #[tokio::test]
+    async fn room_is_read_at_the_live_limit() {
+        // No queue; an adaptive controller lowered the limit to the one in flight.
+        let b = bh(2, 0, 1000);
+        let _p = b.acquire(&std()).await.unwrap();
+        assert!(b.has_room());
+        b.set_limit(1);
+        assert!(!b.has_room(), "at the live limit, though under max_concurrent");
+        assert!(b.acquire(&std()).await.is_err(), "as acquire sees it");
     }
 
     #[tokio::test]

@@ -40,14 +40,10 @@ impl Plugin for LeastConnections {
         let loads: Vec<Load> = ctx
             .candidates
             .iter()
-            .map(|p| {
-                let s = p.bulkhead.snapshot();
-                let l = p.bulkhead.limits();
-                Load {
-                    in_flight: p.in_flight_now(),
-                    weight: p.conf.weight,
-                    available: p.is_healthy() && !(s.in_flight >= l.max_concurrent && s.waiting >= l.queue),
-                }
+            .map(|p| Load {
+                in_flight: p.in_flight_now(),
+                weight: p.conf.weight,
+                available: p.is_healthy() && p.bulkhead.has_room(),
             })
             .collect();
         let rot = self.rotation.fetch_add(1, Ordering::Relaxed);
