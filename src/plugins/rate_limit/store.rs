@@ -135,7 +135,9 @@ impl MemoryStore {
     /// at least `refill` left: time for a bucket charged now to be full again
     /// before it expires. So the settlement goes straight to the handle, with
     /// no second lookup. Later, or once dropped, it goes through the store
-    /// ([`MemoryStore::attach`]), which restarts the idle clock.
+    /// ([`MemoryStore::attach`]), which restarts the idle clock. (A key
+    /// evicted for room at this very moment, its listener not yet run, can
+    /// lose this one settlement: as if the eviction had come a moment later.)
     pub fn settle(
         &self,
         key: &str,
