@@ -87,8 +87,9 @@ fn prompt_tokens_upper_bound(body: &[u8]) -> u64 {
     count(body, bytes)
 }
 
-/// [`count`] of a body whose head was parsed (`head`, of these very bytes):
-/// a chat's messages are read from their span alone, not the whole body again.
+/// [`count`] of a body whose head was parsed: a chat's messages are read
+/// from their span in these very bytes (`messages`, the head's
+/// `messages_span`) alone, not the whole body again.
 fn count_in(body: &[u8], messages: Option<Range<usize>>, count_text: fn(&str) -> u64) -> u64 {
     if let Some(m) = messages.and_then(|s| body.get(s)) {
         if let Ok(messages) = serde_json::from_slice::<Vec<PlainMessage>>(m) {

@@ -319,14 +319,26 @@ impl RequestCtx {
     /// [`RequestCtx::set_body`]) is counted anew: the counted body is held,
     /// so a different body never has its address.
     pub async fn prompt_tokens(&mut self) -> u64 {
-        if let Some((counted, n)) = &self.prompt_count {
-            if counted.as_ptr() == self.body.as_ptr() && counted.len() == self.body.len() {
-                return *n;
-            }
+        if let Some(n) = self.kept_count() {
+            return n;
         }
         let n = llm::tokens::reserve_prompt_tokens(&self.body, self.head.as_ref()).await;
         self.prompt_count = Some((self.body.clone(), n));
         n
+    }
+
+    /// Whether [`RequestCtx::prompt_tokens`] may wait: the body is not
+    /// counted yet and is too long to count inline (it is counted on the
+    /// blocking pool). What a plugin that reserves tokens answers in
+    /// [`super::Plugin::request_body_waits`].
+    pub fn prompt_count_waits(&self) -> bool {
+        self.kept_count().is_none() && !llm::tokens::counted_inline(&self.body)
+    }
+
+    /// The count kept for the body as it is now, if it was counted.
+    fn kept_count(&self) -> Option<u64> {
+        let (counted, n) = self.prompt_count.as_ref()?;
+        (counted.as_ptr() == self.body.as_ptr() && counted.len() == self.body.len()).then_some(*n)
     }
 
     /// Replace the request body. For an LLM request the head is read again,
@@ -396,5 +408,20 @@ mod tests {
         assert_ne!(other_count, want);
         ctx.set_body(other, "test").unwrap();
         assert_eq!(ctx.prompt_tokens().await, other_count);
+    }
+
+    #[tokio::test]
+    async fn only_a_large_prompt_not_yet_counted_makes_the_count_wait() {
+        let [small, large] = llm::tokens::inline_and_pooled_bodies();
+        let mut ctx = RequestCtx::default();
+        ctx.body = small;
+        assert!(!ctx.prompt_count_waits(), "counted inline");
+        ctx.body = large;
+        assert!(ctx.prompt_count_waits(), "counted on the blocking pool");
+        ctx.prompt_tokens().await;
+        assert!(
+            !ctx.prompt_count_waits(),
+            "counted already: a second plugin does not wait"
+        );
     }
 }

@@ -593,9 +593,9 @@ impl Plugin for Budget {
     }
 
     /// A memory store decides at once: only Redis, or a prompt too large to
-    /// count inline, makes a request wait (and take a slot).
+    /// count inline and not yet counted, makes a request wait (and take a slot).
     fn request_body_waits(&self, ctx: &RequestCtx) -> bool {
-        matches!(self.store, Store::Redis(_)) || !tokens::counted_inline(&ctx.body)
+        matches!(self.store, Store::Redis(_)) || ctx.prompt_count_waits()
     }
 
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {

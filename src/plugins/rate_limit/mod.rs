@@ -500,10 +500,11 @@ impl Plugin for RateLimit {
         }
     }
 
-    /// Only a Redis round trip or a prompt too large to count inline waits:
+    /// Only a Redis round trip or a prompt too large to count inline (and not
+    /// yet counted for this request) waits:
     /// the small prompts of most requests take no slot of the bulkhead.
     fn request_body_waits(&self, ctx: &RequestCtx) -> bool {
-        self.redis.is_some() || (self.conf.tokens.is_some() && !tokens::counted_inline(&ctx.body))
+        self.redis.is_some() || (self.conf.tokens.is_some() && ctx.prompt_count_waits())
     }
 
     async fn request_headers(&self, req: &mut RequestHeader, ctx: &mut RequestCtx) -> Result<Flow, WeirError> {
