@@ -28,6 +28,7 @@ pub fn run(path: &Path) -> Result<(), String> {
             models: p.models.pairs().into_iter().map(|(_, up)| up).collect(),
             ..MockOptions::default()
         };
+        crate::listen::check(&opts.listen).map_err(|e| format!("mock provider '{name}': {e}"))?;
         println!("mock provider '{name}' on {}", opts.listen);
         extra.push(Box::new(mock_service(opts)?));
     }

@@ -13,7 +13,8 @@
 //! - `plugins/`  the built-in plugin types and the registry of every type
 //! - `wasm/`     the Proxy-Wasm host: operators' own filters as a plugin type
 //! - `runtime`   config -> one built generation (all I/O), swapped whole; reload
-//! - `proxy`     the Pingora glue; `server` wires `weir serve`
+//! - `proxy`     the Pingora glue; `server` wires `weir serve`; `listen`
+//!   checks an address can be bound before Pingora binds it
 //! - `reload`, `health`, `admin`  reload triggers, health checks, admin API
 //! - `access_log` one JSON line per request, written off the request path
 //! - `mock/`, `demo`  the mock provider and `weir demo`
@@ -25,6 +26,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod health;
+pub mod listen;
 pub mod llm;
 pub mod metrics;
 pub mod mock;

@@ -19,6 +19,10 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     let gateway = Gateway::start(config).map_err(|e| e.to_string())?;
     let rt = gateway.current();
     let server_conf = &rt.config.server;
+    if !upgrade {
+        // An upgrade takes its listeners from the old process instead.
+        check_listeners(&rt.config)?;
+    }
     // Socket and pid paths are per listen address, so several weirs can share a host.
     let tag: String = server_conf.listen[0]
         .chars()
@@ -93,4 +97,28 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     drop(rt);
     let _keep: Arc<Gateway> = gateway;
     server.run_forever()
+}
+
+/// Every address weir is about to listen on can be bound now; otherwise the
+/// first that cannot, located in the config file (Pingora would try it for
+/// 30 s and then panic in its thread, leaving weir up but deaf).
+fn check_listeners(config: &crate::config::Config) -> Result<(), String> {
+    let listens = config.server.listen.iter().enumerate();
+    let fields = listens.map(|(i, l)| (format!("server.listen[{i}]"), l));
+    let admin = config.admin.iter().map(|a| ("admin.listen".to_string(), &a.listen));
+    for (field, listen) in fields.chain(admin) {
+        if let Err(message) = crate::listen::check(listen) {
+            let text = std::fs::read_to_string(&config.source).unwrap_or_default();
+            let line = crate::config::locate::LineIndex::build(&text).line_of(&field);
+            let file = config.source.clone();
+            return Err(crate::config::ConfigError {
+                file,
+                line,
+                field,
+                message,
+            }
+            .to_string());
+        }
+    }
+    Ok(())
 }

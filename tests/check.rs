@@ -1,7 +1,9 @@
-//! `weir check` on broken configs: exit 1, and the message names file, line and field.
+//! `weir check` on broken configs: exit 1, and the message names file, line
+//! and field; `weir serve` on an address it cannot listen on, the same.
 
 mod support;
 use std::process::Command;
+use std::time::Duration;
 use support::*;
 
 const GOOD: &str = r#"server:
@@ -129,4 +131,38 @@ fn broken_configs_name_line_and_field() {
 fn usage_error_exits_2() {
     let out = Command::new(WEIR).args(["serve", "--no-such-flag"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Pingora alone would try a port in use for 30 s, then panic in its thread
+/// and leave the process up with nothing listening.
+#[test]
+fn serve_on_an_address_in_use_stops_at_once_naming_the_field() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("keys.yaml"), "keys: []\n").unwrap();
+    let path = dir.path().join("weir.yaml");
+    for field in ["server.listen[0]", "admin.listen"] {
+        let (port, admin) = (free_port(), free_port());
+        let busy = if field == "admin.listen" { admin } else { port };
+        let _taken = std::net::TcpListener::bind(("127.0.0.1", busy)).unwrap();
+        let text = GOOD.replace("127.0.0.1:8080", &format!("127.0.0.1:{port}"))
+            + &format!("admin:\n  listen: 127.0.0.1:{admin}\n");
+        std::fs::write(&path, &text).unwrap();
+        let (code, stderr) = run_until_exit(
+            Command::new(WEIR).args(["serve", "-c"]).arg(&path),
+            Duration::from_secs(15),
+            "weir serve on an address in use",
+        );
+        assert_eq!(code, Some(1), "{field}: {stderr}");
+        let listen_line = format!("127.0.0.1:{busy}");
+        let line = 1 + text.lines().position(|l| l.contains(&listen_line)).unwrap();
+        let expected = format!(
+            "{}:{line}: {field}: cannot listen on 127.0.0.1:{busy}: ",
+            path.display()
+        );
+        assert!(
+            stderr.contains(&expected),
+            "{field}: expected '{expected}' in:\n{stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{stderr}");
+    }
 }

@@ -6,7 +6,7 @@ mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
@@ -242,27 +242,14 @@ fn bad_specs_are_refused() {
         "{message}"
     );
 
-    let mut child = Command::new(WEIR)
-        .args(["mock", "--listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--fault", "gpt=explode:now=1"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("weir mock started with a bad --fault");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr) = run_until_exit(
+        Command::new(WEIR)
+            .args(["mock", "--listen", &format!("127.0.0.1:{}", free_port())])
+            .args(["--fault", "gpt=explode:now=1"]),
+        Duration::from_secs(10),
+        "weir mock started with a bad --fault",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
     assert!(
         stderr.contains("gpt=explode:now=1") && stderr.contains("unknown fault `explode`"),
         "{stderr}"
@@ -427,4 +414,18 @@ fn prefill_is_continued_or_rejected() {
     let reset = post(&format!("http://127.0.0.1:{}/mock/stats/reset", mock.port), b"", &[]);
     assert_eq!(reset.json()["prefills"], 0);
     assert_eq!(reset.json()["faults"], json!({}));
+}
+
+#[test]
+fn a_mock_on_a_port_in_use_stops_at_once_naming_it() {
+    let port = free_port();
+    let _taken = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let listen = format!("127.0.0.1:{port}");
+    let (code, stderr) = run_until_exit(
+        Command::new(WEIR).args(["mock", "--listen", &listen]),
+        Duration::from_secs(10),
+        "weir mock on a port in use",
+    );
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.starts_with(&format!("cannot listen on {listen}: ")), "{stderr}");
 }

@@ -1,7 +1,6 @@
 //! The command line of `weir mock`, and the valid range of each value (the
 //! same checks guard `POST /mock/config`).
 
-use std::net::{SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
 use http::HeaderName;
@@ -132,7 +131,7 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// than a panic inside Pingora once the server starts. (The `--fault` specs
 /// are parsed, and checked, where the application is built.)
 pub(super) fn validate_options(opts: &MockOptions) -> Result<(), String> {
-    resolve(&opts.listen)?;
+    crate::listen::resolve(&opts.listen)?;
     fault_header_name(&opts.fault_header)?;
     check_fail_rate(opts.fail_rate)?;
     check_fail_status(u64::from(opts.fail_status))?;
@@ -193,15 +192,6 @@ pub(super) fn check_slope(slope: f64) -> Result<f64, String> {
     } else {
         Err(format!("slope must be between 0 and {MAX_SLOPE}, got {slope}"))
     }
-}
-
-/// The first socket address `listen` resolves to.
-pub(super) fn resolve(listen: &str) -> Result<SocketAddr, String> {
-    listen
-        .to_socket_addrs()
-        .map_err(|e| format!("invalid listen address `{listen}`: {e}"))?
-        .next()
-        .ok_or_else(|| format!("listen address `{listen}` resolves to nothing"))
 }
 
 #[cfg(test)]

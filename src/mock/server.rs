@@ -2,7 +2,7 @@
 //! someone else's (`weir demo`).
 
 use std::io::Write as _;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
 use std::time::Duration;
 
 use pingora_core::server::configuration::ServerConf;
@@ -10,7 +10,7 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::listening::Service;
 
 use super::app::MockApp;
-use super::options::{resolve, validate_options, MockOptions};
+use super::options::{validate_options, MockOptions};
 use super::tls::check_tls_files;
 
 /// Build a Pingora listening service serving the mock, so that another
@@ -47,8 +47,9 @@ pub fn run(opts: MockOptions) -> Result<(), String> {
     let listen = opts.listen.clone();
     let threads = opts.threads;
     let service = mock_service(opts)?;
-    // Pingora panics inside its runtime when it cannot bind; check first to
-    // give a readable error (the tiny race with another process is acceptable).
+    // Pingora cannot bind a port in use: it tries for 30 s, then panics
+    // inside its runtime; check first to give a readable error at once (the
+    // tiny race with another process is acceptable).
     let probe = check_bindable(&listen)?;
 
     let conf = ServerConf {
@@ -68,10 +69,10 @@ pub fn run(opts: MockOptions) -> Result<(), String> {
     Ok(())
 }
 
-/// Check the address can be bound; return where to connect to probe it.
+/// Check the address can be bound ([`crate::listen::check`]); return where
+/// to connect to probe it.
 fn check_bindable(listen: &str) -> Result<SocketAddr, String> {
-    let addr = resolve(listen)?;
-    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = crate::listen::check(listen)?;
     let ip = match addr.ip() {
         IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
         IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),

@@ -94,6 +94,29 @@ pub fn wait_port(port: u16, what: &str) {
     panic!("{what} did not listen on port {port} within 20s");
 }
 
+/// Run `cmd` (stdout discarded) until it exits, `limit` at most: its exit
+/// code and stderr. Panics, naming `what`, if it is still running then.
+pub fn run_until_exit(cmd: &mut Command, limit: Duration, what: &str) -> (Option<i32>, String) {
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            let mut stderr = String::new();
+            let _ = child.stderr.take().unwrap().read_to_string(&mut stderr);
+            panic!("{what}: still running after {limit:?}; stderr:\n{stderr}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut stderr).unwrap();
+    (status.code(), stderr)
+}
+
 /// A running `weir mock`.
 pub struct Mock {
     pub port: u16,
