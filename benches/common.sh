@@ -81,6 +81,27 @@ http {
 NGX
 }
 
+# nginx_run NAME: runs $work/NAME.conf in the foreground of a background job
+# (its pid, the master's, is $! afterwards and cleaned up on exit).
+nginx_run() { mkdir -p "$work/$1"; nginx -p "$work/$1" -c "$work/$1.conf" -g 'daemon off;' & pids+=($!); }
+
+# proxy_conf UPSTREAM_PORT PORT: the CPU benchmarks' nginx reverse proxy (2
+# workers, keep-alive to the upstream, no buffering) on PORT.
+proxy_conf() {
+  cat <<NGX
+worker_processes 2;
+pid nginx.pid; error_log error.log;
+events { worker_connections 4096; }
+http {
+  access_log off;
+  upstream up { server 127.0.0.1:$1; keepalive 256; keepalive_requests 1000000; }
+  server { listen 127.0.0.1:$2; keepalive_requests 1000000;
+           location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
+                        proxy_buffering off; } }
+}
+NGX
+}
+
 # bench_keys: $work/keys.yaml, an api_key keys file with the key sk-bench.
 bench_keys() {
   printf 'keys:\n  - name: bench\n    sha256: %s\n' "$(printf %s sk-bench | sha256sum | cut -d' ' -f1)" >"$work/keys.yaml"

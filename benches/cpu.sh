@@ -50,22 +50,8 @@ PLAIN_BINS=${PLAIN_BINS:-pingora_plain=target/$PROFILE/examples/pingora_plain}
 UP=19700; NGINX=19701; PLAINP=19702; MOCKP=19703   # weir binary i: 19710+4i .. 19713+4i,
                                                    # and 19760+4i .. 19763+4i
 
-# nginx NAME: runs $work/NAME.conf in the foreground, so its pid (the master's)
-# is cleaned up on exit like the others.
-nginx_run() { mkdir -p "$work/$1"; nginx -p "$work/$1" -c "$work/$1.conf" -g 'daemon off;' & pids+=($!); }
 upstream_conf $UP >"$work/upstream.conf"
-cat >"$work/proxy.conf" <<NGX
-worker_processes 2;
-pid nginx.pid; error_log error.log;
-events { worker_connections 4096; }
-http {
-  access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$NGINX; keepalive_requests 1000000;
-           location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection "";
-                        proxy_buffering off; } }
-}
-NGX
+proxy_conf $UP $NGINX >"$work/proxy.conf"
 nginx_run upstream; uppid=$!
 nginx_run proxy; nginxpid=$!
 # bare Pingora binary j listens on $PLAINP+100+j (the first on $PLAINP), and

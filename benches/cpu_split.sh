@@ -16,17 +16,8 @@ source benches/common.sh
 need hey nginx
 trap 'kill -INT "${pids[@]}" 2>/dev/null; sleep 1; cleanup' EXIT
 UP=19800; NG=19801; W0=19810; PL=19820; PA=19821
-nginx_run() { mkdir -p "$work/$1"; nginx -p "$work/$1" -c "$work/$1.conf" -g 'daemon off;' & pids+=($!); }
 upstream_conf $UP >"$work/upstream.conf"
-cat >"$work/proxy.conf" <<NGX
-worker_processes 2;
-pid nginx.pid; error_log error.log;
-events { worker_connections 4096; }
-http { access_log off;
-  upstream up { server 127.0.0.1:$UP; keepalive 256; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$NG; keepalive_requests 1000000;
-   location / { proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; proxy_buffering off; } } }
-NGX
+proxy_conf $UP $NG >"$work/proxy.conf"
 nginx_run upstream; nginx_run proxy; ngpid=$!
 bench_keys
 rows=()
@@ -58,7 +49,7 @@ for r in $(seq $ROUNDS); do for row in "${rows[@]}"; do read -r name port pid <<
   read -r u0 s0 v0 n0 < <(st $pid)
   hey -z ${DUR}s -c 50 -q $((RATE/50)) -m POST -T application/json -D "$work/body.json" "$url" > "$work/h.txt"
   read -r u1 s1 v1 n1 < <(st $pid)
-  ok=$(awk '/\[200\]/ {print $2}' "$work/h.txt")
+  read -r ok _ _ < <(hey_counts "$work/h.txt")
   U[$name]=$((${U[$name]:-0}+u1-u0)); S[$name]=$((${S[$name]:-0}+s1-s0)); V[$name]=$((${V[$name]:-0}+v1-v0)); N[$name]=$((${N[$name]:-0}+n1-n0)); C[$name]=$((${C[$name]:-0}+ok))
 done; done
 hz=$(getconf CLK_TCK)

@@ -99,26 +99,27 @@ pub fn run(config: &Path, upgrade: bool, extra: Vec<Box<dyn ServiceWithDependent
     server.run_forever()
 }
 
-/// Every address weir is about to listen on can be bound now; otherwise the
-/// first that cannot, located in the config file (Pingora would try it for
-/// 30 s and then panic in its thread, leaving weir up but deaf).
+/// Every address weir is about to listen on can be bound now; otherwise
+/// each that cannot, located in the config file like any config error
+/// (Pingora would try it for 30 s and then panic in its thread, leaving
+/// weir up but deaf).
 fn check_listeners(config: &crate::config::Config) -> Result<(), String> {
     let listens = config.server.listen.iter().enumerate();
     let fields = listens.map(|(i, l)| (format!("server.listen[{i}]"), l));
     let admin = config.admin.iter().map(|a| ("admin.listen".to_string(), &a.listen));
-    for (field, listen) in fields.chain(admin) {
-        if let Err(message) = crate::listen::check(listen) {
-            let text = std::fs::read_to_string(&config.source).unwrap_or_default();
-            let line = crate::config::locate::LineIndex::build(&text).line_of(&field);
-            let file = config.source.clone();
-            return Err(crate::config::ConfigError {
-                file,
-                line,
-                field,
-                message,
-            }
-            .to_string());
-        }
+    let failed: Vec<_> = fields
+        .chain(admin)
+        .filter_map(|(field, listen)| crate::listen::check(listen).err().map(|e| (field, e)))
+        .collect();
+    if failed.is_empty() {
+        return Ok(());
     }
-    Ok(())
+    // Only now is the file read again, for the lines.
+    let text = std::fs::read_to_string(&config.source).unwrap_or_default();
+    let index = crate::config::locate::LineIndex::build(&text);
+    let mut ck = crate::config::Checker::new(&config.source, &index);
+    for (field, message) in failed {
+        ck.error(field, message);
+    }
+    Err(crate::config::ConfigErrors(ck.errors).to_string())
 }
